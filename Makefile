@@ -1,0 +1,35 @@
+# Quick start: `make demo` then `make test`. Both create .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -c constraints.txt
+STAMP_BASE := $(VENV)/.base-installed
+STAMP_TEST := $(VENV)/.test-installed
+
+.PHONY: demo test test-all bench app clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, pinned, so that nothing can pull a multi-GB CUDA build (see constraints.txt)
+$(STAMP_BASE): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -q torch==2.13.0
+	$(PIP) -q -e ".[models]"
+	touch $@
+
+$(STAMP_TEST): $(STAMP_BASE)
+	$(PIP) -q -e ".[test]"
+	touch $@
+
+demo: $(STAMP_BASE)
+	$(BIN)/textsr demo --out demo-output
+
+test: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+test-all: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q -n 2 --runslow tests
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -1,0 +1,95 @@
+"""Multi-stage (cascaded) sampling: every stage runs a solver against the *same* LR image ``y`` with
+its own operator (ALGORITHMS.md, "Multi-stage models").
+
+For a final size H x W and a stage whose output is ``H/d x W/d`` the stage operator is the
+downsampler by ``scale / d`` (identity when that is 1).  A stage may condition on the previous
+stage's output (upsampled and noise-augmented, as DeepFloyd IF's stage II expects); how is the
+stage's business, through its ``condition`` callable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .denoiser import Denoiser
+from .operators import AvgPool, LinearOperator
+from .solvers import Noise, Problem, SolverConfig, StepInfo, sample
+
+OperatorFactory = Callable[[int, tuple[int, int, int]], LinearOperator]
+
+
+def default_operator(factor: int, shape: tuple[int, int, int]) -> LinearOperator:
+    return AvgPool(factor, shape)
+
+
+@dataclass
+class Stage:
+    """One stage of a cascade.
+
+    name: label for progress and results; denoiser: this stage's Denoiser; divisor: the stage works at
+    (H / divisor, W / divisor) of the final size; channels: image channels at this stage;
+    condition: ``(cond, previous_output_or_None, noise) -> stage cond`` (default: pass ``cond``);
+    solver: this stage's solver config (None: use the one given to ``run_cascade``).
+    """
+
+    name: str
+    denoiser: Denoiser
+    divisor: int = 1
+    channels: int = 3
+    condition: Callable[[Any, torch.Tensor | None, Noise], Any] | None = None
+    solver: SolverConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class CascadeResult:
+    x: torch.Tensor
+    stage_outputs: list[torch.Tensor]
+    operators: list[LinearOperator]
+
+
+def stage_seeds(seeds: Sequence[int], stage_index: int) -> list[int]:
+    """Independent, reproducible seeds per stage derived from the per-sample seeds."""
+    return [int(s) * 1_000_003 + 7919 * stage_index for s in seeds] if stage_index else [int(s) for s in seeds]
+
+
+def run_cascade(
+    stages: Sequence[Stage],
+    y: torch.Tensor,
+    scale: int,
+    solver: SolverConfig,
+    seeds: Sequence[int],
+    cond: Any = None,
+    *,
+    sigma_y: float = 0.0,
+    operator: OperatorFactory = default_operator,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> CascadeResult:
+    """Sample ``len(seeds)`` images whose final stage output downsamples (by ``scale``) to ``y``."""
+    if not stages:
+        raise ValueError("a cascade needs at least one stage")
+    _, _, h, w = y.shape
+    H, W = h * scale, w * scale
+    prev: torch.Tensor | None = None
+    outputs, ops = [], []
+    for k, st in enumerate(stages):
+        if scale % st.divisor:
+            raise ValueError(
+                f"stage {st.name!r} works at 1/{st.divisor} of the output size, which needs a scale "
+                f"divisible by {st.divisor}; got scale {scale}"
+            )
+        shape = (st.channels, H // st.divisor, W // st.divisor)
+        op = operator(scale // st.divisor, shape)
+        noise = Noise.from_seeds(stage_seeds(seeds, k), device=device, dtype=dtype)
+        stage_cond = st.condition(cond, prev, noise) if st.condition is not None else cond
+        res = sample(st.denoiser, Problem(op, y, sigma_y), st.solver or solver, noise, stage_cond,
+                     callback=callback, stage=st.name)
+        prev = res.x
+        outputs.append(res.x)
+        ops.append(op)
+    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops)

@@ -1,0 +1,93 @@
+"""The one boundary between solvers and models: ``Denoiser(x_t, t, cond) -> Prediction(x0, eps)``.
+
+Every backend (exact Gaussian mixtures, DeepFloyd IF stages, unCLIP, pixel UNets, latent models)
+is adapted to this protocol; solvers never see a model.  Rules for implementers:
+
+* ``t`` is an integer timestep index into ``schedule`` (shared by the whole batch).
+* The call must be differentiable w.r.t. ``x_t`` when autograd is enabled (DPS and PiGDM take
+  ``grad_{x_t}`` through it) and must not switch grad mode on or off itself.
+* Batch items are independent: item k of the output depends only on item k of ``x_t``.
+* Model details stay inside: eps/v-prediction, learned-variance channels, dynamic thresholding,
+  dtype casts, CFG batching.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+from .schedule import NoiseSchedule
+
+
+@dataclass
+class Prediction:
+    """Tweedie estimate ``x0`` (``pred_original_sample``) and the noise ``eps`` consistent with it."""
+
+    x0: torch.Tensor
+    eps: torch.Tensor
+
+    @classmethod
+    def from_eps(cls, x_t: torch.Tensor, eps: torch.Tensor, abar_t: float,
+                 x0_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> "Prediction":
+        """``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``; an optional ``x0_transform``
+        (clipping, dynamic thresholding) is applied and ``eps`` recomputed to match it."""
+        x0 = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
+        if x0_transform is not None:
+            x0 = x0_transform(x0)
+            eps = eps_from_x0(x_t, x0, abar_t)
+        return cls(x0=x0, eps=eps)
+
+    @classmethod
+    def from_x0(cls, x_t: torch.Tensor, x0: torch.Tensor, abar_t: float) -> "Prediction":
+        return cls(x0=x0, eps=eps_from_x0(x_t, x0, abar_t))
+
+
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float) -> torch.Tensor:
+    return (x_t - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """A (possibly conditional) denoiser on a VP schedule."""
+
+    schedule: NoiseSchedule
+
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction: ...
+
+
+@dataclass
+class ClassifierFreeGuidance:
+    """``eps = eps_uncond + w (eps_cond - eps_uncond)`` (Ho & Salimans 2022) as a Denoiser wrapper.
+
+    ``cond`` passed at call time goes to the conditional branch; ``null_cond`` to the other.  ``w = 1``
+    returns the conditional branch exactly (no unconditional call is made), ``w = 0`` the unconditional.
+    Backends whose models need the two branches in one batched call implement their own wrapper
+    with the same semantics; this one suits any Denoiser.
+    """
+
+    base: Denoiser
+    scale: float
+    null_cond: Any = None
+    x0_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale) or self.scale < 0:
+            raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
+
+    @property
+    def schedule(self) -> NoiseSchedule:
+        return self.base.schedule
+
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction:
+        if self.scale == 1.0:
+            return self.base(x_t, t, cond)
+        e_u = self.base(x_t, t, self.null_cond).eps
+        if self.scale == 0.0:
+            eps = e_u
+        else:
+            e_c = self.base(x_t, t, cond).eps
+            eps = e_u + self.scale * (e_c - e_u)
+        return Prediction.from_eps(x_t, eps, self.schedule.abar(t), self.x0_transform)

@@ -1,0 +1,174 @@
+"""Variance-preserving noise schedules, timestep spacing, time-travel and the DDIM update.
+
+Notation follows ALGORITHMS.md: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+Timesteps are integer indices into ``alphas_cumprod`` (0 .. T-1); the index ``-1`` stands for the
+clean image (``abar_{-1} = 1``), so the last step of every sampler is a step to ``t = -1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+
+Spacing = Literal["uniform", "linspace", "leading", "trailing"]
+
+
+@dataclass(frozen=True)
+class NoiseSchedule:
+    """A VP noise schedule given by ``alphas_cumprod`` (float64, length T, decreasing)."""
+
+    alphas_cumprod: tuple[float, ...]
+    name: str = "custom"
+    _abar: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        a = torch.tensor(self.alphas_cumprod, dtype=torch.float64)
+        if a.ndim != 1 or len(a) < 2:
+            raise ValueError("alphas_cumprod needs at least 2 entries")
+        if not torch.all((a > 0) & (a <= 1)):
+            raise ValueError("alphas_cumprod must lie in (0, 1]")
+        if not torch.all(a[1:] <= a[:-1]):
+            raise ValueError("alphas_cumprod must be non-increasing in t")
+        object.__setattr__(self, "_abar", a)
+
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def from_betas(cls, betas: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+        b = torch.as_tensor(betas, dtype=torch.float64)
+        if torch.any(b <= 0) or torch.any(b >= 1):
+            raise ValueError("betas must lie in (0, 1)")
+        return cls(tuple(torch.cumprod(1.0 - b, 0).tolist()), name=name)
+
+    @classmethod
+    def from_alphas_cumprod(cls, abar: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+        return cls(tuple(torch.as_tensor(abar, dtype=torch.float64).tolist()), name=name)
+
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """DDPM's linear betas (Ho et al. 2020): the schedule of the MCGdiff/DDNM/DPS references."""
+        if T < 2:
+            raise ValueError(f"T must be >= 2, got {T}")
+        return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+        """Nichol & Dhariwal's cosine schedule (``squaredcos_cap_v2`` in diffusers; DeepFloyd IF)."""
+        f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+        betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(T)]
+        return cls.from_betas(betas, name="cosine")
+
+    # -- queries --------------------------------------------------------------------------------
+    @property
+    def T(self) -> int:
+        return len(self.alphas_cumprod)
+
+    def abar(self, t: int) -> float:
+        """``abar_t`` as a Python float; ``t = -1`` is the clean image (1.0)."""
+        if t == -1:
+            return 1.0
+        if not 0 <= t < self.T:
+            raise ValueError(f"timestep {t} outside [0, {self.T - 1}]")
+        return float(self._abar[t])
+
+    def timesteps(self, steps: int, spacing: Spacing = "uniform", t_start: int | None = None) -> list[int]:
+        """``steps`` decreasing timesteps from ``t_start`` (default T-1) toward 0.
+
+        ``uniform`` (= ``leading``): DDIM's ``range(0, t_start + 1, (t_start + 1) // steps)`` reversed;
+        ``linspace``: evenly spaced including both ends; ``leading``/``trailing``: diffusers' spacings.
+        """
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        top = self.T - 1 if t_start is None else int(t_start)
+        if not 0 <= top < self.T:
+            raise ValueError(f"t_start {t_start} outside [0, {self.T - 1}]")
+        if steps > top + 1:
+            raise ValueError(f"cannot take {steps} distinct steps from t={top}; use at most {top + 1}")
+        n = top + 1
+        if spacing == "linspace":
+            ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long().tolist()
+        elif spacing in ("uniform", "leading"):
+            # DDIM / DDNM reference: range(0, n, n // steps), e.g. 990, 980, ..., 0 for 100 of 1000
+            stride = n // steps
+            ts = [i * stride for i in range(steps)][::-1]
+        elif spacing == "trailing":
+            ts = [round(top + 1 - i * n / steps) - 1 for i in range(steps)]
+        else:
+            raise ValueError(f"unknown spacing {spacing!r}; choose uniform, linspace, leading or trailing")
+        ts = sorted(set(int(t) for t in ts), reverse=True)
+        if len(ts) != steps:
+            raise ValueError(f"spacing {spacing!r} gives duplicate timesteps for {steps} steps from t={top}")
+        return ts
+
+
+def travel_schedule(timesteps: Sequence[int], length: int = 1, repeat: int = 1) -> list[tuple[int, int]]:
+    """Transitions ``(t, t_next)`` over ``timesteps + [-1]`` with RePaint/DDNM time-travel.
+
+    Every ``length`` steps the sampler jumps back ``length`` steps (``t_next > t``: re-noise), so
+    each block is traversed ``repeat`` times in all; ``repeat = 1`` switches time-travel off.
+    """
+    if length < 1:
+        raise ValueError(f"travel length must be >= 1, got {length}")
+    if repeat < 1:
+        raise ValueError(f"travel repeat must be >= 1 (1 = off), got {repeat}")
+    ts = list(timesteps) + [-1]
+    n = len(ts) - 1
+    jumps = {j: repeat - 1 for j in range(length, n, length)} if repeat > 1 else {}
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < n:
+        if jumps.get(i, 0) > 0:
+            jumps[i] -= 1
+            out.append((ts[i], ts[i - length]))
+            i -= length
+            continue
+        out.append((ts[i], ts[i + 1]))
+        i += 1
+    return out
+
+
+def ddim_update(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    abar_s: float,
+    eta: float,
+    z: torch.Tensor | None = None,
+    *,
+    abar_t: float | None = None,
+    kind: Literal["ddnm", "ddim"] = "ddnm",
+    noise_std: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One deterministic/stochastic step to ``s`` from the clean estimate ``x0`` and noise ``eps``.
+
+    ``kind="ddnm"`` (DDNM's parameterisation, ALGORITHMS.md):
+        ``x_s = sqrt(abar_s) x0 + sigma (eta z + sqrt(1 - eta^2) eps)``, ``sigma = sqrt(1 - abar_s)``
+        (``noise_std`` replaces sigma, as DDNM+ does).
+    ``kind="ddim"`` (Song et al. 2021, eq. 12): eta = 1 is the DDPM ancestral step, eta = 0 DDIM;
+        needs ``abar_t``.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    a_s = math.sqrt(abar_s)
+    if kind == "ddnm":
+        sigma = math.sqrt(max(1.0 - abar_s, 0.0)) if noise_std is None else noise_std
+        mix = math.sqrt(1.0 - eta**2) * eps
+        if eta > 0:
+            if z is None:
+                raise ValueError("eta > 0 needs the noise z")
+            mix = mix + eta * z
+        return a_s * x0 + sigma * mix
+    if kind == "ddim":
+        if abar_t is None:
+            raise ValueError("kind='ddim' needs abar_t")
+        if abar_s >= 1.0:
+            return x0.clone()
+        c = eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(max(1 - abar_t / abar_s, 0.0))
+        out = a_s * x0 + math.sqrt(max(1 - abar_s - c**2, 0.0)) * eps
+        if c > 0:
+            if z is None:
+                raise ValueError("eta > 0 needs the noise z")
+            out = out + c * z
+        return out
+    raise ValueError(f"unknown kind {kind!r}")

@@ -1,0 +1,137 @@
+"""Shared pieces of every solver: the problem, per-sample noise, the base config and step results."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from ..denoiser import Denoiser
+from ..operators import LinearOperator
+
+StepKind = Literal["ddnm", "ddim"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """``y = A x + sigma_y n``; ``sigma_y`` in [-1, 1] image units (half of a [0, 1]-units value)."""
+
+    operator: LinearOperator
+    y: torch.Tensor
+    sigma_y: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.sigma_y) or self.sigma_y < 0:
+            raise ValueError(f"sigma_y must be a finite number >= 0, got {self.sigma_y}")
+        if tuple(self.y.shape[1:]) != tuple(self.operator.out_shape):
+            raise ValueError(
+                f"measurement y has shape {tuple(self.y.shape)}, operator expects (B, "
+                f"{', '.join(map(str, self.operator.out_shape))})"
+            )
+
+
+class Noise:
+    """Per-sample Gaussian noise: item k is drawn from ``generators[k]`` alone (on CPU), so a batch
+    item equals the same seed run alone, on any device."""
+
+    def __init__(self, generators: Sequence[torch.Generator], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        if len(generators) == 0:
+            raise ValueError("need at least one generator (one per sample)")
+        self.generators = list(generators)
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    @classmethod
+    def from_seeds(cls, seeds: Sequence[int], device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> "Noise":
+        return cls([torch.Generator().manual_seed(int(s)) for s in seeds], device, dtype)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        draw_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        z = torch.stack([torch.randn(tuple(shape), generator=g, dtype=draw_dtype) for g in self.generators])
+        return z.to(device=self.device, dtype=self.dtype)
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] != len(self.generators):
+            raise ValueError(f"batch of {x.shape[0]} but {len(self.generators)} generators")
+        return self.randn(x.shape[1:])
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Settings shared by every solver.
+
+    steps: number of denoising steps; spacing: timestep spacing (see NoiseSchedule.timesteps);
+    eta: stochasticity of the step; step_kind: ``"ddnm"`` (x_s = sqrt(abar_s) x0 + sqrt(1-abar_s)
+    (eta z + sqrt(1-eta^2) eps)) or ``"ddim"`` (Song et al.'s eta; 1 = DDPM ancestral);
+    travel_length / travel_repeat: time-travel (repeat = 1 is off); start: fraction of the schedule
+    where sampling starts (1.0 = from t = T-1); init: ``"noise"`` (x = z) or ``"pinv"``
+    (x = sqrt(abar) A+ y + sqrt(1 - abar) z, the SDEdit-style warm start).
+    """
+
+    steps: int = 100
+    eta: float = 0.85
+    step_kind: StepKind = "ddnm"
+    spacing: str = "uniform"
+    travel_length: int = 1
+    travel_repeat: int = 1
+    start: float = 1.0
+    init: Literal["noise", "pinv"] = "noise"
+
+    name = "base"
+    needs_grad = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+        if self.step_kind not in ("ddnm", "ddim"):
+            raise ValueError(f"step_kind must be 'ddnm' or 'ddim', got {self.step_kind!r}")
+        if self.travel_length < 1 or self.travel_repeat < 1:
+            raise ValueError("travel_length and travel_repeat must be >= 1 (travel_repeat = 1 is off)")
+        if not 0.0 < self.start <= 1.0:
+            raise ValueError(f"start must lie in (0, 1], got {self.start}")
+        if self.init not in ("noise", "pinv"):
+            raise ValueError(f"init must be 'noise' or 'pinv', got {self.init!r}")
+
+    def replace(self, **changes: Any) -> "SolverConfig":
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ValueError(f"unknown option(s) {sorted(unknown)} for solver {self.name!r}; known: {sorted(known)}")
+        return type(self)(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+    def to_dict(self) -> dict:
+        return {"solver": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+
+@dataclass
+class StepResult:
+    x_next: torch.Tensor  # x_s
+    x0_hat: torch.Tensor  # the denoiser's estimate at t
+    x0: torch.Tensor  # the solver's corrected clean estimate (used for time-travel re-noising)
+
+
+@dataclass
+class StepInfo:
+    """What the step callback sees (progress bars, previews)."""
+
+    stage: str
+    index: int
+    total: int
+    t: int
+    t_next: int
+    x: torch.Tensor
+    x0: torch.Tensor
+
+
+StepCallback = Callable[[StepInfo], None]
+
+StepFn = Callable[[Denoiser, Problem, torch.Tensor, int, int, Any, Any, Noise], StepResult]

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from textsr.schedule import NoiseSchedule, ddim_update, travel_schedule
+
+
+def test_linear_schedule_matches_ddpm():
+    s = NoiseSchedule.linear()
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert s.T == 1000
+    assert math.isclose(s.abar(999), float(torch.cumprod(1 - betas, 0)[-1]), rel_tol=1e-12)
+    assert s.abar(-1) == 1.0
+
+
+def test_cosine_schedule_monotone_and_bounded():
+    s = NoiseSchedule.cosine()
+    a = [s.abar(t) for t in range(s.T)]
+    assert all(x >= y for x, y in zip(a, a[1:]))
+    assert 0 < a[-1] < 1e-3 and a[0] > 0.999
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "linspace", "trailing", "leading"])
+@pytest.mark.parametrize("steps", [1, 7, 20, 100, 1000])
+def test_timesteps_distinct_decreasing(spacing, steps):
+    ts = NoiseSchedule.linear().timesteps(steps, spacing)
+    assert len(ts) == steps and ts == sorted(set(ts), reverse=True)
+    assert 0 <= ts[-1] and ts[0] <= 999
+
+
+def test_uniform_is_ddim_reference():
+    assert NoiseSchedule.linear().timesteps(100)[:3] == [990, 980, 970]
+    assert NoiseSchedule.linear().timesteps(100)[-1] == 0
+
+
+def test_timesteps_errors():
+    s = NoiseSchedule.linear(T=10)
+    with pytest.raises(ValueError, match="positive integer"):
+        s.timesteps(0)
+    with pytest.raises(ValueError, match="at most"):
+        s.timesteps(20)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        s.timesteps(5, "weird")
+
+
+def test_schedule_validation():
+    with pytest.raises(ValueError):
+        NoiseSchedule.from_alphas_cumprod([0.5, 0.9])
+    with pytest.raises(ValueError):
+        NoiseSchedule.from_betas([0.1, 1.5])
+
+
+def test_travel_schedule_off_is_plain():
+    assert travel_schedule([30, 20, 10, 0]) == [(30, 20), (20, 10), (10, 0), (0, -1)]
+
+
+def test_travel_schedule_repeats_each_block():
+    ts = list(range(90, -1, -10))  # 10 steps
+    plan = travel_schedule(ts, length=2, repeat=3)
+    jumps = [(a, b) for a, b in plan if b > a]
+    # jumps happen at indices 2, 4, 6, 8, twice each
+    assert len(jumps) == 4 * 2
+    assert all(b - a == 20 for a, b in jumps)
+    denoise = [(a, b) for a, b in plan if b < a]
+    assert len(denoise) == 10 + 8 * 2
+    assert plan[-1] == (0, -1)
+
+
+def test_ddim_update_kinds_agree_at_eta0():
+    x0, eps = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    a = ddim_update(x0, eps, 0.7, 0.0)
+    b = ddim_update(x0, eps, 0.7, 0.0, abar_t=0.3, kind="ddim")
+    torch.testing.assert_close(a, b)
+
+
+def test_ddim_eta1_is_ddpm_posterior_variance():
+    # Var of the injected noise equals the DDPM posterior variance beta_tilde
+    x0 = torch.zeros(200000, dtype=torch.float64)
+    z = torch.randn(200000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ab_t, ab_s = 0.3, 0.5
+    out = ddim_update(x0, torch.zeros_like(x0), ab_s, 1.0, z, abar_t=ab_t, kind="ddim")
+    beta_tilde = (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
+    assert abs(out.var().item() - beta_tilde) < 0.01 * beta_tilde + 1e-3
+
+
+def test_ddim_update_rejects_bad_eta():
+    with pytest.raises(ValueError, match="eta"):
+        ddim_update(torch.zeros(1), torch.zeros(1), 0.5, 1.5)

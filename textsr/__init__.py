@@ -1,3 +1,17 @@
-"""textsr: zero-shot, text-guided, explorable image super-resolution."""
+"""textsr: zero-shot, text-guided, explorable image super-resolution.
+
+``textsr.explore(image, prompts, scale=..., model=..., solver=...)`` is the entry point; heavy modules
+load lazily so that ``import textsr`` and ``textsr --help`` stay fast.
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["explore", "Exploration", "__version__"]
+
+
+def __getattr__(name):
+    if name in ("explore", "Exploration", "expand_prompts"):
+        from . import explore as _explore
+
+        return getattr(_explore, name)
+    raise AttributeError(f"module 'textsr' has no attribute {name!r}")

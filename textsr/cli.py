@@ -1,0 +1,235 @@
+"""``textsr`` command line: thin: parse, call ``textsr.explore``, present.
+
+Heavy libraries (torch, diffusers) are imported inside commands so ``--help`` stays fast.
+Exit codes: 0 success, 2 usage/input errors, 1 runtime failures, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+SOLVER_CHOICES = ["ddnm", "ddnm+", "dps", "pigdm", "plain"]
+
+
+def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint=what)
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip().replace("-", "_")] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip().replace("-", "_")] = v
+    return out
+
+
+class _ProgressBar:
+    """tqdm bar per (prompt, stage) with ETA; silent when quiet."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.key = quiet, None, None
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        key = (p.prompt_index, p.stage)
+        if key != self.key:
+            self.close()
+            label = p.prompt or "(no prompt)"
+            stage = f" stage {p.stage}" if p.stages > 1 else ""
+            self.bar = tqdm(total=p.total, desc=f"[{p.prompt_index + 1}/{p.prompts}] {label[:40]}{stage}",
+                            unit="step", leave=False, file=sys.stderr)
+            self.key = key
+        self.bar.n = p.step
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
+    from .errors import TextSRError
+    from .explore import explore
+
+    bar = _ProgressBar(quiet)
+    t0 = time.perf_counter()
+    try:
+        result = explore(callback=bar, **kwargs)
+        files = result.save(out)
+    except TextSRError as e:
+        bar.close()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except ValueError as e:  # configuration errors from the engine carry actionable messages
+        bar.close()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo("interrupted; files already written are complete (each is written atomically)", err=True)
+        sys.exit(130)
+    except torch_oom_types() as e:  # pragma: no cover - needs a GPU
+        bar.close()
+        click.echo(f"error: out of memory ({e}); try --samples smaller, --batch-size 1 or --dtype float16", err=True)
+        sys.exit(1)
+    bar.close()
+    for n in result.notes:
+        click.echo(f"note: {n}")
+    for line in result.summary():
+        click.echo(line)
+    if result.reference_metrics:
+        import numpy as np
+
+        ps = [v for row in result.reference_metrics["psnr"] for v in row]
+        click.echo(f"vs. the original: PSNR mean {np.mean(ps):.2f} dB")
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s; results in {out}/ (open {files.get('index.html', out / 'index.html')})")
+
+
+def torch_oom_types() -> tuple:
+    try:
+        import torch
+
+        return (torch.cuda.OutOfMemoryError,)
+    except Exception:  # pragma: no cover
+        return ()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="textsr")
+def main() -> None:
+    """Zero-shot, text-guided, explorable image super-resolution.
+
+    Every sample downsamples back to the input; the prompts choose which of the many consistent
+    high-resolution images you get. Start with `textsr demo`.
+    """
+
+
+def _common_options(f):
+    opts = [
+        click.option("--prompt", "-p", "prompts", multiple=True, help="Text prompt (repeat for several)."),
+        click.option("--template", help="Prompt template with one slot, e.g. 'a {shape} on blue'."),
+        click.option("--values", help="Comma-separated values for the template slot, e.g. 'circle,star,ring'."),
+        click.option("--model", "-m", default="builtin-shapes", show_default=True,
+                     help="Model name (see `textsr models`), local folder or JSON model spec."),
+        click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default="ddnm+",
+                     show_default=True),
+        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Sample k uses seed+k."),
+        click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
+                     show_default=True, help="Output folder."),
+        click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True,
+                     help="Downsampling model A."),
+        click.option("--sigma-y", type=float, default=0.0, show_default=True,
+                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value)."),
+        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's)."),
+        click.option("--eta", type=float, help="Step stochasticity."),
+        click.option("--zeta", type=float, help="DPS step size."),
+        click.option("--travel", nargs=2, type=int, metavar="L R", help="Time-travel: jump back L steps, R passes."),
+        click.option("--solver-option", "solver_opts", multiple=True, metavar="KEY=VALUE",
+                     help="Any solver setting, e.g. mode=simplified."),
+        click.option("--option", "model_opts", multiple=True, metavar="KEY=VALUE",
+                     help="Model option, e.g. guidance_scale=7 (see README)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+        click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA), float32, float16 ..."),
+        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory)."),
+        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, sigma_y, steps,
+                  eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels) -> dict:
+    sopts = _parse_kv(solver_opts, "--solver-option")
+    for k, v in (("eta", eta), ("zeta", zeta)):
+        if v is not None:
+            sopts[k] = v
+    if travel:
+        sopts["travel_length"], sopts["travel_repeat"] = travel
+    return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
+                solver=solver.lower(), samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
+                solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
+                batch_size=batch_size, max_pixels=max_pixels)
+
+
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
+@click.option("--simulate", is_flag=True, help="IMAGE is a high-res original: downsample it first and score against it.")
+@_common_options
+def upscale(image, scale, simulate, out, quiet, **kw):
+    """Sample high-resolution images of IMAGE for each prompt."""
+    kwargs = _build_kwargs(image, scale, **kw)
+    kwargs["simulate"] = simulate
+    _run_and_report(kwargs, out, quiet)
+
+
+@main.command()
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
+              show_default=True)
+@click.option("--samples", "-n", type=int, default=6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def demo(out, samples, seed, quiet):
+    """Built-in offline demo: a rendered scene, downsampled 8x, explored with 4 prompts."""
+    from .demo import demo_kwargs
+
+    kwargs = demo_kwargs(out, samples=samples, seed=seed)
+    click.echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
+               f"{len(kwargs['prompts'])} prompts x {samples} samples with DDNM+ on the built-in shapes model")
+    _run_and_report(kwargs, out, quiet)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json):
+    """Known models: hub ids, GPU memory, whether the weights are cached locally."""
+    from .models import model_table
+
+    rows = model_table()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        cached = r.get("cached")
+        mark = "builtin" if cached == "builtin" else ("cached" if cached else "not cached")
+        vram = r.get("vram_gb")
+        vram_s = f"{vram:g} GB" if isinstance(vram, (int, float)) else (vram or "-")
+        click.echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
+        for hid in r.get("hub_ids", []):
+            click.echo(f"{'':<20}{hid}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=7860, type=int, show_default=True)
+@click.option("--concurrency", default=1, type=int, show_default=True, help="Requests run at once.")
+@click.option("--share", is_flag=True, hidden=True)
+def app(host, port, concurrency, share):
+    """Open the web app for interactive exploration."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        from .app import launch
+    except ImportError as e:
+        click.echo(f"error: the web app needs gradio ({e}); install with: pip install 'textsr[app]'", err=True)
+        sys.exit(2)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving on {host}: anyone who can reach this address can use the app", err=True)
+    launch(host=host, port=port, concurrency=concurrency)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -11,7 +11,7 @@ __all__ = ["explore", "Exploration", "__version__"]
 
 def __getattr__(name):
     if name in ("explore", "Exploration", "expand_prompts"):
-        from . import explore as _explore
+        from . import api as _explore
 
         return getattr(_explore, name)
     raise AttributeError(f"module 'textsr' has no attribute {name!r}")

@@ -60,7 +60,7 @@ class _ProgressBar:
 
 def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
     from .errors import TextSRError
-    from .explore import explore
+    from .api import explore
 
     bar = _ProgressBar(quiet)
     t0 = time.perf_counter()

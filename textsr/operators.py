@@ -7,13 +7,17 @@ pseudo-inverse inverts), which is all DDNM+ (per singular value) and PiGDM need:
 
 * ``project_range(x) = spectral(x, 1) = A+ A x``;  ``project_null(x) = x - A+ A x``.
 * ``(r^2 A A^T + sigma^2 I)^{-1}`` pulled back to x-space: ``A^T v = spectral(A+ r_y, s^2 / (r^2 s^2 + sigma^2))``.
+
+``fn`` receives a tensor of singular values (x's device and dtype) that broadcasts against the SVD
+coefficients and must return something that broadcasts the same way (a tensor or a Python number).
+
+Operators by name: ``OPERATORS`` and ``make_operator(name, factor, in_shape, **kw)``.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -24,6 +28,34 @@ SpectralFn = Callable[[torch.Tensor], torch.Tensor]
 def _check_batch(x: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
     if tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"{what} expects a batch of shape (B, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
+
+
+def _apply_fn(fn: SpectralFn, s: torch.Tensor) -> torch.Tensor:
+    """``fn(s)`` as a tensor on s's device and dtype (a Python number or float64 result is cast)."""
+    return torch.as_tensor(fn(s), dtype=s.dtype, device=s.device)
+
+
+class _PerDevice:
+    """Per-instance cache of float64 CPU tensors converted to each (device, dtype) seen.
+
+    Entries are built outside inference mode, so matrices first made under ``torch.inference_mode()``
+    can still be saved for backward later (DPS differentiates through ``A``).
+    """
+
+    def __init__(self, **tensors: torch.Tensor):
+        self._src = tensors
+        self._cache: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
+
+    def get(self, like: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not like.is_floating_point():
+            raise TypeError(f"operators act on floating-point tensors, got dtype {like.dtype}")
+        key = (like.device, like.dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            with torch.inference_mode(False):
+                hit = {k: v.to(device=like.device, dtype=like.dtype) for k, v in self._src.items()}
+            self._cache[key] = hit
+        return hit
 
 
 class LinearOperator(ABC):
@@ -85,7 +117,8 @@ class AvgPool(LinearOperator):
     """Block mean over ``factor x factor`` pixels per channel.
 
     ``A A^T = I / factor^2``: every singular value is ``1/factor``; ``A+ = factor^2 A^T`` replicates each
-    LR pixel into its block, the exact Moore-Penrose pseudo-inverse (``A A+ = I``).
+    LR pixel into its block, the exact Moore-Penrose pseudo-inverse (``A A+ = I``; in floating point
+    up to the rounding of a mean of ``factor^2`` equal numbers, exact for factors 1 and 2).
     """
 
     name = "avgpool"
@@ -98,7 +131,13 @@ class AvgPool(LinearOperator):
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
         _check_batch(x, self.in_shape, "AvgPool.A")
-        return torch.nn.functional.avg_pool2d(x, self.factor) if self.factor > 1 else x.clone()
+        f = self.factor
+        if f == 1:
+            return x.clone()
+        # mean over the columns of each block, then over its rows: rounding error ~2f ulp, where
+        # avg_pool2d's running sum over f^2 pixels reaches 1.5e-5 relative at f = 32 in float32
+        b, c, h, w = x.shape
+        return x.reshape(b, c, h // f, f, w // f, f).mean(dim=5).mean(dim=3)
 
     def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         _check_batch(y, self.out_shape, "AvgPool.A_pinv")
@@ -109,8 +148,10 @@ class AvgPool(LinearOperator):
         return self.A_pinv(y) / self.factor**2
 
     def spectral(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"operators act on floating-point tensors, got dtype {x.dtype}")
         s = torch.tensor(1.0 / self.factor, dtype=x.dtype, device=x.device)
-        return fn(s) * self.project_range(x)
+        return _apply_fn(fn, s) * self.project_range(x)
 
     def singular_values(self) -> torch.Tensor:
         c, h, w = self.out_shape
@@ -142,35 +183,152 @@ class Matrix(LinearOperator):
         self._M = M64
         self._U, self._S, self._V = U[:, keep], S[keep], Vh[keep].T
         self.rcond = rcond
-
-    @lru_cache(maxsize=8)
-    def _mats(self, device: torch.device, dtype: torch.dtype):
-        cv = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         pinv = self._V @ torch.diag(1.0 / self._S) @ self._U.T
-        return cv(self._M), cv(pinv), cv(self._V), cv(self._S)
+        self._dev = _PerDevice(M=M64, pinv=pinv, V=self._V, S=self._S)
+
+    def _mats(self, like: torch.Tensor):
+        d = self._dev.get(like)
+        return d["M"], d["pinv"], d["V"], d["S"]
 
     def _flat(self, x: torch.Tensor) -> torch.Tensor:
         _check_batch(x, self.in_shape, "Matrix")
         return x.reshape(x.shape[0], -1)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:
-        M = self._mats(x.device, x.dtype)[0]
+        M = self._mats(x)[0]
         return self._flat(x) @ M.T
 
     def At(self, y: torch.Tensor) -> torch.Tensor:
         _check_batch(y, self.out_shape, "Matrix.At")
-        M = self._mats(y.device, y.dtype)[0]
+        M = self._mats(y)[0]
         return (y @ M).reshape(y.shape[0], *self.in_shape)
 
     def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
         _check_batch(y, self.out_shape, "Matrix.A_pinv")
-        P = self._mats(y.device, y.dtype)[1]
+        P = self._mats(y)[1]
         return (y @ P.T).reshape(y.shape[0], *self.in_shape)
 
     def spectral(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
-        _, _, V, S = self._mats(x.device, x.dtype)
-        coef = (self._flat(x) @ V) * fn(S)
+        _, _, V, S = self._mats(x)
+        coef = (self._flat(x) @ V) * _apply_fn(fn, S)
         return (coef @ V.T).reshape(x.shape[0], *self.in_shape)
 
     def singular_values(self) -> torch.Tensor:
         return self._S.clone()
+
+
+def keys_cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """Keys' cubic convolution kernel (support ``|t| < 2``); ``a = -0.5`` as in PIL and antialiased torch."""
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def bicubic_matrix(n: int, factor: int) -> torch.Tensor:
+    """The 1-D antialiased bicubic downsampling matrix, ``(n // factor) x n``, float64.
+
+    Output pixel ``i`` has its centre at ``factor * (i + 0.5)`` in input pixel units (half-pixel
+    alignment, ``align_corners=False``); input pixel ``j`` (centre ``j + 0.5``) gets weight
+    ``keys_cubic((j + 0.5 - factor (i + 0.5)) / factor)``: the kernel stretched by ``factor``, so at most
+    ``4 factor`` taps.  Taps that fall outside the image are dropped and the remaining weights are
+    renormalised to sum to 1 (the boundary rule of ``torch.nn.functional.interpolate(...,
+    mode="bicubic", antialias=True)`` and of PIL).
+    """
+    if n % factor:
+        raise ValueError(f"factor {factor} does not divide the length {n}")
+    centres = factor * (torch.arange(n // factor, dtype=torch.float64) + 0.5)
+    taps = torch.arange(n, dtype=torch.float64) + 0.5
+    w = keys_cubic((taps[None, :] - centres[:, None]) / factor)
+    return w / w.sum(dim=1, keepdim=True)
+
+
+class _SVD1D:
+    """SVD of one 1-D matrix ``M = U diag(s) V^T`` with singular values ``<= cutoff * max(s)`` dropped."""
+
+    def __init__(self, M: torch.Tensor, cutoff: float):
+        U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+        keep = s > max(cutoff, 1e-12) * s.max()
+        self.M = M
+        self.U, self.s, self.V = U[:, keep], s[keep], Vh[keep].T
+        self.pinv = self.V @ torch.diag(1.0 / self.s) @ self.U.T
+
+
+class Bicubic(LinearOperator):
+    """Antialiased bicubic downsampling by an integer ``factor`` (Keys kernel, ``a = -0.5``).
+
+    Separable: per channel ``A X = A_r X A_c^T`` with the row matrix ``A_r`` (h x H) and column matrix
+    ``A_c`` (w x W) from :func:`bicubic_matrix` (kernel stretched by ``factor``, ``4 factor`` taps,
+    stride ``factor``, weights summing to 1).  Boundary: taps outside the image are dropped and the
+    rest renormalised, so ``A`` equals ``torch.nn.functional.interpolate(x, scale_factor=1/factor,
+    mode="bicubic", antialias=True, align_corners=False)`` on the *whole* image (to float rounding).
+    ``factor = 1`` is the identity.
+
+    Pseudo-inverse: each 1-D matrix's SVD is computed once (float64, CPU); 1-D singular values
+    ``<= cutoff * (largest 1-D singular value)`` are zeroed (a *relative* cutoff: the 1-D singular
+    values scale like ``1/sqrt(factor)``, so an absolute threshold would mean something different for
+    every factor).  ``A+ Y = A_r^+ Y A_c^{+T}`` with the truncated 1-D pseudo-inverses; the kept 2-D
+    singular values are the products ``s_r[i] s_c[j]`` of the kept 1-D ones.  These matrices are well
+    conditioned (smallest/largest 1-D singular value >= 0.68 for every factor up to 32 and any size),
+    so every ``cutoff < 0.68`` -- the default 3e-2 (DDRM's and DDNM's threshold, absolute there, where
+    it never triggers for these matrices either) and 0 -- keeps everything: ``A+`` is the exact
+    Moore-Penrose pseudo-inverse and ``A A+ = I``.  Larger cutoffs drop the LR-Nyquist end of the
+    spectrum (see ``bench/operators.py``).
+    """
+
+    name = "bicubic"
+
+    def __init__(self, factor: int, in_shape: tuple[int, int, int], cutoff: float = 3e-2):
+        c, h, w = _check_factor_and_shape(factor, tuple(in_shape))
+        if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 <= cutoff < 1:
+            raise ValueError(f"cutoff is relative to the largest 1-D singular value: pick it in [0, 1), got {cutoff!r}")
+        self.factor, self.cutoff = factor, float(cutoff)
+        self.in_shape = (c, h, w)
+        self.out_shape = (c, h // factor, w // factor)
+        rows = _SVD1D(bicubic_matrix(h, factor), self.cutoff)
+        cols = rows if w == h else _SVD1D(bicubic_matrix(w, factor), self.cutoff)
+        self._rows, self._cols = rows, cols
+        self._s2d = torch.outer(rows.s, cols.s)
+        self._dev = _PerDevice(Ar=rows.M, Ac=cols.M, Pr=rows.pinv, Pc=cols.pinv, Vr=rows.V, Vc=cols.V, s=self._s2d)
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        _check_batch(x, self.in_shape, "Bicubic.A")
+        m = self._dev.get(x)
+        return m["Ar"] @ (x @ m["Ac"].T)
+
+    def At(self, y: torch.Tensor) -> torch.Tensor:
+        _check_batch(y, self.out_shape, "Bicubic.At")
+        m = self._dev.get(y)
+        return m["Ar"].T @ (y @ m["Ac"])
+
+    def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
+        _check_batch(y, self.out_shape, "Bicubic.A_pinv")
+        m = self._dev.get(y)
+        return m["Pr"] @ (y @ m["Pc"].T)
+
+    def spectral(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        """``V diag(fn(s)) V^T x`` computed separably: coefficients ``V_r^T X V_c`` per channel, of shape
+        ``(B, C, k_r, k_c)``; ``fn`` gets the ``(k_r, k_c)`` tensor of 2-D singular values ``s_r s_c^T``."""
+        _check_batch(x, self.in_shape, "Bicubic.spectral")
+        m = self._dev.get(x)
+        coef = m["Vr"].T @ x @ m["Vc"]
+        return m["Vr"] @ (coef * _apply_fn(fn, m["s"])) @ m["Vc"].T
+
+    def singular_values(self) -> torch.Tensor:
+        """The kept 2-D singular values ``s_r[i] s_c[j]``, once per channel: ``C k_r k_c`` values."""
+        return self._s2d.flatten().repeat(self.in_shape[0])
+
+    def describe(self) -> dict:
+        return {**super().describe(), "factor": self.factor, "cutoff": self.cutoff}
+
+
+OPERATORS: dict[str, type[LinearOperator]] = {"avgpool": AvgPool, "bicubic": Bicubic}
+
+
+def make_operator(name: str, factor: int, in_shape: tuple[int, int, int], **kw) -> LinearOperator:
+    """Build a registered downsampling operator by name, e.g. ``make_operator("bicubic", 4, (3, 256, 256))``."""
+    try:
+        cls = OPERATORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown operator {name!r}; known operators: {', '.join(sorted(OPERATORS))}") from None
+    return cls(factor, tuple(in_shape), **kw)

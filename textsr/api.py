@@ -104,7 +104,7 @@ class Exploration:
                 "text_consistency": p.text_consistency,
                 "seconds": round(p.seconds, 3),
                 "samples": [
-                    {"index": k, "seed": p.seeds[k], "lr_psnr": _finite(p.lr_psnr[k]),
+                    {"index": k, "seed": p.seeds[k], "lr_psnr": p.lr_psnr[k],
                      "text_score": p.text_scores[k]}
                     for k in range(len(p.seeds))
                 ],
@@ -125,7 +125,7 @@ class Exploration:
         samples = {p.prompt or "(no prompt)": list(p.samples) for p in self.prompts}
         std_maps = {p.prompt or "(no prompt)": p.std_map for p in self.prompts}
         return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
-                             results=self.results_dict(), scale=self.scale, notes=self.notes)
+                             results=self.results_dict(), scale=self.scale, notes=[])
 
     def summary(self) -> list[str]:
         lines = []
@@ -135,10 +135,6 @@ class Exploration:
             lines.append(f"{(p.prompt or '(no prompt)')!r}: text consistency {tc}, LR-PSNR min "
                          f"{min(p.lr_psnr):.1f} dB, diversity {p.diversity['pairwise_l2']:.3f}{extra}")
         return lines
-
-
-def _finite(v: float) -> float:
-    return float(v) if math.isfinite(v) else 999.0
 
 
 def library_versions() -> dict:

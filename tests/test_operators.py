@@ -1,0 +1,432 @@
+"""Operator properties: Moore-Penrose identities, adjoints, the SVD view (``spectral``), shapes, dtypes,
+batch independence, agreement of Bicubic with torch's antialiased bicubic, and the error messages.
+
+Tolerances: relative (in norm) 1e-5 for float32 and 1e-10 for float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from textsr.operators import (
+    OPERATORS,
+    AvgPool,
+    Bicubic,
+    LinearOperator,
+    Matrix,
+    bicubic_matrix,
+    make_operator,
+)
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+DTYPES = [torch.float32, torch.float64]
+B = 3
+# Bicubic cutoffs: the 1-D spectrum's smallest/largest ratio is >= 0.685, so cutoffs below that keep
+# every direction (exact pseudo-inverse) and 0.75 / 0.9 truncate the LR-Nyquist end.
+EXACT_CUTOFFS = [0.0, 1e-3, 3e-2, 0.5]
+TRUNC_CUTOFFS = [0.75, 0.9]
+SETTINGS = settings(max_examples=50, deadline=None, derandomize=True)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = max(b.double().norm().item(), a.double().norm().item(), 1e-30)
+    return (a.double() - b.double()).norm().item() / scale
+
+
+def assert_close(a, b, dtype, what=""):
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+    err = rel(a, b)
+    assert err <= TOL[dtype], f"{what}: relative error {err:.3g} > {TOL[dtype]:g} ({dtype})"
+
+
+def is_exact(op: LinearOperator) -> bool:
+    """True when A+ is the exact Moore-Penrose pseudo-inverse (nothing but exact zeros truncated),
+    decided from the 1-D spectra computed here, independently of the operator."""
+    if not isinstance(op, Bicubic):
+        return True
+    _, h, w = op.in_shape
+    for n in (h, w):
+        s = torch.linalg.svdvals(bicubic_matrix(n, op.factor))
+        if (s <= op.cutoff * s.max()).any():
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------- strategies
+
+def random_matrix(m: int, n: int, rank: int, seed: int, gaussian: bool = False) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if gaussian:
+        G = torch.randn(m, rank, generator=g, dtype=torch.float64)
+        return G @ torch.randn(rank, n, generator=g, dtype=torch.float64)
+    # controlled conditioning (singular values in [0.2, 1]) so float32 can meet 1e-5
+    Q1, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    Q2, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = 0.2 + 0.8 * torch.rand(rank, generator=g, dtype=torch.float64)
+    return Q1[:, :rank] @ torch.diag(s) @ Q2[:, :rank].T
+
+
+@st.composite
+def image_operators(draw, kinds=("avgpool", "bicubic"), max_side=64, cutoffs=None, max_factor=32):
+    kind = draw(st.sampled_from(kinds))
+    max_factor = min(max_factor, max_side)
+    # half the draws from small factors, where the LR image has more than a couple of pixels
+    f = draw(st.one_of(st.integers(1, min(8, max_factor)), st.integers(1, max_factor)))
+    h = f * draw(st.integers(1, max_side // f))
+    w = f * draw(st.integers(1, max_side // f))
+    c = draw(st.sampled_from([1, 3]))
+    if kind == "avgpool":
+        return AvgPool(f, (c, h, w))
+    cutoff = draw(st.sampled_from(cutoffs or EXACT_CUTOFFS + TRUNC_CUTOFFS))
+    return Bicubic(f, (c, h, w), cutoff=cutoff)
+
+
+@st.composite
+def matrix_operators(draw, max_dim=24):
+    m = draw(st.integers(1, max_dim))
+    n = draw(st.integers(1, max_dim))
+    rank = draw(st.integers(1, min(m, n)))  # rank < min(m, n): rank-deficient
+    gaussian = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    M = random_matrix(m, n, rank, seed, gaussian=gaussian)
+    if gaussian:  # float32 cannot promise 1e-5 through the pseudo-inverse of an ill-conditioned matrix
+        s = torch.linalg.svdvals(M)
+        if s[rank - 1] < 0.05 * s[0]:
+            M = random_matrix(m, n, rank, seed, gaussian=False)
+    return Matrix(M)
+
+
+any_operator = st.one_of(
+    image_operators(),
+    image_operators(kinds=("bicubic",), cutoffs=TRUNC_CUTOFFS, max_factor=8),
+    matrix_operators(),
+)
+cases = st.tuples(any_operator, st.sampled_from(DTYPES), st.integers(0, 2**31 - 1))
+
+
+def draws(op: LinearOperator, dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, *op.in_shape, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.randn(B, *op.out_shape, generator=g, dtype=torch.float64).to(dtype)
+    return x, y
+
+
+def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.double() * b.double()).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------- Moore-Penrose
+
+@SETTINGS
+@given(cases)
+def test_A_Apinv_A_is_A(case):
+    op, dtype, seed = case
+    x, _ = draws(op, dtype, seed)
+    Ax = op.A(x)
+    if is_exact(op):
+        assert_close(op.A(op.A_pinv(Ax)), Ax, dtype, "A A+ A x")
+    else:  # truncated: A A+ A = A_k, and A A+ is still a projection
+        Akx = op.A(op.A_pinv(Ax))
+        assert_close(op.A(op.A_pinv(Akx)), Akx, dtype, "A A+ A_k x")
+        assert rel(Akx, Ax) > 1e-3, "a truncating cutoff should change A A+ A"
+
+
+@SETTINGS
+@given(cases)
+def test_Apinv_A_Apinv_is_Apinv(case):
+    op, dtype, seed = case
+    _, y = draws(op, dtype, seed)
+    p = op.A_pinv(y)
+    assert_close(op.A_pinv(op.A(p)), p, dtype, "A+ A A+ y")
+
+
+@SETTINGS
+@given(cases)
+def test_projections_are_self_adjoint(case):
+    """(A A+)^T = A A+ and (A+ A)^T = A+ A: with the two identities above, this pins A+ uniquely."""
+    op, dtype, seed = case
+    x, y = draws(op, dtype, seed)
+    x2, y2 = draws(op, dtype, seed + 1)
+    P_out = lambda v: op.A(op.A_pinv(v))  # noqa: E731
+    a, b = inner(P_out(y), y2), inner(y, P_out(y2))
+    assert ((a - b).abs() <= TOL[dtype] * y.double().flatten(1).norm(dim=1) * y2.double().flatten(1).norm(dim=1)).all()
+    a, b = inner(op.project_range(x), x2), inner(x, op.project_range(x2))
+    assert ((a - b).abs() <= TOL[dtype] * x.double().flatten(1).norm(dim=1) * x2.double().flatten(1).norm(dim=1)).all()
+
+
+@SETTINGS
+@given(cases)
+def test_adjoint(case):
+    op, dtype, seed = case
+    x, v = draws(op, dtype, seed)
+    lhs, rhs = inner(op.A(x), v), inner(x, op.At(v))
+    scale = op.A(x).double().flatten(1).norm(dim=1) * v.double().flatten(1).norm(dim=1)
+    assert ((lhs - rhs).abs() <= TOL[dtype] * scale).all(), f"<Ax,v>={lhs.tolist()} <x,A^T v>={rhs.tolist()}"
+
+
+# ----------------------------------------------------------------------------- the SVD view
+
+@SETTINGS
+@given(cases)
+def test_spectral_one_is_range_projection(case):
+    op, dtype, seed = case
+    x, _ = draws(op, dtype, seed)
+    assert_close(op.spectral(x, lambda s: torch.ones_like(s)), op.project_range(x), dtype, "spectral(x, 1)")
+    assert_close(op.spectral(x, lambda s: 1.0), op.project_range(x), dtype, "spectral(x, 1.0 scalar)")
+    assert_close(op.project_null(x) + op.project_range(x), x, dtype, "null + range")
+
+
+@SETTINGS
+@given(cases)
+def test_spectral_s2_is_AtA_on_kept_directions(case):
+    """V s^2 V^T x = A^T A (A+ A x): the kept singular values and right vectors agree with A."""
+    op, dtype, seed = case
+    x, _ = draws(op, dtype, seed)
+    ref = op.At(op.A(op.project_range(x)))
+    assert_close(op.spectral(x, lambda s: s**2), ref, dtype, "spectral(x, s^2)")
+    if is_exact(op):
+        assert_close(op.spectral(x, lambda s: s**2), op.At(op.A(x)), dtype, "spectral(x, s^2) = A^T A x")
+
+
+@SETTINGS
+@given(cases)
+def test_spectral_links_At_and_Apinv(case):
+    """V s^-2 V^T A^T y = A+ y for every y, and V s^2 V^T A+ r = A^T r for r = A A+ y."""
+    op, dtype, seed = case
+    _, y = draws(op, dtype, seed)
+    assert_close(op.spectral(op.At(y), lambda s: 1 / s**2), op.A_pinv(y), dtype, "spectral(A^T y, 1/s^2)")
+    r = op.A(op.A_pinv(y))
+    assert_close(op.spectral(op.A_pinv(r), lambda s: s**2), op.At(r), dtype, "spectral(A+ r, s^2)")
+    # composition: fn1 then fn2 == fn1 * fn2
+    two = op.spectral(op.spectral(op.At(y), lambda s: 1 / s), lambda s: 1 / s)
+    assert_close(two, op.A_pinv(y), dtype, "spectral twice")
+
+
+def dense(f, in_shape) -> torch.Tensor:
+    n = math.prod(in_shape)
+    E = torch.eye(n, dtype=torch.float64).reshape(n, *in_shape)
+    return f(E).reshape(n, -1).T
+
+
+small_cases = st.one_of(
+    image_operators(max_side=16),
+    image_operators(kinds=("bicubic",), max_side=16, cutoffs=TRUNC_CUTOFFS, max_factor=4),
+    matrix_operators(max_dim=12),
+)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(small_cases)
+def test_spectral_matches_dense_svd(op):
+    """spectral(., g) == g(sqrt(A_k^T A_k)) on the range of A_k^T, from a dense eigendecomposition,
+    with A_k = A A+ A (= A when nothing is truncated); singular_values() are A_k's nonzero ones."""
+    Ak = dense(lambda e: op.A(op.A_pinv(op.A(e))), op.in_shape)
+    lam, Q = torch.linalg.eigh(Ak.T @ Ak)
+    keep = lam > 1e-10 * lam.max().clamp(min=1e-300)
+    s = lam[keep].sqrt()
+    g = lambda t: torch.exp(-t) + t**3 + 0.5  # noqa: E731  (no symmetry a wrong basis could hide behind)
+    ref = Q[:, keep] @ torch.diag(g(s)) @ Q[:, keep].T
+    got = dense(lambda e: op.spectral(e, g), op.in_shape)
+    assert rel(got, ref) <= 1e-9
+    sv = op.singular_values()
+    assert sv.dtype == torch.float64 and sv.device.type == "cpu"
+    assert torch.allclose(sv.sort().values, s.sort().values, rtol=1e-9, atol=1e-12)
+    if is_exact(op):
+        assert rel(Ak, dense(op.A, op.in_shape)) <= 1e-12
+
+
+@settings(max_examples=15, deadline=None, derandomize=True)
+@given(st.one_of(image_operators(max_side=16, cutoffs=EXACT_CUTOFFS), matrix_operators(max_dim=12)),
+       st.floats(0.05, 1.0), st.floats(1e-3, 0.5))
+def test_pigdm_pullback_matches_dense_solve(op, r, sigma):
+    """A^T (r^2 A A^T + sigma^2 I)^-1 r_y == spectral(A+ r_y, s^2 / (r^2 s^2 + sigma^2)) (module docstring)."""
+    A = dense(op.A, op.in_shape)
+    g = torch.Generator().manual_seed(0)
+    ry = torch.randn(1, *op.out_shape, generator=g, dtype=torch.float64)
+    v = torch.linalg.solve(r**2 * A @ A.T + sigma**2 * torch.eye(A.shape[0], dtype=torch.float64), ry.reshape(-1))
+    ref = (A.T @ v).reshape(1, *op.in_shape)
+    got = op.spectral(op.A_pinv(ry), lambda s: s**2 / (r**2 * s**2 + sigma**2))
+    assert rel(got, ref) <= 1e-9
+
+
+# ----------------------------------------------------------------------------- shapes, dtypes, batches
+
+@SETTINGS
+@given(cases)
+def test_shapes_dtypes_round_trip(case):
+    op, dtype, seed = case
+    x, y = draws(op, dtype, seed)
+    for out, shape in [(op.A(x), op.out_shape), (op.At(y), op.in_shape), (op.A_pinv(y), op.in_shape),
+                       (op.spectral(x, lambda s: s), op.in_shape), (op.project_null(x), op.in_shape)]:
+        assert tuple(out.shape) == (B, *shape)
+        assert out.dtype == dtype and out.device == x.device
+
+
+@SETTINGS
+@given(cases, st.integers(0, B - 1))
+def test_batch_items_independent(case, k):
+    op, dtype, seed = case
+    x, y = draws(op, dtype, seed)
+    fn = lambda s: s / (1 + s)  # noqa: E731
+    for name, f, inp in [("A", op.A, x), ("At", op.At, y), ("A_pinv", op.A_pinv, y),
+                         ("spectral", lambda t: op.spectral(t, fn), x)]:
+        assert_close(f(inp)[k : k + 1], f(inp[k : k + 1]), dtype, f"{name}: item {k} of the batch vs alone")
+
+
+@pytest.mark.parametrize("op", [AvgPool(4, (3, 16, 8)), Bicubic(4, (3, 16, 8)), Matrix(torch.eye(6)[:4], (1, 2, 3))],
+                         ids=["avgpool", "bicubic", "matrix"])
+def test_wrong_shape_and_dtype_are_rejected(op):
+    with pytest.raises(ValueError, match=r"expects a batch of shape \(B, "):
+        op.A(torch.zeros(2, *op.out_shape))
+    with pytest.raises(ValueError, match="expects a batch of shape"):
+        op.A_pinv(torch.zeros(2, *op.in_shape))
+    with pytest.raises(TypeError, match="floating-point"):
+        op.spectral(torch.zeros(2, *op.in_shape, dtype=torch.int64), lambda s: s)
+
+
+def test_matrices_built_in_inference_mode_still_support_autograd():
+    """The per-device cache must not hand out inference tensors (DPS backpropagates through A)."""
+    for op in [Bicubic(2, (1, 8, 8)), Matrix(torch.randn(3, 5))]:
+        x = torch.randn(1, *op.in_shape)
+        with torch.inference_mode():
+            op.A(x)
+        xg = x.clone().requires_grad_(True)
+        op.A(xg).square().sum().backward()
+        assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+# ----------------------------------------------------------------------------- AvgPool specifics
+
+@pytest.mark.parametrize("f", [1, 2, 3, 4, 5, 7, 8, 16, 32])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avgpool_A_Apinv_is_identity(f, dtype):
+    op = AvgPool(f, (3, 2 * f, 3 * f))
+    y = torch.randn(4, *op.out_shape, dtype=dtype)
+    got = op.A(op.A_pinv(y))
+    if f <= 2:
+        assert torch.equal(got, y)  # exact
+    else:  # the mean of f^2 equal numbers is exact only up to a few ulp of rounding
+        eps = torch.finfo(dtype).eps
+        assert ((got - y).abs() <= 4 * eps * y.abs()).all()
+
+
+def test_avgpool_is_block_mean_and_accurate_at_large_factor():
+    x = torch.rand(2, 3, 64, 64)
+    op = AvgPool(32, (3, 64, 64))
+    ref = x.double().reshape(2, 3, 2, 32, 2, 32).mean(dim=(3, 5))
+    assert ((op.A(x).double() - ref).abs() / ref.abs()).max() < 1e-6
+    assert op.singular_values().numel() == 3 * 2 * 2
+
+
+# ----------------------------------------------------------------------------- Bicubic specifics
+
+def smooth_image(b, c, h, w, seed=0, dtype=torch.float64):
+    """A band-limited random field in [0, 1] (sum of a few low-frequency cosines)."""
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(0, 1, h, dtype=torch.float64)[:, None]
+    xx = torch.linspace(0, 1, w, dtype=torch.float64)[None, :]
+    img = torch.zeros(b, c, h, w, dtype=torch.float64)
+    for _ in range(6):
+        k = torch.rand(b, c, 2, generator=g, dtype=torch.float64) * 4
+        ph = torch.rand(b, c, 1, 1, generator=g, dtype=torch.float64) * 2 * math.pi
+        img += torch.cos(2 * math.pi * (k[..., :1, None] * yy + k[..., 1:, None] * xx) + ph)
+    img = (img - img.amin(dim=(2, 3), keepdim=True)) / (img.amax(dim=(2, 3), keepdim=True) - img.amin(dim=(2, 3), keepdim=True))
+    return img.to(dtype)
+
+
+@pytest.mark.parametrize("f,h,w", [(1, 16, 8), (2, 32, 48), (3, 48, 27), (4, 64, 32), (5, 40, 60), (7, 56, 28),
+                                   (8, 64, 64), (16, 64, 32), (32, 64, 96)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bicubic_matches_torch_antialias_on_whole_image(f, h, w, dtype):
+    """Whole image, borders included: max abs difference <= 1e-12 (float64) / 1e-6 (float32) on [0, 1]
+    images, smooth and white noise alike (same weights and the same border renormalisation)."""
+    op = Bicubic(f, (3, h, w))
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    for x in [smooth_image(2, 3, h, w, seed=f, dtype=dtype), torch.rand(2, 3, h, w, dtype=dtype)]:
+        ref = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True, align_corners=False)
+        assert (op.A(x) - ref).abs().max().item() <= tol
+
+
+def test_bicubic_matrix_kernel_and_support():
+    M = bicubic_matrix(64, 4)
+    assert M.shape == (16, 64)
+    assert torch.allclose(M.sum(1), torch.ones(16, dtype=torch.float64))
+    interior = M[8]
+    assert (interior != 0).sum() <= 16  # at most 4 * factor taps
+    nz = interior.nonzero().flatten()
+    assert nz.min() == 8 * 4 + 2 - 8 and nz.max() == 8 * 4 + 2 + 7  # centred on 34, taps 26..41
+    assert torch.equal(bicubic_matrix(12, 1), torch.eye(12, dtype=torch.float64))
+
+
+def test_bicubic_non_square():
+    op = Bicubic(4, (3, 32, 64))
+    assert op.out_shape == (3, 8, 16)
+    x = smooth_image(2, 3, 32, 64)
+    assert_close(op.A(op.A_pinv(op.A(x))), op.A(x), torch.float64)
+    assert op.singular_values().numel() == 3 * 8 * 16
+
+
+@pytest.mark.parametrize("f", [2, 4, 8, 16, 32])
+def test_bicubic_cutoff_semantics(f):
+    """Relative cutoff: below the spectrum's min/max ratio (~0.69) nothing is dropped; above, the kept
+    2-D singular values are products of 1-D ones above cutoff * max."""
+    shape = (1, 4 * f, 2 * f)
+    full = 4 * 2
+    for c in EXACT_CUTOFFS:
+        assert Bicubic(f, shape, cutoff=c).singular_values().numel() == full
+    s_r = torch.linalg.svdvals(bicubic_matrix(4 * f, f))
+    s_c = torch.linalg.svdvals(bicubic_matrix(2 * f, f))
+    for c in TRUNC_CUTOFFS:
+        kept = torch.outer(s_r[s_r > c * s_r.max()], s_c[s_c > c * s_c.max()]).flatten().sort().values
+        assert torch.allclose(Bicubic(f, shape, cutoff=c).singular_values().sort().values, kept, rtol=1e-12)
+    assert Bicubic(f, shape, cutoff=0.9).singular_values().numel() < full
+
+
+@pytest.mark.parametrize("cutoff", [-0.1, 1.0, 2, float("nan"), "0.1"])
+def test_bicubic_bad_cutoff(cutoff):
+    with pytest.raises(ValueError, match=r"cutoff .* \[0, 1\)"):
+        Bicubic(2, (1, 8, 8), cutoff=cutoff)
+
+
+# ----------------------------------------------------------------------------- registry and errors
+
+@pytest.mark.parametrize("name", sorted(OPERATORS))
+def test_non_dividing_factor_says_what_to_crop_to(name):
+    with pytest.raises(ValueError, match=r"scale factor 3 does not divide the image size 64x50; crop to 63x48"):
+        make_operator(name, 3, (3, 64, 50))
+    with pytest.raises(ValueError, match="positive integer"):
+        make_operator(name, 0, (3, 64, 64))
+
+
+def test_unknown_operator_lists_known_names():
+    with pytest.raises(ValueError, match=r"unknown operator 'lanczos'; known operators: avgpool, bicubic"):
+        make_operator("lanczos", 4, (3, 64, 64))
+
+
+def test_make_operator_round_trips_describe():
+    op = make_operator("bicubic", 4, (3, 32, 16), cutoff=0.1)
+    assert isinstance(op, Bicubic) and op.cutoff == 0.1 and op.out_shape == (3, 8, 4)
+    d = op.describe()
+    assert d == {"name": "bicubic", "in_shape": [3, 32, 16], "out_shape": [3, 8, 4], "factor": 4, "cutoff": 0.1}
+    again = make_operator(d["name"], d["factor"], d["in_shape"], cutoff=d["cutoff"])
+    x = torch.randn(1, 3, 32, 16, dtype=torch.float64)
+    assert torch.equal(again.A(x), op.A(x))
+    assert isinstance(make_operator("avgpool", 2, (1, 4, 4)), AvgPool)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu(dtype):
+    """Matrices follow the input to the GPU (cached per device and dtype) and give the CPU's answer."""
+    for op in [AvgPool(4, (3, 32, 16)), Bicubic(4, (3, 32, 16)), Bicubic(8, (3, 64, 32), cutoff=0.9),
+               Matrix(torch.randn(5, 8))]:
+        x, y = draws(op, dtype, 0)
+        for f, inp in [(op.A, x), (op.At, y), (op.A_pinv, y), (lambda t: op.spectral(t, lambda s: s**2), x)]:
+            got = f(inp.cuda())
+            assert got.device.type == "cuda" and got.dtype == dtype
+            assert_close(got.cpu(), f(inp), dtype, "cuda vs cpu")

@@ -309,6 +309,10 @@ def explore(
         arr = ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
         notes.append(f"simulation: the input was downsampled {scale}x ({operator}) to {arr.shape[1]}x{arr.shape[0]}"
                      + (f" with noise sigma_y={sigma_y}" if sigma_y > 0 else ""))
+    prep = getattr(backend, "prepare_input", None)
+    if prep is not None and not simulate:
+        arr, more = prep(arr, scale)
+        notes.extend(more)
     h, w = arr.shape[:2]
     backend.check_size((h, w), scale)
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
@@ -358,6 +362,7 @@ def explore(
         results.append(PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - tp,
                                     tags, extra))
 
+    notes.extend(getattr(backend, "take_notes", lambda: [])())
     ref_metrics = None
     if reference is not None:
         ref_metrics = reference_scores(reference, results)

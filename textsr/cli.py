@@ -47,7 +47,8 @@ class _ProgressBar:
             label = p.prompt or "(no prompt)"
             stage = f" stage {p.stage}" if p.stages > 1 else ""
             self.bar = tqdm(total=p.total, desc=f"[{p.prompt_index + 1}/{p.prompts}] {label[:40]}{stage}",
-                            unit="step", leave=False, file=sys.stderr)
+                            unit="step", leave=False, file=sys.stderr,
+                            disable=None)  # None: no bar when stderr is not a terminal
             self.key = key
         self.bar.n = p.step
         self.bar.refresh()

@@ -7,26 +7,14 @@ model) into a list of cascade ``Stage``s.  Solvers and the explore API never bra
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
 from ..cascade import Stage
+from ..models import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Registry entry: what ``textsr models`` prints."""
-
-    name: str
-    backend: str
-    description: str
-    hub_ids: tuple[str, ...] = ()
-    vram_gb: float | None = None  # peak GPU memory in fp16 at the default settings
-    output_sizes: str = ""  # which output sizes the model takes, in words
-    license: str = ""
-    notes: str = ""
+__all__ = ["Backend", "ModelInfo", "check_options"]
 
 
 class Backend(ABC):

@@ -1,0 +1,374 @@
+"""DeepFloyd IF as a cascade of Denoisers (ALGORITHMS.md, "Multi-stage (cascaded) text-to-image models").
+
+* Stage I (IF-I-XL/L/M): text -> image at 1/4 of the output size (64 px for 256 px); its operator is the
+  downsampler by ``scale / 4`` (identity at x4).
+* Stage II (IF-II-L/M): x4 super-resolution at the output size with the downsampler by ``scale``;
+  conditioned, exactly as diffusers' ``IFSuperResolutionPipeline`` does, on the stage-I sample upsampled
+  bilinearly (``align_corners=True``), noise-augmented to ``noise_level`` with the pipeline's
+  ``image_noising_scheduler`` and concatenated to ``x_t`` along channels, with
+  ``class_labels = noise_level``.
+* One T5 encoder (from the stage-I pipeline) encodes the prompt once for both stages (max 77 tokens,
+  IF's limit); no caption cleaning (so no bs4/ftfy).
+* Both UNets predict eps with learned variance (``out_channels = 2C``): the adapter keeps the eps
+  channels.  Deviation from IF's sampler: the solvers step with their own (DDIM/DDNM) noise, not IF's
+  learned DDPM posterior variance.
+* Classifier-free guidance is batched into one UNet call ``[uncond; text]``:
+  ``eps = eps_u + w (eps_text - eps_u)`` (defaults w = 7 for stage I, 4 for stage II).
+* The scheduler's dynamic thresholding (Imagen; diffusers ``DDPMScheduler._threshold_sample``) is applied
+  to ``x0_hat`` *before* the solver's data-consistency step, through ``Prediction.x0_transform``.
+* Weights run in the model dtype (fp16 on CUDA); solver math stays float32 (the adapter casts).
+* Not used: IF's safety checker and watermarker, and stage III.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..cascade import Stage
+from ..errors import InputImageError, UsageError
+from ..models import ModelInfo
+from ..schedule import NoiseSchedule
+from ..solvers import Noise, make_config
+from . import hub
+from .base import Backend, check_options
+from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
+from .hf_common import check_stage_option_keys, stage_solver_config
+
+__all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
+           "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
+
+MAX_TOKENS = 77  # IF's T5 was trained with prompts of at most 77 tokens
+STAGE_KEYS = ("stage_1", "stage_2")
+
+# per-stage solver defaults (stage I, stage II): the text-guided SR paper's settings
+STAGE_SOLVER_DEFAULTS: dict[str, tuple[dict, dict]] = {
+    "plain": ({"steps": 100}, {"steps": 50}),
+    "ddnm": ({"steps": 100}, {"steps": 50}),
+    "ddnm+": ({"steps": 100}, {"steps": 50}),
+    "dps": ({"steps": 250, "zeta": 0.5}, {"steps": 100, "zeta": 0.5}),
+    "pigdm": ({"steps": 250}, {"steps": 100}),
+}
+
+
+def _pair(value: Any, name: str, kind: type) -> tuple:
+    vals = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(vals) != 2:
+        raise UsageError(f"DeepFloyd IF option {name} takes one value or two (stage I, stage II), got {value!r}")
+    try:
+        out = tuple(kind(v) for v in vals)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"DeepFloyd IF option {name} must be {kind.__name__}(s), got {value!r}") from e
+    if kind is int and any(float(v) != o for v, o in zip(vals, out)):
+        raise UsageError(f"DeepFloyd IF option {name} must be whole numbers, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class IFOptions:
+    """Sampling options (``build_stages(..., options)``; ``--option KEY=VALUE`` on the CLI).
+
+    guidance_scale: CFG scale per stage (one number sets both); negative_prompt: the unconditional
+    branch's prompt; noise_level: stage II's augmentation level of the stage-I image (0..T-1 of the
+    noising schedule); steps: per-stage steps overriding the solver defaults (DDNM/DDNM+/plain 100 + 50,
+    DPS/PiGDM 250 + 100); warm_start: stage I starts at this fraction of the schedule from
+    ``sqrt(abar) A+ y + sqrt(1 - abar) z`` (SDEdit-style, the paper's code; None: from pure noise);
+    thresholding: apply the scheduler's dynamic thresholding (or clipping) to x0_hat.
+    """
+
+    guidance_scale: tuple[float, float] = (7.0, 4.0)
+    negative_prompt: str = ""
+    noise_level: int = 250
+    steps: tuple[int, int] | None = None
+    warm_start: float | None = None
+    thresholding: bool = True
+
+    def __post_init__(self) -> None:
+        if any(not math.isfinite(w) or w < 0 for w in self.guidance_scale):
+            raise UsageError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
+        if not isinstance(self.negative_prompt, str):
+            raise UsageError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
+        if isinstance(self.noise_level, bool) or not isinstance(self.noise_level, int) or self.noise_level < 0:
+            raise UsageError(f"noise_level must be an integer >= 0, got {self.noise_level!r}")
+        if self.steps is not None and any(s < 1 for s in self.steps):
+            raise UsageError(f"steps must be positive, got {self.steps}")
+        if self.warm_start is not None and not 0.0 < self.warm_start <= 1.0:
+            raise UsageError(f"warm_start must lie in (0, 1], got {self.warm_start}")
+        if not isinstance(self.thresholding, bool):
+            raise UsageError(f"thresholding must be true or false, got {self.thresholding!r}")
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "IFOptions":
+        check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF")
+        o = dict(options)
+        if "guidance_scale" in o:
+            o["guidance_scale"] = _pair(o["guidance_scale"], "guidance_scale", float)
+        if o.get("steps") is not None:
+            o["steps"] = _pair(o["steps"], "steps", int)
+        if o.get("warm_start") is not None:
+            o["warm_start"] = float(o["warm_start"])
+        return cls(**o)
+
+
+@dataclass(frozen=True)
+class IFLoadOptions:
+    """Load-time settings (spec ``"load"``): cpu_offload keeps only the module in use (T5, UNet I or
+    UNet II) on the GPU; attention_slicing computes attention in slices; variant: preferred weight files
+    (``"fp16"``: half the download; used when present, upcast on CPU)."""
+
+    cpu_offload: bool = False
+    attention_slicing: bool = False
+    variant: str | None = "fp16"
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "IFLoadOptions":
+        check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF load")
+        out = cls(**options)
+        if not isinstance(out.cpu_offload, bool) or not isinstance(out.attention_slicing, bool):
+            raise UsageError("cpu_offload and attention_slicing must be true or false")
+        if out.variant is not None and not isinstance(out.variant, str):
+            raise UsageError(f"variant must be a string such as 'fp16' or null, got {out.variant!r}")
+        return out
+
+
+class _Residency:
+    """cpu_offload: keep exactly one of the large modules on the compute device, the rest on the CPU."""
+
+    def __init__(self, device: torch.device, modules: dict[str, torch.nn.Module], enabled: bool):
+        self.device, self.modules, self.enabled = device, modules, enabled
+        self.active: str | None = None
+
+    def activate(self, name: str) -> None:
+        if not self.enabled or self.active == name:
+            return
+        for n, m in self.modules.items():
+            if n != name:
+                m.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.modules[name].to(self.device)
+        self.active = name
+
+
+# -- the backend --------------------------------------------------------------------------------------
+@dataclass
+class IFStageModels:
+    unet: torch.nn.Module
+    scheduler: Any  # diffusers DDPMScheduler
+    noising_scheduler: Any = None  # stage II only
+
+    @property
+    def size_multiple(self) -> int:
+        """The UNet halves the image (len(down_blocks) - 1) times."""
+        return 2 ** (len(self.unet.config.down_block_types) - 1)
+
+
+class IFBackend(Backend):
+    """DeepFloyd IF: stage I (+ optional stage II) with a shared T5 encoder.  See the module docstring."""
+
+    def __init__(self, info: ModelInfo, tokenizer: Any, text_encoder: torch.nn.Module, stage_1: IFStageModels,
+                 stage_2: IFStageModels | None, *, device: torch.device, dtype: torch.dtype,
+                 defaults: dict | None = None, load: IFLoadOptions = IFLoadOptions(), locations: dict | None = None):
+        self.info = info
+        self.tokenizer, self.text_encoder = tokenizer, text_encoder
+        self.stage_1, self.stage_2 = stage_1, stage_2
+        self.device, self.dtype = device, dtype
+        self.channels = int(stage_1.unet.config.in_channels)
+        self.defaults = dict(defaults or {})
+        IFOptions.from_dict(self.defaults)  # fail at load time on bad defaults
+        self.load_options = load
+        self.locations = dict(locations or {})
+        mods = {"text_encoder": text_encoder, "stage_1": stage_1.unet}
+        if stage_2 is not None:
+            mods["stage_2"] = stage_2.unet
+        for m in mods.values():
+            m.eval().requires_grad_(False)
+            m.to("cpu" if load.cpu_offload else device)
+        if load.attention_slicing:
+            for st in (stage_1, stage_2):
+                if st is not None:
+                    st.unet.set_attention_slice("auto")
+        self._residency = _Residency(device, mods, load.cpu_offload)
+        self._schedules = {k: NoiseSchedule.from_alphas_cumprod(st.scheduler.alphas_cumprod, name=f"if-{k}")
+                           for k, st in (("stage_1", stage_1), ("stage_2", stage_2)) if st is not None}
+        self._prompt_cache: dict[tuple[str, ...], IFText] = {}
+        self._notes: list[str] = []
+
+    # -- sizes ----------------------------------------------------------------------------------------
+    @property
+    def stage_divisors(self) -> tuple[int, ...]:
+        return (4, 1) if self.stage_2 is not None else (1,)
+
+    def output_multiple(self) -> int:
+        """Output sides must be multiples of this."""
+        if self.stage_2 is None:
+            return self.stage_1.size_multiple
+        return math.lcm(4 * self.stage_1.size_multiple, self.stage_2.size_multiple)
+
+    def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
+        h, w = (int(v) for v in lr_hw)
+        if self.stage_2 is not None and scale % 4:
+            raise InputImageError(
+                f"DeepFloyd IF samples in two stages, the first at 1/4 of the output size, so the scale must be "
+                f"a multiple of 4 (4, 8, 12, ..., 32); got {scale}")
+        m = self.output_multiple()
+        H, W = h * scale, w * scale
+        if h < 1 or w < 1 or H % m or W % m:
+            step = m // math.gcd(m, scale)
+            ch, cw = h - h % step, w - w % step
+            fix = f"crop it to {ch}x{cw}" if ch and cw else f"pad it to at least {step}x{step}"
+            raise InputImageError(
+                f"DeepFloyd IF needs output sides that are multiples of {m} (its UNets halve the image "
+                f"{int(math.log2(self.stage_1.size_multiple))}x at 1/{self.stage_divisors[0]} size"
+                + (f" and {int(math.log2(self.stage_2.size_multiple))}x at full size" if self.stage_2 else "")
+                + f"); a {h}x{w} input at x{scale} gives {H}x{W}. At x{scale} use input sides that are multiples "
+                f"of {step} (e.g. {step}x{step} -> {step * scale}x{step * scale}): {fix}")
+        base = int(self.stage_1.unet.config.sample_size or 0)
+        size1 = (H // self.stage_divisors[0], W // self.stage_divisors[0])
+        self._notes = ([f"DeepFloyd IF was trained at {base} px in stage I; this run uses {size1[0]}x{size1[1]}"]
+                       if base and size1 != (base, base) else [])
+
+    def input_notes(self) -> list[str]:
+        return list(self._notes)
+
+    # -- text -----------------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Sequence[str]) -> IFText:
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise UsageError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        if prompts in self._prompt_cache:
+            return self._prompt_cache[prompts]
+        self._residency.activate("text_encoder")
+        dev = next(self.text_encoder.parameters()).device
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                             add_special_tokens=True, return_tensors="pt")
+        with torch.no_grad():
+            emb = self.text_encoder(tok.input_ids.to(dev), attention_mask=tok.attention_mask.to(dev))[0]
+        out = IFText(embeds=emb.to(dtype=self.dtype), prompts=prompts)
+        if len(self._prompt_cache) >= 32:
+            self._prompt_cache.pop(next(iter(self._prompt_cache)))
+        self._prompt_cache[prompts] = out
+        return out
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def stage_solver_configs(self, solver: str, solver_options: dict, opts: IFOptions) -> list:
+        """Per-stage solver configs: IF's defaults for the solver (``STAGE_SOLVER_DEFAULTS``) < the IF
+        options ``steps``/``warm_start`` < the user's solver options (flat: every stage; nested under a
+        stage name, e.g. ``{"stage_2": {"steps": 20}}``: that stage)."""
+        try:
+            name = make_config(solver).name
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        user = dict(solver_options or {})
+        names = STAGE_KEYS[: len(self.stage_divisors)]
+        check_stage_option_keys(user, names)
+        given = [set(k for k, v in user.items() if not isinstance(v, Mapping)) | set(user.get(n, {})) for n in names]
+        if opts.steps is not None and any("steps" in g for g in given):
+            raise UsageError("give the steps either as solver options or as the IF option steps=[stage I, stage II], "
+                             "not both")
+        if opts.warm_start is not None and {"start", "init"} & given[0]:
+            raise UsageError("warm_start sets stage I's start/init; do not also pass start/init solver options")
+        cfgs = []
+        for k, stage in enumerate(names):
+            d = dict(STAGE_SOLVER_DEFAULTS.get(name, ({}, {}))[k])
+            if opts.steps is not None:
+                d["steps"] = opts.steps[k]
+            if k == 0 and opts.warm_start is not None:
+                d.update(start=opts.warm_start, init="pinv")
+            cfgs.append(stage_solver_config(solver, stage, {name: d}, user))
+        return cfgs
+
+    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+        opts = IFOptions.from_dict({**self.defaults, **(options or {})})
+        cfgs = self.stage_solver_configs(solver, solver_options, opts)
+        null = self.encode_prompt(opts.negative_prompt)
+        stages = []
+        for k, (key, st) in enumerate((("stage_1", self.stage_1), ("stage_2", self.stage_2))):
+            if st is None:
+                continue
+            den = IFUNetDenoiser(st.unet, self._schedules[key], guidance_scale=opts.guidance_scale[k], null_text=null,
+                                 x0_transform=x0_transform_for(st.scheduler.config) if opts.thresholding else None,
+                                 activate=partial(self._residency.activate, key))
+            cond_fn = None
+            if k == 1:
+                T = int(st.noising_scheduler.config.num_train_timesteps)
+                if opts.noise_level >= T:
+                    raise UsageError(f"noise_level must be below {T}, got {opts.noise_level}")
+                cond_fn = partial(self._condition_stage_2, noise_level=opts.noise_level)
+            stages.append(Stage(name=key, denoiser=den, divisor=self.stage_divisors[k], channels=self.channels,
+                                condition=cond_fn, solver=cfgs[k],
+                                extra={"guidance_scale": opts.guidance_scale[k],
+                                       **({"noise_level": opts.noise_level} if k == 1 else {})}))
+        return stages
+
+    def _condition_stage_2(self, cond: Any, prev: torch.Tensor | None, noise: Noise, *, noise_level: int) -> IFSRCond:
+        """Upsample the stage-I sample x4 (bilinear, align_corners=True) and noise it to ``noise_level``
+        with the image-noising schedule: ``sqrt(abar) up + sqrt(1 - abar) z`` (IFSuperResolutionPipeline)."""
+        if prev is None:
+            raise ValueError("DeepFloyd IF stage II needs the stage-I output")
+        if cond is not None and not isinstance(cond, IFText):
+            raise TypeError(f"DeepFloyd IF expects the output of encode_prompt as cond, got {type(cond).__name__}")
+        h, w = prev.shape[-2:]
+        up = F.interpolate(prev, (4 * h, 4 * w), mode="bilinear", align_corners=True)
+        abar = float(self.stage_2.noising_scheduler.alphas_cumprod[noise_level])
+        z = noise.randn(up.shape[1:]).to(device=up.device, dtype=up.dtype)
+        return IFSRCond(text=cond, image=math.sqrt(abar) * up + math.sqrt(1.0 - abar) * z, noise_level=noise_level)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "stages": dict(self.locations), "cpu_offload": self.load_options.cpu_offload}
+
+
+# -- loading ------------------------------------------------------------------------------------------
+def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> IFBackend:
+    """Load from Hub ids or local pipeline folders (``source["stages"]``: stage_1 = IFPipeline,
+    optional stage_2 = IFSuperResolutionPipeline, whose text encoder is not loaded: stage I's is shared)."""
+    from ..models import hub_source
+
+    stages = dict(source.get("stages", {}))
+    bad = sorted(set(stages) - set(STAGE_KEYS))
+    if bad or "stage_1" not in stages:
+        raise UsageError(f"a DeepFloyd IF spec needs stages 'stage_1' (and optionally 'stage_2'); got {sorted(stages)}")
+    for k, loc in stages.items():
+        if not isinstance(loc, str):
+            raise UsageError(f"DeepFloyd IF {k} must be a pipeline folder or a Hub id, got {loc!r}")
+    load = IFLoadOptions.from_dict(dict(source.get("load", {}) or {}))
+    info = source.get("info") or ModelInfo(name=str(source.get("name", "deepfloyd-if")), backend="deepfloyd-if",
+                                           description="DeepFloyd IF")
+    needs = {"stage_1": ("scheduler", "tokenizer", "text_encoder", "unet"),
+             "stage_2": ("scheduler", "image_noising_scheduler", "unet")}
+    srcs = [hub_source(loc, needs[k]) for k, loc in stages.items() if not Path(loc).is_absolute()]
+    what = f"model {info.name!r}"
+    hub.ensure_available(srcs, offline, what=what)
+    for k, loc in stages.items():
+        if Path(loc).is_absolute():
+            missing = hub.missing_parts(Path(loc), needs[k])
+            if missing:
+                raise UsageError(f"{what}: {loc} is not a complete IF {k} pipeline folder; missing {missing}")
+    from diffusers import IFPipeline, IFSuperResolutionPipeline
+
+    # no safety checker / watermarker: textsr returns tensors, not IF pipeline outputs (see the licence note)
+    common = dict(local_files_only=offline, cache_dir=str(hub.cache_dir()), safety_checker=None,
+                  feature_extractor=None, watermarker=None, requires_safety_checker=False,
+                  **{hub.diffusers_dtype_kwarg(): dtype})
+    with hub.hub_errors(srcs, what):
+        p1 = IFPipeline.from_pretrained(stages["stage_1"], variant=hub.choose_variant(stages["stage_1"], load.variant),
+                                        **common)
+        p2 = None
+        if "stage_2" in stages:
+            p2 = IFSuperResolutionPipeline.from_pretrained(
+                stages["stage_2"], text_encoder=None, tokenizer=None,
+                variant=hub.choose_variant(stages["stage_2"], load.variant), **common)
+    for p, k in ((p1, "stage_1"), (p2, "stage_2")):
+        if p is not None and p.scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+            raise UsageError(f"{what} {k}: only eps-prediction IF checkpoints are supported, got "
+                             f"{p.scheduler.config.prediction_type!r}")
+    s1 = IFStageModels(p1.unet, p1.scheduler)
+    s2 = IFStageModels(p2.unet, p2.scheduler, p2.image_noising_scheduler) if p2 is not None else None
+    return IFBackend(info, p1.tokenizer, p1.text_encoder, s1, s2, device=device, dtype=dtype,
+                     defaults=source.get("defaults"), load=load, locations=stages)

@@ -1,0 +1,114 @@
+"""DeepFloyd IF UNets as Denoisers: conditioning types, batched CFG, learned-variance split, and the
+scheduler's dynamic thresholding as an ``x0_transform`` (see ``deepfloyd_if`` for the whole backend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import torch
+
+from ..denoiser import Prediction
+from ..schedule import NoiseSchedule
+
+
+@dataclass
+class IFText:
+    """T5 embeddings ``(1 or B, 77, D)`` of the prompt(s), in the model dtype/device."""
+
+    embeds: torch.Tensor
+    prompts: tuple[str, ...] = ()
+
+
+@dataclass
+class IFSRCond:
+    """Stage II conditioning: the text and the noise-augmented upsampled stage-I image ``(B, C, H, W)``."""
+
+    text: IFText | None
+    image: torch.Tensor
+    noise_level: int
+
+
+def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding per sample: ``s = clamp(quantile(|x0|, ratio), 1, max_value)``,
+    ``x0 <- clamp(x0, -s, s) / s`` (diffusers ``DDPMScheduler._threshold_sample``); differentiable."""
+    flat = x0.flatten(1)
+    s = torch.quantile(flat.abs().float(), ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
+    s = s.view(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def _clip(x0: torch.Tensor, r: float) -> torch.Tensor:
+    return x0.clamp(-r, r)
+
+
+def x0_transform_for(scheduler_config: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The x0 post-processing a diffusers DDPM scheduler config asks for (thresholding wins over clipping)."""
+    cfg = dict(scheduler_config)
+    if cfg.get("thresholding"):
+        return partial(dynamic_threshold, ratio=float(cfg.get("dynamic_thresholding_ratio", 0.995)),
+                       max_value=float(cfg.get("sample_max_value", 1.0)))
+    if cfg.get("clip_sample"):
+        return partial(_clip, r=float(cfg.get("clip_sample_range", 1.0)))
+    return None
+
+
+def _batch(e: torch.Tensor, B: int) -> torch.Tensor:
+    if e.shape[0] == B:
+        return e
+    if e.shape[0] == 1:
+        return e.expand(B, *e.shape[1:])
+    raise ValueError(f"text embeddings have batch {e.shape[0]}; expected 1 or {B}")
+
+
+class IFUNetDenoiser:
+    """A diffusers IF UNet (stage I or II) as a ``Denoiser`` with batched CFG.
+
+    ``cond``: ``IFText`` (stage I), ``IFSRCond`` (stage II) or None (unconditional).  Items of the batch
+    are independent; the call is differentiable w.r.t. ``x_t``.
+    """
+
+    def __init__(self, unet: torch.nn.Module, schedule: NoiseSchedule, *, guidance_scale: float,
+                 null_text: IFText, x0_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+                 activate: Callable[[], None] | None = None):
+        self.unet = unet
+        self.schedule = schedule
+        self.guidance_scale = float(guidance_scale)
+        self.null_text = null_text
+        self.x0_transform = x0_transform
+        self._activate = activate
+
+    def _eps(self, x_in: torch.Tensor, t: int, text: torch.Tensor, image: torch.Tensor | None,
+             noise_level: int | None, C: int) -> torch.Tensor:
+        p = next(self.unet.parameters())
+        model_in = x_in if image is None else torch.cat([x_in, image.to(x_in.dtype)], dim=1)
+        n = model_in.shape[0]
+        labels = None if noise_level is None else torch.full((n,), noise_level, dtype=torch.long, device=p.device)
+        out = self.unet(model_in.to(device=p.device, dtype=p.dtype), torch.tensor(t, device=p.device),
+                        encoder_hidden_states=text.to(device=p.device, dtype=p.dtype), class_labels=labels,
+                        return_dict=False)[0]
+        return out[:, :C]  # eps channels; the other C are IF's learned variance (unused)
+
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction:
+        if self._activate is not None:
+            self._activate()
+        text, image, level = cond, None, None
+        if isinstance(cond, IFSRCond):
+            text, image, level = cond.text, cond.image, cond.noise_level
+        if image is None and self.unet.config.in_channels != x_t.shape[1]:
+            raise ValueError("this IF stage is a super-resolution UNet: pass an IFSRCond with the low-res image")
+        B, C = x_t.shape[:2]
+        e_text = _batch((text or self.null_text).embeds, B)
+        w = self.guidance_scale
+        if w == 1.0 or text is None:
+            eps = self._eps(x_t, t, e_text, image, level, C)
+        elif w == 0.0:
+            eps = self._eps(x_t, t, _batch(self.null_text.embeds, B), image, level, C)
+        else:  # one batched call: [uncond; text], as IF's pipelines do
+            e_null = _batch(self.null_text.embeds, B)
+            img2 = None if image is None else torch.cat([image, image])
+            eps_u, eps_c = self._eps(torch.cat([x_t, x_t]), t, torch.cat([e_null, e_text]), img2, level, C).chunk(2)
+            eps = eps_u + w * (eps_c - eps_u)
+        eps = eps.to(device=x_t.device, dtype=x_t.dtype)
+        return Prediction.from_eps(x_t, eps, self.schedule.abar(t), self.x0_transform)

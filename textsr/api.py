@@ -348,8 +348,13 @@ def explore(
             if post is not None:
                 x = post(x, y_dev, final_op)
             xs.append(x.detach())
-        x = torch.cat(xs).clamp(-1, 1)
-        psnr = lr_psnr(x, y_dev, final_op)
+        x = torch.cat(xs)
+        psnr = lr_psnr(x, y_dev, final_op)  # the solver's consistency, before display clipping
+        outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
+        if outside:
+            notes.append(f"prompt {prompt!r}: {outside} of {samples} samples had values outside the image range; "
+                         "the PNGs are clipped (LR-PSNR is measured before clipping)")
+        x = x.clamp(-1, 1)
         scores = backend.text_scores(x, prompt)
         text = [None] * samples if scores is None else [float(s) for s in scores.tolist()]
         samples01 = ((x.to(torch.float32).cpu().permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1)

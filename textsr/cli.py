@@ -208,10 +208,37 @@ def models(as_json):
         cached = r.get("cached")
         mark = "builtin" if cached == "builtin" else ("cached" if cached else "not cached")
         vram = r.get("vram_gb")
-        vram_s = f"{vram:g} GB" if isinstance(vram, (int, float)) else (vram or "-")
+        approx = "~" if "estimate" in str(r.get("notes", "")).lower() else ""
+        vram_s = f"{approx}{vram:g} GB" if isinstance(vram, (int, float)) else (vram or "-")
         click.echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
         for hid in r.get("hub_ids", []):
             click.echo(f"{'':<20}{hid}")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--ray", "use_ray", is_flag=True, help="Run jobs as Ray tasks (pip install 'textsr[cluster]').")
+@click.option("--address", help="Ray cluster address (default: start or join a local one; 'auto' for a cluster).")
+@click.option("--gpus-per-job", type=float, default=0.0, show_default=True)
+@click.option("--cpus-per-job", type=float, default=1.0, show_default=True)
+@click.option("--force", is_flag=True, help="Re-run jobs whose results.json exists.")
+def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
+    """Run every job of a JSON/JSONL MANIFEST (see README, "Cluster"); resumes by skipping finished jobs."""
+    from .distributed import load_manifest, run_batch
+    from .errors import TextSRError
+
+    try:
+        jobs = load_manifest(manifest)
+        results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
+                            cpus_per_job=cpus_per_job, force=force)
+    except TextSRError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    for r in results:
+        click.echo(f"{r.status:<8} {r.out}  ({r.seconds:.1f} s)" + (f"\n         {r.error}" if r.error else ""))
+    failed = sum(r.status == "failed" for r in results)
+    click.echo(f"{len(results) - failed} of {len(results)} jobs done or skipped; {failed} failed")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

@@ -32,7 +32,12 @@ class Stage:
     name: label for progress and results; denoiser: this stage's Denoiser; divisor: the stage works at
     (H / divisor, W / divisor) of the final size; channels: image channels at this stage;
     condition: ``(cond, previous_output_or_None, noise) -> stage cond`` (default: pass ``cond``);
-    solver: this stage's solver config (None: use the one given to ``run_cascade``).
+    solver: this stage's solver config (None: use the one given to ``run_cascade``);
+    bind: optional ``(operator, y) -> (denoiser, operator)``, called once per run with this stage's
+    operator and ``y`` before sampling; a stage that needs them returns the Denoiser and the operator
+    the solver should use (a latent stage wraps the pixel operator in a latent adapter and projects
+    decoded estimates onto ``A x = y``; CLIP guidance projects its gradient onto A's null space;
+    unCLIP mixes in the CLIP embedding of the upsampled ``y``).
     """
 
     name: str
@@ -42,6 +47,7 @@ class Stage:
     condition: Callable[[Any, torch.Tensor | None, Noise], Any] | None = None
     solver: SolverConfig | None = None
     extra: dict = field(default_factory=dict)
+    bind: Callable[[LinearOperator, torch.Tensor], tuple[Denoiser, LinearOperator]] | None = None
 
 
 @dataclass
@@ -85,9 +91,12 @@ def run_cascade(
             )
         shape = (st.channels, H // st.divisor, W // st.divisor)
         op = operator(scale // st.divisor, shape)
+        den = st.denoiser
+        if st.bind is not None:
+            den, op = st.bind(op, y)
         noise = Noise.from_seeds(stage_seeds(seeds, k), device=device, dtype=dtype)
         stage_cond = st.condition(cond, prev, noise) if st.condition is not None else cond
-        res = sample(st.denoiser, Problem(op, y, sigma_y), st.solver or solver, noise, stage_cond,
+        res = sample(den, Problem(op, y, sigma_y), st.solver or solver, noise, stage_cond,
                      callback=callback, stage=st.name)
         prev = res.x
         outputs.append(res.x)

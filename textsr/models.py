@@ -63,6 +63,7 @@ BACKENDS: dict[str, str] = {
     "unclip": "textsr.backends.unclip:load_backend",
     "pixel": "textsr.backends.pixel:load_backend",
     "latent": "textsr.backends.latent:load_backend",
+    "kandinsky": "textsr.backends.kandinsky:load_backend",
 }
 
 # diffusers pipeline class (model_index.json "_class_name") -> (backend, stage key) for bare folders
@@ -151,6 +152,15 @@ MODELS: dict[str, ModelInfo] = {
         license="CreativeML Open RAIL++-M",
         notes="VRAM estimate, not measured; if the repository is no longer on the Hub, point "
               "stages.pipeline at a local copy"),
+    "kandinsky-2.2": ModelInfo(
+        name="kandinsky-2.2", backend="kandinsky",
+        description="EXPERIMENTAL: Kandinsky 2.2 (unCLIP-style prior + latent MoVQ decoder)",
+        hub_ids=("kandinsky-community/kandinsky-2-2-prior", "kandinsky-community/kandinsky-2-2-decoder"),
+        vram_gb=10.0,
+        output_sizes="output sides multiples of 64; trained at 512-768 px",
+        license="Apache-2.0",
+        notes="VRAM estimate, not measured; latent model: exact LR consistency only after the final pixel "
+              "projection"),
 }
 
 # registry name -> model spec (same format as a JSON spec file)
@@ -173,6 +183,8 @@ SPECS: dict[str, dict] = {
     "stable-diffusion": {"backend": "latent",
                          "stages": {"pipeline": "stable-diffusion-v1-5/stable-diffusion-v1-5"}},
     "stable-diffusion-2.1": {"backend": "latent", "stages": {"pipeline": "stabilityai/stable-diffusion-2-1-base"}},
+    "kandinsky-2.2": {"backend": "kandinsky", "stages": {"prior": "kandinsky-community/kandinsky-2-2-prior",
+                                                         "decoder": "kandinsky-community/kandinsky-2-2-decoder"}},
 }
 
 _IF_STAGE_1_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",

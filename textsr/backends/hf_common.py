@@ -1,0 +1,212 @@
+"""Pieces shared by the Hugging Face backends (Karlo, pixel UNets, latent models).
+
+* ``resolve_source`` / ``load_pretrained``: a spec's stage entry -> ``from_pretrained`` with
+  ``local_files_only`` offline and a ``ModelNotFoundError`` that says how to get the weights.
+* ``ModelOutputAdapter``: a model's raw output (eps / v / x0, learned-variance channels) -> ``Prediction``.
+* ``stage_solver_config``: a stage's solver defaults overridden by the user's solver options.
+* ``noise_schedule``: a diffusers scheduler -> ``NoiseSchedule``.
+
+Model weights live in the model dtype (float16 on CUDA); the solver works in float32: adapters cast
+``x_t`` in and the model output back to ``x_t``'s dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..denoiser import Prediction, eps_from_x0
+from ..errors import ModelNotFoundError, UsageError
+from ..schedule import NoiseSchedule
+from ..solvers import SolverConfig, make_config
+
+Source = tuple[str, str | None]
+
+
+def resolve_source(entry: Any, what: str) -> Source:
+    """A spec stage entry -> ``(path_or_hub_id, subfolder)``.
+
+    Accepted forms: ``"/local/folder"``, ``"owner/name"`` (a hub id), or
+    ``{"path": ..., "subfolder": ...}`` (``"id"`` is accepted for ``"path"``)."""
+    if isinstance(entry, (str, os.PathLike)):
+        return os.fspath(entry), None
+    if isinstance(entry, Mapping):
+        path = entry.get("path", entry.get("id"))
+        if not isinstance(path, (str, os.PathLike)):
+            raise UsageError(f"model spec entry for {what!r} needs a 'path' (folder or hub id), got {dict(entry)}")
+        sub = entry.get("subfolder")
+        return os.fspath(path), (str(sub) if sub else None)
+    raise UsageError(f"model spec entry for {what!r} must be a folder, a hub id or "
+                     f"{{'path': ..., 'subfolder': ...}}, got {entry!r}")
+
+
+def join_subfolder(base: str | None, sub: str | None) -> str | None:
+    parts = [p for p in (base, sub) if p]
+    return "/".join(parts) if parts else None
+
+
+def download_hint(path: str) -> str:
+    if os.path.isabs(path) or path.startswith(".") or os.path.exists(path):
+        return f"the folder {path!r} does not hold it (check the path, or rebuild the model there)"
+    return (f"download it once with internet access: `huggingface-cli download {path}` (or run without "
+            f"--offline / HF_HUB_OFFLINE=0); gated models also need `huggingface-cli login`")
+
+
+def load_pretrained(cls: Any, source: Source, *, offline: bool, what: str, subfolder: str | None = None,
+                    **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, subfolder=..., local_files_only=offline, **kwargs)``; a missing
+    model becomes ``ModelNotFoundError`` naming the component and how to download it."""
+    path, base_sub = source
+    sub = join_subfolder(base_sub, subfolder)
+    extra = {"subfolder": sub} if sub else {}
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        obj = cls.from_pretrained(path, local_files_only=offline, **extra, **kwargs)
+    except (OSError, EntryNotFoundError) as e:  # missing files/repos (the Hub's errors subclass OSError)
+        where = f"{path}" + (f" (subfolder {sub!r})" if sub else "")
+        raise ModelNotFoundError(
+            f"cannot load the {what} ({cls.__name__}) from {where}: {e}. "
+            + ("Offline: weights must already be in the Hugging Face cache; " if offline else "")
+            + download_hint(path)
+        ) from e
+    vocab = len(obj) if hasattr(obj, "convert_tokens_to_ids") else None
+    if vocab is not None and vocab < 10:
+        # transformers 5 builds an empty tokenizer instead of failing when the files are missing
+        where = f"{path}" + (f" (subfolder {sub!r})" if sub else "")
+        raise ModelNotFoundError(f"the {what} at {where} has no vocabulary files (got {vocab} tokens); "
+                                 + download_hint(path))
+    return obj
+
+
+def has_subfolder(source: Source, sub: str, marker_files: tuple[str, ...]) -> bool | None:
+    """For a local folder: whether ``sub`` holds one of ``marker_files`` (None for hub ids: unknown)."""
+    path, base_sub = source
+    if not os.path.isdir(path):
+        return None
+    root = os.path.join(path, *(p for p in (base_sub, sub) if p))
+    return any(os.path.isfile(os.path.join(root, f)) for f in marker_files)
+
+
+def noise_schedule(scheduler: Any, name: str) -> NoiseSchedule:
+    """The VP schedule of a diffusers DDPM-family scheduler (its ``alphas_cumprod``)."""
+    abar = getattr(scheduler, "alphas_cumprod", None)
+    if abar is None:
+        raise UsageError(f"scheduler {type(scheduler).__name__} has no alphas_cumprod; textsr needs a "
+                         "variance-preserving (DDPM-family) schedule")
+    return NoiseSchedule.from_alphas_cumprod(torch.as_tensor(abar, dtype=torch.float64), name=name)
+
+
+@dataclass(frozen=True)
+class ModelOutputAdapter:
+    """Turns raw network output into ``Prediction(x0, eps)`` on a VP schedule.
+
+    prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"`` (diffusers' names);
+    channels: image/latent channels (extra output channels, e.g. learned variance, are dropped:
+    the solvers choose their own step variance); clip: clamp x0_hat to [-clip, clip] (the scheduler's
+    ``clip_sample``; None = off), applied before any solver projection with eps recomputed to match.
+    """
+
+    prediction_type: str = "epsilon"
+    channels: int = 3
+    clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise UsageError(f"unsupported prediction_type {self.prediction_type!r}; textsr handles "
+                             "epsilon, v_prediction and sample")
+
+    def split(self, out: torch.Tensor) -> torch.Tensor:
+        """The prediction channels (learned-variance channels, if any, are dropped)."""
+        if out.shape[1] == self.channels:
+            return out
+        if out.shape[1] == 2 * self.channels:
+            return out[:, : self.channels]
+        raise UsageError(f"model returns {out.shape[1]} channels; expected {self.channels} or "
+                         f"{2 * self.channels} (learned variance)")
+
+    def to_eps(self, x_t: torch.Tensor, pred: torch.Tensor, abar_t: float) -> torch.Tensor:
+        """The noise estimate for ``pred`` (already split), in ``x_t``'s dtype."""
+        pred = pred.to(x_t.dtype)
+        if self.prediction_type == "epsilon":
+            return pred
+        a, s = math.sqrt(abar_t), math.sqrt(1.0 - abar_t)
+        if self.prediction_type == "v_prediction":  # v = a eps - s x0  =>  eps = s x_t + a v
+            return s * x_t + a * pred
+        return eps_from_x0(x_t, pred, abar_t)  # "sample"
+
+    def prediction(self, x_t: torch.Tensor, eps: torch.Tensor, abar_t: float) -> Prediction:
+        clip = self.clip
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = (
+            (lambda x0: x0.clamp(-clip, clip)) if clip is not None else None
+        )
+        return Prediction.from_eps(x_t, eps, abar_t, transform)
+
+
+def scheduler_clip(scheduler_config: Mapping[str, Any]) -> float | None:
+    if scheduler_config.get("clip_sample", False):
+        return float(scheduler_config.get("clip_sample_range", 1.0))
+    return None
+
+
+def timestep_tensor(t: int, batch: int, device: torch.device) -> torch.Tensor:
+    return torch.full((batch,), int(t), dtype=torch.long, device=device)
+
+
+def stage_solver_config(solver: str, stage: str, stage_defaults: Mapping[str, Mapping[str, Any]],
+                        solver_options: Mapping[str, Any]) -> SolverConfig:
+    """The solver config for one stage.
+
+    ``stage_defaults[solver]`` are the backend's defaults for this stage (steps, step sizes ...);
+    ``solver_options`` override them for every stage, except that a nested dict under the stage's name
+    (``{"decoder": {"steps": 50}}``) applies to that stage only."""
+    common = {k: v for k, v in solver_options.items() if not isinstance(v, Mapping)}
+    specific = solver_options.get(stage, {})
+    if not isinstance(specific, Mapping):
+        specific = {}
+    key = solver.lower().replace("_", "").replace("plus", "+")
+    opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
+    try:
+        return make_config(solver, **opts)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"solver options for stage {stage!r}: {e}") from e
+
+
+def check_stage_option_keys(solver_options: Mapping[str, Any], stage_names: tuple[str, ...]) -> None:
+    """Nested solver options must name a stage of this backend."""
+    for k, v in solver_options.items():
+        if isinstance(v, Mapping) and k not in stage_names:
+            raise UsageError(f"per-stage solver options {k!r}: no such stage; stages are {list(stage_names)}")
+
+
+def float_option(options: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise UsageError(f"option {key} must be a number, got {v!r}")
+    v = float(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise UsageError(f"option {key} must lie in {rng}, got {v}")
+    return v
+
+
+def int_option(options: Mapping[str, Any], key: str, *, lo: int = 1) -> int:
+    v = options[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise UsageError(f"option {key} must be an integer >= {lo}, got {v!r}")
+    return v
+
+
+def merge_options(known: dict[str, Any], spec_defaults: Mapping[str, Any] | None, options: Mapping[str, Any],
+                  what: str) -> dict[str, Any]:
+    """Backend defaults < the model spec's ``defaults`` < the caller's options; unknown keys -> UsageError."""
+    from .base import check_options
+
+    spec_defaults = dict(spec_defaults or {})
+    check_options(spec_defaults, list(known), f"{what} (model spec defaults)")
+    check_options(dict(options), list(known), what)
+    return {**known, **spec_defaults, **dict(options)}

@@ -1,0 +1,258 @@
+"""EXPERIMENTAL Kandinsky 2.2 backend: an unCLIP prior + a latent (MoVQ) decoder conditioned on CLIP image
+embeddings only (kandinsky-community/kandinsky-2-2-prior + kandinsky-2-2-decoder).
+
+It combines the two other model families' machinery:
+
+* the **prior** and **embedding averaging** as for Karlo (``textsr.backends.unclip``):
+  ``e = lambda * e_img(up(y)) + (1 - lambda) * e_prior(text)``; the prior repository's own CLIP vision
+  tower gives ``e_img``, so ``unclip_lambda`` works without extra downloads.  The text reaches the image
+  only through this embedding (the decoder UNet takes no text);
+* the **latent** handling of ``textsr.backends.latent``: the solver sees a ``LatentOperator``
+  (``A(z) = A_pix(D(z))``, D = the MoVQ decoder without quantisation); DDNM-family solvers get
+  decode-project-encode inside the denoiser; DPS differentiates through the MoVQ decoder; PiGDM is not
+  available; ``postprocess`` decodes and applies the exact pixel projection.
+
+Classifier-free guidance as Kandinsky: the unconditional branch is conditioned on the CLIP embedding of
+an all-zero image (``guidance_scale`` 4); the learned-variance channels are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..cascade import Stage
+from ..denoiser import Prediction
+from ..errors import InputImageError, UsageError
+from ..guidance import ClipModel, image_preprocessing
+from ..operators import LinearOperator
+from ..schedule import NoiseSchedule
+from ..solvers import Noise
+from .base import Backend, ModelInfo, check_options
+from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, int_option, load_pretrained,
+                        merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
+from .latent import PROJECTING_SOLVERS, SUPPORTED_SOLVERS, LatentOperator, ProjectingLatentDenoiser, decode_and_project
+from .unclip import KarloText, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
+
+BACKEND = "kandinsky"
+STAGE = "latent"
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "guidance_scale": 4.0,  # Kandinsky 2.2 decoder default
+    "prior_guidance": 4.0,
+    "prior_steps": 25,
+    "unclip_lambda": 0.0,
+    "unclip_norm": "prior",
+}
+
+SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ddnm": {"steps": 100}, "ddnm+": {"steps": 100}, "plain": {"steps": 50},
+    "dps": {"steps": 250, "zeta": 0.5},
+}
+
+
+@dataclass
+class MoVQCodec:
+    """Kandinsky's MoVQ (``VQModel``) as ``E``/``D``: unquantised latents, as Kandinsky's pipelines use
+    them (no scaling factor).  Differentiable; keeps the caller's dtype."""
+
+    movq: Any
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.movq.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.movq.config.vq_embed_dim or self.movq.config.latent_channels)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.movq.encode(x.to(self.movq.dtype)).latents.to(x.dtype)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.movq.decode(z.to(self.movq.dtype), force_not_quantize=True).sample.to(z.dtype)
+
+
+@dataclass(frozen=True)
+class KandinskyCond:
+    """The stage's conditioning: the prior's image embeddings (B, D) and the negative (zero-image) one."""
+
+    e_prior: torch.Tensor
+    e_neg: torch.Tensor
+
+
+@dataclass
+class KandinskyDenoiser:
+    """The Kandinsky 2.2 decoder UNet on MoVQ latents, CFG in one batched call (guidance 1: one branch)."""
+
+    unet: Any
+    schedule: NoiseSchedule
+    adapter: ModelOutputAdapter
+    guidance: float = 4.0
+    lam: float = 0.0
+    norm: str = "prior"
+    e_img: torch.Tensor | None = None
+
+    def embedding(self, e_prior: torch.Tensor) -> torch.Tensor:
+        return mix_embeddings(e_prior, self.e_img, self.lam, self.norm)
+
+    def __call__(self, x_t: torch.Tensor, t: int, cond: KandinskyCond) -> Prediction:
+        B = x_t.shape[0]
+        dt = self.unet.dtype
+        e = self.embedding(cond.e_prior).expand(B, -1)
+        if self.guidance == 1.0:
+            emb, n = e, 1
+        else:
+            emb, n = torch.cat([cond.e_neg.expand(B, -1), e]), 2
+        out = self.unet(torch.cat([x_t] * n).to(dt), timestep_tensor(t, n * B, x_t.device), encoder_hidden_states=None,
+                        added_cond_kwargs={"image_embeds": emb.to(dt)}).sample
+        out = self.adapter.split(out)  # learned variance dropped
+        abar = self.schedule.abar(t)
+        if n == 1:
+            eps = self.adapter.to_eps(x_t, out, abar)
+        else:
+            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
+            eps = e_u + self.guidance * (e_c - e_u)
+        return self.adapter.prediction(x_t, eps, abar)
+
+
+class KandinskyBackend(Backend):
+    """EXPERIMENTAL Kandinsky 2.2: prior (text -> CLIP image embedding, averaged with the LR image's) ->
+    latent decoder with the solver on MoVQ latents -> ``postprocess`` (decode + exact pixel projection)."""
+
+    channels = 3
+
+    def __init__(self, *, info: ModelInfo, tokenizer: Any, text_encoder: Any, image_encoder: Any, prior: Any,
+                 prior_scheduler: Any, unet: Any, movq: Any, scheduler: Any, image_mean=None, image_std=None,
+                 defaults: dict | None = None, device: torch.device = torch.device("cpu"),
+                 dtype: torch.dtype = torch.float32):
+        self.info = info
+        self.device, self.dtype = device, dtype
+        for m in (text_encoder, image_encoder, prior, unet, movq):
+            m.eval().requires_grad_(False)
+        self.tokenizer, self.text_encoder, self.image_encoder = tokenizer, text_encoder, image_encoder
+        self.prior, self.prior_scheduler, self.unet = prior, prior_scheduler, unet
+        self.codec = MoVQCodec(movq)
+        self.schedule = noise_schedule(scheduler, "kandinsky")
+        self.adapter = ModelOutputAdapter(scheduler.config.get("prediction_type", "epsilon"),
+                                          int(unet.config.in_channels), None)
+        self.clip = ClipModel(tokenizer=tokenizer, text_model=text_encoder, vision_model=image_encoder,
+                              image_size=int(image_encoder.config.image_size),
+                              **({"mean": image_mean} if image_mean else {}), **({"std": image_std} if image_std else {}))
+        self.defaults = merge_options(DEFAULT_OPTIONS, defaults, {}, "kandinsky")
+
+    def multiple(self) -> int:
+        return self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
+        h, w = lr_hw
+        H, W, m = h * scale, w * scale, self.multiple()
+        if H % m or W % m:
+            raise InputImageError(f"LR {h}x{w} at x{scale} gives {H}x{W}; Kandinsky 2.2 needs output sides that are "
+                                  f"multiples of {m} (MoVQ x{self.codec.factor} times the UNet's downsampling); it "
+                                  "was trained at 512-768 px")
+
+    def encode_prompt(self, prompt: str) -> KarloText:
+        return encode_clip_text(self.tokenizer, self.text_encoder, prompt, self.device)
+
+    def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
+        if not prompt:
+            return None
+        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+
+    def zero_embedding(self) -> torch.Tensor:
+        """Kandinsky's negative image embedding: CLIP of an all-zero image (after CLIP normalisation)."""
+        s = self.clip.image_size
+        with torch.no_grad():
+            zero = torch.zeros(1, 3, s, s, device=self.device, dtype=self.image_encoder.dtype)
+            return self.image_encoder(pixel_values=zero).image_embeds.float()
+
+    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+        o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "kandinsky")
+        guidance = float_option(o, "guidance_scale", lo=0.0)
+        prior_guidance = float_option(o, "prior_guidance", lo=0.0)
+        prior_steps = int_option(o, "prior_steps", lo=2)
+        lam = float_option(o, "unclip_lambda", lo=0.0, hi=1.0)
+        if o["unclip_norm"] not in ("prior", "mix"):
+            raise UsageError(f"option unclip_norm must be 'prior' or 'mix', got {o['unclip_norm']!r}")
+        key = solver.lower().replace("_", "").replace("plus", "+")
+        if key not in SUPPORTED_SOLVERS:
+            raise UsageError(f"solver {solver!r} needs a linear operator's SVD, which a latent model does not have; "
+                             f"use one of {', '.join(SUPPORTED_SOLVERS)} (experimental backend)")
+        check_stage_option_keys(solver_options, (STAGE,))
+        den = KandinskyDenoiser(self.unet, self.schedule, self.adapter, guidance, lam, o["unclip_norm"])
+        codec, projected, e_neg = self.codec, key in PROJECTING_SOLVERS, self.zero_embedding()
+
+        def condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> KandinskyCond:
+            if not isinstance(cond, KarloText):
+                raise UsageError("the kandinsky backend needs the conditioning from its encode_prompt")
+            e = sample_prior(self.prior, self.prior_scheduler, cond, noise, prior_guidance, prior_steps, self.device)
+            return KandinskyCond(e, e_neg)
+
+        def bind(op: LinearOperator, y: torch.Tensor):
+            d = replace(den, e_img=self.clip.image_embeds(y.to(self.device, torch.float32))) if lam > 0 else den
+            return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), LatentOperator(op, codec,
+                                                                                                 projected=projected)
+
+        return [Stage(STAGE, den, divisor=1, channels=3, condition=condition, bind=bind,
+                      solver=stage_solver_config(solver, STAGE, SOLVER_DEFAULTS, solver_options))]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.codec.decode(z.to(self.device, torch.float32))
+
+    def postprocess(self, x_final: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+        """Final latents -> pixels -> exact pixel-space projection ``x - A+ (A x - y)``."""
+        return decode_and_project(self.codec, x_final.to(self.device), y, operator)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "experimental": True, "vae_factor": self.codec.factor}
+
+
+def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> KandinskyBackend:
+    """Load from ``{"backend": "kandinsky", "stages": {"prior": ..., "decoder": ...}}``: ``prior`` a
+    KandinskyV22PriorPipeline folder/hub id (kandinsky-community/kandinsky-2-2-prior: prior, text_encoder,
+    tokenizer, image_encoder, image_processor, scheduler); ``decoder`` a KandinskyV22Pipeline
+    (kandinsky-community/kandinsky-2-2-decoder: unet, movq, scheduler)."""
+    from diffusers import DDPMScheduler, PriorTransformer, UNet2DConditionModel, VQModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    cls = unclip_classes()
+    stages = source.get("stages", {})
+    missing = [k for k in ("prior", "decoder") if k not in stages]
+    if missing:
+        raise UsageError(f"a kandinsky model spec needs stages.prior and stages.decoder (missing {missing}); e.g. "
+                         "kandinsky-community/kandinsky-2-2-prior and kandinsky-community/kandinsky-2-2-decoder")
+    unknown = sorted(set(stages) - {"prior", "decoder"})
+    if unknown:
+        raise UsageError(f"unknown kandinsky stage(s) {unknown}; known: ['decoder', 'prior']")
+    load = dict(source.get("load", {}) or {})
+    check_options(load, ("cpu_offload",), "kandinsky load")
+    if load.get("cpu_offload"):
+        raise UsageError("cpu_offload is not supported by the kandinsky backend")
+    psrc, dsrc = resolve_source(stages["prior"], "prior"), resolve_source(stages["decoder"], "decoder")
+    kw = dict(offline=offline)
+
+    def diff(c, src, sub, what):
+        return load_pretrained(c, src, subfolder=sub, what=f"Kandinsky {what}", torch_dtype=dtype, **kw).to(device)
+
+    def tf(c, sub, what):
+        return load_pretrained(c, psrc, subfolder=sub, what=f"Kandinsky {what}", dtype=dtype, **kw).to(device)
+
+    image_encoder = tf(CLIPVisionModelWithProjection, "image_encoder", "image encoder")
+    _, mean, std = image_preprocessing(psrc, offline, int(image_encoder.config.image_size), subfolder="image_processor")
+    parts = dict(
+        tokenizer=load_pretrained(CLIPTokenizer, psrc, subfolder="tokenizer", what="Kandinsky tokenizer", **kw),
+        text_encoder=tf(CLIPTextModelWithProjection, "text_encoder", "text encoder"),
+        image_encoder=image_encoder, image_mean=mean, image_std=std,
+        prior=diff(PriorTransformer, psrc, "prior", "prior"),
+        prior_scheduler=load_pretrained(cls.UnCLIPScheduler, psrc, subfolder="scheduler", what="prior scheduler", **kw),
+        unet=diff(UNet2DConditionModel, dsrc, "unet", "decoder UNet"),
+        movq=diff(VQModel, dsrc, "movq", "MoVQ"),
+        scheduler=load_pretrained(DDPMScheduler, dsrc, subfolder="scheduler", what="decoder scheduler", **kw),
+    )
+    info = source.get("info") or ModelInfo(name=str(source.get("name", "kandinsky")), backend=BACKEND,
+                                           description="EXPERIMENTAL Kandinsky 2.2 model spec")
+    return KandinskyBackend(info=info, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)

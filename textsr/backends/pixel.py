@@ -1,0 +1,203 @@
+"""Pixel-space diffusion models + CLIP guidance (the paper's second approach; ALGORITHMS.md "Text
+guidance" 2).
+
+Any diffusers ``UNet2DModel`` checkpoint with a DDPM-family scheduler (google/ddpm-celebahq-256,
+google/ddpm-ema-church-256, google/ddpm-ema-bedroom-256, ...) is one stage at the final size: for
+scale ``s`` the solver uses ``A_s``.  The model is unconditional; the prompt enters through CLIP energy
+guidance (``textsr.guidance.CLIPGuidance``) with a transformers CLIP (default in the registry:
+openai/clip-vit-base-patch32).
+
+Sizes: the UNet's ``sample_size`` (256 for the google models) fixes the output, so the LR image must be
+``sample_size / s`` on each side; convolutional UNets run at other sizes but were not trained there.
+
+Options (``build_stages(..., options)``), starting points, not tuned on real weights here (none can be
+downloaded on the machine this was written on):
+
+* ``clip_scale`` (0.05): RMS step of x0_hat toward the prompt at the noisiest step (0 = no guidance);
+* ``clip_grad`` ("x0"): gradient w.r.t. x0_hat (cheap) or ``"xt"`` (through the UNet);
+* ``clip_window`` ((1.0, 0.0)): fractions of T between which guidance is on;
+* ``clip_project_null`` (True): project the gradient onto A's null space, so it never fights the data term;
+* ``clip_normalize`` (True): per-sample normalised step (False: ``x0 -= clip_scale * grad``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from ..cascade import Stage
+from ..denoiser import Prediction
+from ..errors import InputImageError, ModelNotFoundError, UsageError
+from ..guidance import CLIPGuidance, ClipModel, GuidedCond
+from ..operators import LinearOperator
+from ..schedule import NoiseSchedule
+from .base import Backend, ModelInfo, check_options
+from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, has_subfolder, load_pretrained,
+                        merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
+                        timestep_tensor)
+
+BACKEND = "pixel"
+STAGE = "pixel"
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "clip_scale": 0.05,
+    "clip_grad": "x0",
+    "clip_window": (1.0, 0.0),
+    "clip_project_null": True,
+    "clip_normalize": True,
+}
+
+SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ddnm": {"steps": 100}, "ddnm+": {"steps": 100}, "plain": {"steps": 100},
+    "dps": {"steps": 250, "zeta": 0.5}, "pigdm": {"steps": 100},
+}
+
+
+@dataclass
+class PixelDenoiser:
+    """An unconditional diffusers ``UNet2DModel`` as a Denoiser (``cond`` is ignored)."""
+
+    unet: Any
+    schedule: NoiseSchedule
+    adapter: ModelOutputAdapter
+
+    def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction:
+        out = self.unet(x_t.to(self.unet.dtype), timestep_tensor(t, x_t.shape[0], x_t.device)).sample
+        abar = self.schedule.abar(t)
+        return self.adapter.prediction(x_t, self.adapter.to_eps(x_t, self.adapter.split(out), abar), abar)
+
+
+def clip_window(value: Any) -> tuple[float, float]:
+    try:
+        w = tuple(float(v) for v in value)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"option clip_window must be two fractions of T, e.g. [1.0, 0.2]; got {value!r}") from e
+    if len(w) != 2 or not all(0.0 <= v <= 1.0 for v in w):
+        raise UsageError(f"option clip_window must be two fractions of T in [0, 1], got {value!r}")
+    return w  # type: ignore[return-value]
+
+
+def clip_guidance_settings(o: dict) -> dict:
+    """Validated CLIPGuidance keyword arguments from backend options (shared with other backends)."""
+    if o["clip_grad"] not in ("x0", "xt"):
+        raise UsageError(f"option clip_grad must be 'x0' or 'xt', got {o['clip_grad']!r}")
+    for k in ("clip_project_null", "clip_normalize"):
+        if not isinstance(o[k], bool):
+            raise UsageError(f"option {k} must be true or false, got {o[k]!r}")
+    return {"scale": float_option(o, "clip_scale", lo=0.0), "grad_wrt": o["clip_grad"],
+            "window": clip_window(o["clip_window"]), "normalize": o["clip_normalize"]}
+
+
+class PixelBackend(Backend):
+    """One pixel-space stage at the final size + optional CLIP guidance."""
+
+    def __init__(self, *, info: ModelInfo, unet: Any, scheduler: Any, clip: ClipModel | None = None,
+                 defaults: dict | None = None, device: torch.device = torch.device("cpu"),
+                 dtype: torch.dtype = torch.float32):
+        self.info = info
+        self.device, self.dtype = device, dtype
+        self.unet = unet.eval().requires_grad_(False)
+        self.clip = clip
+        self.channels = int(unet.config.in_channels)
+        self.schedule = noise_schedule(scheduler, "pixel")
+        self.adapter = ModelOutputAdapter(scheduler.config.get("prediction_type", "epsilon"), self.channels,
+                                          scheduler_clip(scheduler.config))
+        s = unet.config.sample_size
+        self.size = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+        self.defaults = merge_options(DEFAULT_OPTIONS, defaults, {}, "pixel")
+
+    def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
+        h, w = lr_hw
+        H, W = self.size
+        if (h * scale, w * scale) == (H, W):
+            return
+        ok = [f"{H // s}x{W // s} at x{s}" for s in range(2, 33) if H % s == 0 and W % s == 0]
+        raise InputImageError(
+            f"LR {h}x{w} at x{scale} gives {h * scale}x{w * scale}, but this model makes {H}x{W} images (its "
+            f"UNet's training size). Use an LR image of {', '.join(ok)}")
+
+    def encode_prompt(self, prompt: str) -> GuidedCond:
+        if not prompt:
+            return GuidedCond(None)
+        if self.clip is None:
+            raise UsageError("this pixel model is unconditional and no CLIP model is loaded for guidance: add "
+                             "stages.clip to the model spec (e.g. openai/clip-vit-base-patch32) or use an empty prompt")
+        return GuidedCond(self.clip.text_features(prompt))
+
+    def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
+        if not prompt or self.clip is None:
+            return None
+        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+
+    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+        o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "pixel")
+        guidance = clip_guidance_settings(o)
+        check_stage_option_keys(solver_options, (STAGE,))
+        base = PixelDenoiser(self.unet, self.schedule, self.adapter)
+        den: Any = base
+        project = False
+        if self.clip is not None and guidance["scale"] > 0:
+            den = CLIPGuidance(base, self.clip, None, **guidance)
+            project = o["clip_project_null"]
+
+        def bind(op: LinearOperator, y: torch.Tensor):
+            # the guidance gradient is projected onto the null space of this run's operator
+            return replace(den, project_null=op), op
+
+        return [Stage(STAGE, den, divisor=1, channels=self.channels, bind=bind if project else None,
+                      solver=stage_solver_config(solver, STAGE, SOLVER_DEFAULTS, solver_options))]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "output_size": list(self.size), "clip": self.clip is not None}
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+def _load_with_fallback(cls: Any, src: tuple[str, str | None], sub: str, markers: tuple[str, ...], *,
+                        offline: bool, what: str, **kw: Any) -> Any:
+    """Load from ``sub`` (a pipeline folder) or from the root (the old single-model layout)."""
+    present = has_subfolder(src, sub, markers)
+    if present is True:
+        return load_pretrained(cls, src, subfolder=sub, offline=offline, what=what, **kw)
+    if present is False:
+        return load_pretrained(cls, src, offline=offline, what=what, **kw)
+    try:  # hub id: the pipeline layout first, then the root
+        return load_pretrained(cls, src, subfolder=sub, offline=offline, what=what, **kw)
+    except ModelNotFoundError:
+        return load_pretrained(cls, src, offline=offline, what=what, **kw)
+
+
+def load_clip(entry: Any, *, device: torch.device, dtype: torch.dtype, offline: bool) -> ClipModel:
+    return ClipModel.from_pretrained(entry, device=device, dtype=dtype, offline=offline, what="CLIP model")
+
+
+def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> PixelBackend:
+    """Load from a model spec ``{"backend": "pixel", "stages": {"unet": ..., "clip": ...}}``: ``unet`` a
+    DDPMPipeline folder/hub id (``unet/`` + ``scheduler/``, or the old layout with the UNet's
+    ``config.json`` and ``scheduler_config.json`` at the root); ``clip`` (optional) a transformers CLIP."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    stages = source.get("stages", {})
+    if "unet" not in stages:
+        raise UsageError("a pixel model spec needs stages.unet (a UNet2DModel / DDPM pipeline folder or hub id, "
+                         "e.g. google/ddpm-celebahq-256)")
+    unknown = sorted(set(stages) - {"unet", "clip"})
+    if unknown:
+        raise UsageError(f"unknown pixel stage(s) {unknown}; known: ['clip', 'unet']")
+    load = dict(source.get("load", {}) or {})
+    check_options(load, ("cpu_offload",), "pixel load")
+    if load.get("cpu_offload"):
+        raise UsageError("cpu_offload is not supported by the pixel backend (the 256 px DDPM models need ~3 GB)")
+    src = resolve_source(stages["unet"], "unet")
+    unet = _load_with_fallback(UNet2DModel, src, "unet", ("config.json",), offline=offline,
+                               what="pixel UNet", torch_dtype=dtype).to(device)
+    scheduler = _load_with_fallback(DDPMScheduler, src, "scheduler", ("scheduler_config.json",), offline=offline,
+                                    what="noise scheduler")
+    clip = load_clip(stages["clip"], device=device, dtype=dtype, offline=offline) if "clip" in stages else None
+    info = source.get("info") or ModelInfo(name=str(source.get("name", "pixel")), backend=BACKEND,
+                                           description="pixel-space diffusion model spec")
+    return PixelBackend(info=info, unet=unet, scheduler=scheduler, clip=clip, defaults=source.get("defaults"),
+                        device=device, dtype=dtype)

@@ -131,7 +131,11 @@ class Exploration:
         lines = []
         for p in self.prompts:
             tc = "n/a" if p.text_consistency is None else f"{p.text_consistency:.2f}"
-            extra = f", SW {p.extra['sw']:.3f}" if "sw" in p.extra else ""
+            extra = f", SW {p.extra['sw']:.3f} (floor {p.extra['sw_floor']:.3f})" if "sw" in p.extra else ""
+            if "shapes" in p.extra:
+                got = ", ".join(f"{k} {v}" for k, v in sorted(p.extra["shapes"].items()))
+                want = ", ".join(f"{k} {v:.2f}" for k, v in sorted(p.extra.get("posterior_shapes", {}).items()))
+                extra += f"; shapes: {got} (exact posterior: {want})"
             lines.append(f"{(p.prompt or '(no prompt)')!r}: text consistency {tc}, LR-PSNR min "
                          f"{min(p.lr_psnr):.1f} dB, diversity {p.diversity['pairwise_l2']:.3f}{extra}")
         return lines

@@ -38,7 +38,7 @@ INFO = ModelInfo(
     license="Apache-2.0 (part of textsr)",
     notes="exact score and exact posterior: text consistency and SW to the posterior are measurable",
 )
-OPTIONS = ("cascade", "sigma_aug", "exact_samples")
+OPTIONS = ("cascade", "sigma_aug")
 
 
 class ShapesBackend(Backend):

@@ -334,6 +334,7 @@ def explore(
     for pi, prompt in enumerate(prompt_list):
         tp = time.perf_counter()
         cond = backend.encode_prompt(prompt)
+        notes.extend(getattr(backend, "prompt_notes", lambda p: [])(prompt))
         stages = backend.build_stages(solver, solver_options, dict(model_options or {}))
 
         def cb(info, pi=pi, prompt=prompt, stages=stages):
@@ -371,7 +372,6 @@ def explore(
         results.append(PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - tp,
                                     tags, extra))
 
-    notes.extend(getattr(backend, "take_notes", lambda: [])())
     ref_metrics = None
     if reference is not None:
         ref_metrics = reference_scores(reference, results)

@@ -256,7 +256,13 @@ def app(host, port, concurrency, share):
         sys.exit(2)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving on {host}: anyone who can reach this address can use the app", err=True)
-    launch(host=host, port=port, concurrency=concurrency)
+    from .errors import TextSRError
+
+    try:
+        launch(host=host, port=port, concurrency=concurrency)
+    except TextSRError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,7 +53,6 @@ class ShapesBackend(Backend):
         self.dtype = torch.float32
         self.catalog = catalog if catalog is not None else build_catalog(SIZE)
         self.schedule = schedule or NoiseSchedule.linear()
-        self._notes: list[str] = []
 
     # -- the mixtures ---------------------------------------------------------------------------
     def _mixture(self, catalog):
@@ -110,8 +109,6 @@ class ShapesBackend(Backend):
 
     def encode_prompt(self, prompt: str) -> Any:
         parsed = self.parse(prompt)
-        for n in parsed.notes:
-            self._notes.append(f"prompt {prompt!r}: {n}")
         if not parsed.tags:
             return None
         try:
@@ -123,9 +120,9 @@ class ShapesBackend(Backend):
     def prompt_tags(self, prompt: str) -> list[str]:
         return sorted(self.parse(prompt).tags)
 
-    def take_notes(self) -> list[str]:
-        notes, self._notes = list(dict.fromkeys(self._notes)), []
-        return notes
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What the parser could not use in ``prompt`` (unknown words are reported, never dropped)."""
+        return [f"prompt {prompt!r}: {n}" for n in self.parse(prompt).notes]
 
     def input_notes(self) -> list[str]:
         return []

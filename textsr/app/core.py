@@ -1,0 +1,312 @@
+"""What the web app does, without gradio: offer the registry's models, check an upload, turn the
+page's fields into an ``explore`` call and report its progress.
+
+Everything here takes and returns plain data and raises ``UsageError`` with a message meant for the
+person at the page; ``present.py`` shows results, ``ui.py`` lays out the page and turns errors into
+``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import InputImageError, UsageError
+
+log = logging.getLogger("textsr.app")
+
+DEFAULT_MODEL = "builtin-shapes"
+RANDOM_SEED_MAX = 2**31 - 1024  # leaves room for seed + k
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: the app may be shared, so each request's work is bounded."""
+
+    max_upload_pixels: int = 1_048_576  # 1024 x 1024: the input is a *low*-resolution image
+    max_output_pixels: int = 4_194_304  # 2048 x 2048 per sample
+    max_prompts: int = 8
+    max_samples: int = 16
+    max_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_pixels", "max_output_pixels", "max_prompts", "max_samples", "max_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Models: registry names only, loaded once and shared between requests
+# --------------------------------------------------------------------------------------------
+
+
+def registry_names() -> list[str]:
+    """Model names from the registry (``textsr.models.MODELS``); the built-in model first."""
+    from ..models import MODELS
+
+    names = list(MODELS)
+    return sorted(names, key=lambda n: (n != DEFAULT_MODEL, names.index(n)))
+
+
+class ModelPool:
+    """The models the page offers, by name. Nothing but these names reaches ``load_model``: a request
+    cannot name a path. ``choices`` may map a name to a loaded ``Backend`` or a zero-argument factory
+    (tests, embedding applications); plain names go through the registry. At most ``keep`` models
+    stay loaded (least recently used is dropped)."""
+
+    def __init__(self, choices: Sequence[str] | Mapping[str, Any] | None = None, keep: int = 2):
+        if choices is None:
+            choices = registry_names()
+        if isinstance(choices, Mapping):
+            self._entries = dict(choices)
+        else:
+            known = registry_names()
+            unknown = [n for n in choices if n not in known]
+            if unknown:
+                raise ValueError(f"the app offers registry models only; unknown: {unknown}; known: {known}")
+            self._entries = {str(n): str(n) for n in choices}
+        if not self._entries:
+            raise ValueError("the app needs at least one model to offer")
+        self._keep = keep
+        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._name_locks = {n: threading.Lock() for n in self._entries}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) pairs for the page: registry models whose weights are not in the local cache
+        say so (choosing one gives the download instructions)."""
+        cached = {}
+        try:
+            from ..models import model_table
+
+            cached = {r["name"]: r.get("cached") for r in model_table()}
+        except Exception as e:  # the labels are a convenience: never block the page on them
+            log.warning("could not read the model cache status: %s", e)
+        return [(n + (" (weights not cached)" if cached.get(n) is False else ""), n) for n in self._entries]
+
+    @property
+    def default(self) -> str:
+        return DEFAULT_MODEL if DEFAULT_MODEL in self._entries else self.names[0]
+
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(self.names)}")
+        with self._name_locks[name]:  # two requests for one model load it once
+            with self._lock:
+                if name in self._loaded:
+                    self._loaded.move_to_end(name)
+                    return self._loaded[name]
+            backend = self._load(name)
+            with self._lock:
+                self._loaded[name] = backend
+                while len(self._loaded) > self._keep:
+                    self._loaded.popitem(last=False)
+            return backend
+
+    def _load(self, name: str) -> Any:
+        entry = self._entries[name]
+        if hasattr(entry, "build_stages"):
+            return entry
+        if callable(entry):
+            return entry()
+        from ..device import resolve_device, resolve_dtype
+        from ..models import load_model
+
+        dev = resolve_device(None)
+        return load_model(entry, device=dev, dtype=resolve_dtype(None, dev))
+
+
+# --------------------------------------------------------------------------------------------
+# Input
+# --------------------------------------------------------------------------------------------
+
+
+def load_upload(path: str | Path, limits: Limits) -> tuple[np.ndarray, list[str]]:
+    """An uploaded file -> (h, w, 3) float32 in [0, 1] and notes. Errors name the file as the person
+    uploaded it, not the server's temporary path."""
+    from ..io import load_image
+
+    p = Path(path)
+    size = _header_size(p)
+    if size is not None and size[0] * size[1] > limits.max_upload_pixels:
+        w, h = size
+        raise InputImageError(
+            f"{p.name}: the image is {w}x{h} = {w * h:,} pixels, more than the limit of "
+            f"{limits.max_upload_pixels:,} of this app. textsr super-resolves *low*-resolution images: "
+            "downscale or crop it and upload it again.")
+    try:
+        li = load_image(p, max_pixels=limits.max_upload_pixels)
+    except InputImageError as e:
+        raise InputImageError(str(e).replace(str(p), p.name)) from None
+    return li.array, list(li.notes)
+
+
+def _header_size(p: Path) -> tuple[int, int] | None:
+    """(width, height) from the file header without decoding; None when Pillow cannot tell (then
+    ``load_image`` reports what is wrong)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return im.width, im.height
+    except Image.DecompressionBombError as e:
+        raise InputImageError(f"{p.name}: the image is far too large ({e}). textsr super-resolves "
+                              "*low*-resolution images: downscale or crop it and upload it again.") from None
+    except Exception:  # noqa: BLE001 - unreadable files get load_image's precise message
+        return None
+
+
+def check_request_size(lr_hw: tuple[int, int], scale: int, samples: int, n_prompts: int, limits: Limits) -> None:
+    h, w = lr_hw
+    if not 1 <= samples <= limits.max_samples:
+        raise UsageError(f"samples must be from 1 to {limits.max_samples} on this server, got {samples}")
+    if n_prompts > limits.max_prompts:
+        raise UsageError(f"{n_prompts} prompts: this server takes at most {limits.max_prompts} per run; "
+                         "remove some or split the sweep")
+    if h * scale * w * scale > limits.max_output_pixels:
+        raise UsageError(
+            f"the output would be {w * scale}x{h * scale} = {h * w * scale * scale:,} pixels per sample, more than "
+            f"this server's limit of {limits.max_output_pixels:,}: use a smaller scale or a smaller input")
+
+
+def describe_input(lr: np.ndarray, scale: int | None, notes: Sequence[str] = ()) -> str:
+    h, w = lr.shape[:2]
+    out = f"Input: **{w}×{h}** pixels"
+    if scale:
+        out += f" · at ×{scale} the samples are **{w * scale}×{h * scale}**"
+    for n in notes:
+        out += f"\n\n*note: {n}*"
+    return out
+
+
+NO_PROMPT = "(no prompt)"
+
+
+def parse_prompts(text: str | None) -> list[str]:
+    """One prompt per line; blank lines are dropped; a line ``(no prompt)`` is the unconditional run
+    (also what no prompts at all give)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return ["" if line.lower() == NO_PROMPT else line for line in lines]
+
+
+def sweep_preview(prompts_text: str | None, template: str | None, values: str | None) -> str:
+    """The prompt list a run would use, in words (or what is wrong with the sweep)."""
+    from ..api import expand_prompts
+
+    try:
+        prompts = expand_prompts(parse_prompts(prompts_text), *_sweep_args(template, values))
+    except UsageError as e:
+        return f"⚠ {e}"
+    shown = ", ".join(repr(p) if p else f"{NO_PROMPT} (unconditional)" for p in prompts)
+    return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''}: {shown}"
+
+
+def _sweep_args(template: str | None, values: str | None) -> tuple[str | None, str | None]:
+    template = (template or "").strip() or None
+    values = (values or "").strip() or None
+    return template, values
+
+
+def choose_seed(seed: Any, randomize: bool) -> int:
+    if randomize:
+        return secrets.randbelow(RANDOM_SEED_MAX)
+    try:
+        s = int(seed)
+    except (TypeError, ValueError):
+        raise UsageError(f"the seed must be a whole number, got {seed!r}") from None
+    if not 0 <= s <= RANDOM_SEED_MAX:
+        raise UsageError(f"the seed must be from 0 to {RANDOM_SEED_MAX}, got {s}")
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# A run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Request:
+    """One press of "Explore": the page's fields, already typed."""
+
+    lr: np.ndarray
+    notes: list[str]
+    prompts_text: str
+    template: str | None
+    values: str | None
+    model: str
+    solver: str
+    scale: int
+    samples: int
+    seed: int
+    steps: int | None = None
+    operator: str = "avgpool"
+    sigma_y: float = 0.0
+
+
+def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callable | None = None):
+    """Run ``explore`` for a request; returns the ``Exploration`` (with the input's notes added)."""
+    from ..api import expand_prompts, explore
+    from ..solvers import SOLVERS
+
+    prompts = expand_prompts(parse_prompts(req.prompts_text), *_sweep_args(req.template, req.values))
+    check_request_size(req.lr.shape[:2], req.scale, req.samples, len(prompts), limits)
+    if req.solver not in SOLVERS:
+        raise UsageError(f"unknown solver {req.solver!r}; choose one of: {', '.join(SOLVERS)}")
+    if req.steps is not None and not 1 <= req.steps <= limits.max_steps:
+        raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
+    backend = pool.get(req.model)
+    result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=req.solver, samples=req.samples,
+                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, callback=callback)
+    result.notes[:0] = list(req.notes)
+    return result
+
+
+def progress_fraction(p) -> float:
+    """Overall fraction done for an ``api.Progress`` event (prompts x stages x steps)."""
+    stages = max(p.stages, 1)
+    within = (p.stage_index + p.step / max(p.total, 1)) / stages
+    return min(1.0, (p.prompt_index + within) / max(p.prompts, 1))
+
+
+def progress_text(p) -> str:
+    label = p.prompt or "(no prompt)"
+    stage = f" · stage {p.stage}" if p.stages > 1 else ""
+    return f"prompt {p.prompt_index + 1}/{p.prompts} {label[:40]!r}{stage} · step {p.step}/{p.total}"
+
+
+# --------------------------------------------------------------------------------------------
+# The demo scene
+# --------------------------------------------------------------------------------------------
+
+
+def demo_scene() -> dict:
+    """The CLI demo's input and settings (``textsr.demo.demo_kwargs``): image (LR array), prompts,
+    scale, steps, model, solver."""
+    try:
+        from ..demo import demo_kwargs
+    except ImportError as e:
+        raise UsageError(f"the demo scene is not available in this installation ({e})") from None
+    kw = demo_kwargs(Path(tempfile.gettempdir()) / "textsr-demo")  # builds arguments only, writes nothing
+    return {**kw, "image": np.asarray(kw["image"], dtype=np.float32)}
+
+
+def prompts_text(prompts: Sequence[str]) -> str:
+    """The inverse of ``parse_prompts``."""
+    return "\n".join(p if p else NO_PROMPT for p in prompts)

@@ -8,14 +8,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
 def pytest_configure(config):
-    # 2 cores and `-n 2`: one torch thread per worker avoids oversubscription (20-50x slowdowns seen)
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        try:
-            import torch
+    # The tests use small tensors; with 2 cores and `-n 2` one torch thread per process avoids
+    # oversubscription (20-100x slowdowns were seen with the default thread count).
+    try:
+        import torch
 
-            torch.set_num_threads(1)
-        except ImportError:
-            pass
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
 
 
 def pytest_addoption(parser):

@@ -20,16 +20,6 @@ STEPS = {"steps": 6}
 PROMPT = "a photo of an old woman with a red hat"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads that
-    spin-wait make them 20-50x slower: run this module single-threaded and restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_spec(tmp_path_factory):
     return build_tiny_if(tmp_path_factory.mktemp("tiny_if"))

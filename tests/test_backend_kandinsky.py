@@ -22,13 +22,6 @@ FAST = {"prior_steps": 2}
 STEPS = {"steps": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):

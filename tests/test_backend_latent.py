@@ -20,13 +20,6 @@ CPU = torch.device("cpu")
 STEPS = {"steps": 6}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def spec_path(tmp_path_factory):

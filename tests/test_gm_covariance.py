@@ -11,14 +11,6 @@ from textsr.operators import AvgPool
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster and immune to other jobs on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _covs(K=4, d=16, r=3, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -11,14 +11,6 @@ from textsr.schedule import NoiseSchedule
 from textsr.solvers import Noise, Problem, make_config, sample
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small-tensor loops run far faster on one thread (and immune to other jobs on the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_generator_protocol_and_determinism():
     p = mcgdiff_problem(3, d=8, dy=2)

@@ -14,14 +14,6 @@ SHAPE = (1, 4, 4)
 D = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster and immune to other jobs on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _prior(kind, K=4, seed=0, tags=None):
     g = torch.Generator().manual_seed(seed)

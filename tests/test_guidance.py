@@ -14,13 +14,6 @@ from textsr.operators import AvgPool  # noqa: E402
 from textsr.schedule import NoiseSchedule  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):

@@ -9,14 +9,6 @@ from textsr import metrics
 from textsr.operators import AvgPool
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are small: one intra-op thread is faster and immune to other jobs on the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_sliced_wasserstein_same_vs_different_and_deterministic():
     g = torch.Generator().manual_seed(0)

@@ -20,11 +20,8 @@ IF_REPOS = ("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd/IF-II-L-v1.0")
 def tiny_if(tmp_path_factory):
     from textsr.backends.deepfloyd_if_tiny import build_tiny_if
 
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a busy machine
-    yield build_tiny_if(tmp_path_factory.mktemp("tiny_if"))
-    torch.set_num_threads(n)
+    pytest.importorskip("torch")
+    return build_tiny_if(tmp_path_factory.mktemp("tiny_if"))
 
 
 @pytest.fixture

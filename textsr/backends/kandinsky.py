@@ -34,6 +34,7 @@ from .base import Backend, ModelInfo, check_options
 from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
 from .latent import PROJECTING_SOLVERS, SUPPORTED_SOLVERS, LatentOperator, ProjectingLatentDenoiser, decode_and_project
+from .latent import SOLVER_DEFAULTS as LATENT_SOLVER_DEFAULTS
 from .unclip import KarloText, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
 
 BACKEND = "kandinsky"
@@ -47,10 +48,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "unclip_norm": "prior",
 }
 
-SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "ddnm": {"steps": 100}, "ddnm+": {"steps": 100}, "plain": {"steps": 50},
-    "dps": {"steps": 250, "zeta": 0.5},
-}
+SOLVER_DEFAULTS = LATENT_SOLVER_DEFAULTS  # the same latent-space solvers and defaults as Stable Diffusion
 
 
 @dataclass

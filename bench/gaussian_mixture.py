@@ -296,12 +296,19 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--tables", default="123")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (small tensors: 1 is fastest)")
+    ap.add_argument("--ds", default="8,80,800", help="Table 1 dimensions")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.merge:
+        recs = [r for path in args.merge for r in json.load(open(path))]
+        print_tables(recs)
+        return
     t0 = time.perf_counter()
     recs: list[dict] = []
     if "1" in args.tables:
-        ds, steps = ((8,), (100,)) if args.quick else ((8, 80, 800), (20, 100))
+        ds = (8,) if args.quick else tuple(int(d) for d in args.ds.split(","))
+        steps = (100,) if args.quick else (20, 100)
         recs += table1(ds, (1, 2, 4), steps, args.problems, args.samples)
     if "2" in args.tables:
         recs += table23((1.0,) if args.quick else (1.0, 3.0, 7.0), 100, args.problems, min(args.samples, 1000), False)

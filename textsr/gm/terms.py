@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from .covariance import CHUNK, Covariance, chunks
+from .covariance import CHUNK, Covariance, DiagCov, chunks
 from .lowrank import LowRankCov
 
 LOG2PI = math.log(2 * math.pi)
@@ -152,8 +152,25 @@ def component_terms(cov: Covariance, means: Means, x: torch.Tensor, abar: float,
     return _dense_terms(cov, means, x, abar)
 
 
+def _diag_terms(cov, mu: torch.Tensor, x: torch.Tensor, abar: float) -> tuple[torch.Tensor, Combine]:
+    """Diagonal covariances without a (B, K, d) tensor: the quadratic form and the score are matmuls,
+    ``sum_j (x_j - a mu_kj)^2 / v_kj = x^2 . (1/v_k) - 2a x . (mu_k/v_k) + a^2 mu_k^2 . (1/v_k)``."""
+    a = math.sqrt(abar)
+    inv = 1.0 / cov.diffuse(abar).var  # (K, d)
+    mu_inv = mu * inv
+    quad = (x * x) @ inv.T - 2 * a * (x @ mu_inv.T) + abar * (mu * mu_inv).sum(-1)
+    logn = -0.5 * (quad - torch.log(inv).sum(-1) + cov.d * LOG2PI)
+
+    def combine(g: torch.Tensor) -> torch.Tensor:  # sum_k g_bk (a mu_k - x) / v_k
+        return a * (g @ mu_inv) - x * (g @ inv)
+
+    return logn, combine
+
+
 def _dense_terms(cov: Covariance, means: Means, x: torch.Tensor, abar: float) -> tuple[torch.Tensor, Combine]:
     a = math.sqrt(abar)
+    if isinstance(cov, DiagCov) and not means.per_item:
+        return _diag_terms(cov, means.mu, x, abar)
     cov_t = cov.diffuse(abar)
     resid = x.unsqueeze(1) - a * means.dense(cov)  # (B, K, d)
     sol = cov_t.solve(resid)

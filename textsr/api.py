@@ -322,7 +322,7 @@ def explore(
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
     if simulate:
         y = y.clamp(-1, 1)
-    notes.extend(getattr(backend, "input_notes", lambda: [])())
+    notes.extend(getattr(backend, "input_notes", lambda hw, s: [])((h, w), scale))
     work_dtype = torch.float64 if getattr(backend, "exact", False) else torch.float32
     y_dev = y.to(dev, work_dtype)
     shape = (backend.channels, h * scale, w * scale)

@@ -198,7 +198,6 @@ class IFBackend(Backend):
         self._schedules = {k: NoiseSchedule.from_alphas_cumprod(st.scheduler.alphas_cumprod, name=f"if-{k}")
                            for k, st in (("stage_1", stage_1), ("stage_2", stage_2)) if st is not None}
         self._prompt_cache: dict[tuple[str, ...], IFText] = {}
-        self._notes: list[str] = []
 
     # -- sizes ----------------------------------------------------------------------------------------
     @property
@@ -229,13 +228,14 @@ class IFBackend(Backend):
                 + (f" and {int(math.log2(self.stage_2.size_multiple))}x at full size" if self.stage_2 else "")
                 + f"); a {h}x{w} input at x{scale} gives {H}x{W}. At x{scale} use input sides that are multiples "
                 f"of {step} (e.g. {step}x{step} -> {step * scale}x{step * scale}): {fix}")
+
+    def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
+        """Say when stage I runs at a size other than its training size (pure: no shared state)."""
+        H, W = lr_hw[0] * scale, lr_hw[1] * scale
         base = int(self.stage_1.unet.config.sample_size or 0)
         size1 = (H // self.stage_divisors[0], W // self.stage_divisors[0])
-        self._notes = ([f"DeepFloyd IF was trained at {base} px in stage I; this run uses {size1[0]}x{size1[1]}"]
-                       if base and size1 != (base, base) else [])
-
-    def input_notes(self) -> list[str]:
-        return list(self._notes)
+        return ([f"DeepFloyd IF was trained at {base} px in stage I; this run uses {size1[0]}x{size1[1]}"]
+                if base and size1 != (base, base) else [])
 
     # -- text -----------------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[str]) -> IFText:

@@ -124,7 +124,7 @@ class ShapesBackend(Backend):
         """What the parser could not use in ``prompt`` (unknown words are reported, never dropped)."""
         return [f"prompt {prompt!r}: {n}" for n in self.parse(prompt).notes]
 
-    def input_notes(self) -> list[str]:
+    def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
         return []
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:

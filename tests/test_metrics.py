@@ -92,3 +92,12 @@ def test_mean_ci():
     assert metrics.mean_ci(v, method="bootstrap", generator=torch.Generator().manual_seed(0)) == (mb, blo, bhi)
     with pytest.raises(ValueError, match="method"):
         metrics.mean_ci(v, method="magic")
+
+
+def test_ssim_matches_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 24, generator=g, dtype=torch.float64) * 2 - 1
+    ref = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
+    want = tm.structural_similarity_index_measure((x + 1) / 2, (ref + 1) / 2, data_range=1.0, reduction="none")
+    torch.testing.assert_close(metrics.ssim(x, ref), want, rtol=1e-6, atol=1e-6)

@@ -221,9 +221,9 @@ def _fit_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarra
 
 def lr_psnr(x: torch.Tensor, y: torch.Tensor, operator) -> list[float]:
     """PSNR between A x and y on [0, 1] images, per sample (inf when exact)."""
-    ax = operator.A(x.to(torch.float64))
-    mse = (((ax - y.to(torch.float64)) / 2) ** 2).flatten(1).mean(1)
-    return [float("inf") if m == 0 else float(10 * math.log10(1.0 / m)) for m in mse.tolist()]
+    from .metrics import lr_psnr as _lr_psnr
+
+    return [float(v) for v in _lr_psnr(x.to(torch.float64), y.to(torch.float64), operator).tolist()]
 
 
 def diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -398,25 +398,13 @@ def explore(
 
 def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:
     """PSNR/SSIM of every sample against the HR original (simulation mode)."""
+    from .metrics import ssim
+
     out = {"psnr": [], "ssim": []}
     ref = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
     for r in results:
         xs = torch.from_numpy(r.samples).permute(0, 3, 1, 2).double()
         mse = ((xs - ref) ** 2).flatten(1).mean(1).clamp(min=1e-20)
         out["psnr"].append([float(v) for v in (10 * torch.log10(1 / mse)).tolist()])
-        out["ssim"].append([float(v) for v in _ssim(xs, ref.expand_as(xs)).tolist()])
+        out["ssim"].append([float(v) for v in ssim(xs * 2 - 1, ref * 2 - 1).tolist()])
     return out
-
-
-def _ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """SSIM per sample (Gaussian window 11, sigma 1.5, data range 1), as torchmetrics/Wang et al."""
-    c = x.shape[1]
-    g = torch.exp(-((torch.arange(11, dtype=x.dtype) - 5) ** 2) / (2 * 1.5**2))
-    g = g / g.sum()
-    win = (g[:, None] * g[None, :]).expand(c, 1, 11, 11)
-    conv = lambda t: torch.nn.functional.conv2d(t, win, groups=c)  # noqa: E731
-    mx, my = conv(x), conv(y)
-    sxx, syy, sxy = conv(x * x) - mx**2, conv(y * y) - my**2, conv(x * y) - mx * my
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.flatten(1).mean(1)

@@ -18,7 +18,9 @@ y), against the single-stage result.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import math
 import platform
 import sys
@@ -288,6 +290,14 @@ def print_tables(recs: list[dict]) -> None:
                   f"{r['sw']:.3f} [{r['sw_ci'][0]:.3f}, {r['sw_ci'][1]:.3f}] | {r['diversity_ratio']:.2f} |")
 
 
+def run_job(job: tuple, problems: int, samples: int, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    if job[0] == "1":
+        _, d, dy, steps = job
+        return table1((d,), (dy,), steps, problems, samples)
+    return table23(job[1], 100, problems, min(samples, 1000), cascade=job[0] == "3")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="d = 8 at 100 steps, Table 2 at CFG 1 (< 3 min)")
@@ -297,26 +307,34 @@ def main(argv=None) -> None:
     ap.add_argument("--tables", default="123")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (small tensors: 1 is fastest)")
     ap.add_argument("--ds", default="8,80,800", help="Table 1 dimensions")
+    ap.add_argument("--jobs", type=int, default=2, help="parallel processes (one table cell each)")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
     if args.merge:
         recs = [r for path in args.merge for r in json.load(open(path))]
         print_tables(recs)
         return
     t0 = time.perf_counter()
-    recs: list[dict] = []
+    jobs = []  # independent cells, run in parallel processes (each with its own torch threads)
     if "1" in args.tables:
         ds = (8,) if args.quick else tuple(int(d) for d in args.ds.split(","))
         steps = (100,) if args.quick else (20, 100)
-        recs += table1(ds, (1, 2, 4), steps, args.problems, args.samples)
+        jobs += [("1", d, dy, steps) for d in ds for dy in (1, 2, 4)]
     if "2" in args.tables:
-        recs += table23((1.0,) if args.quick else (1.0, 3.0, 7.0), 100, args.problems, min(args.samples, 1000), False)
+        jobs += [("2", (1.0,) if args.quick else (1.0, 3.0, 7.0))]
     if "3" in args.tables and not args.quick:
-        recs += table23((1.0, 3.0), 100, args.problems, min(args.samples, 1000), True)
+        jobs += [("3", (1.0, 3.0))]
+    run = functools.partial(run_job, problems=args.problems, samples=args.samples, threads=args.threads)
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            parts = pool.map(run, jobs, chunksize=1)
+    else:
+        parts = [run(j) for j in jobs]
+    recs = [r for part in parts for r in part]
     print_tables(recs)
     total = time.perf_counter() - t0
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+    print(f"\n{platform.processor() or platform.machine()}, {args.jobs} processes x {args.threads} thread(s), "
+          f"torch {torch.__version__}; "
           f"{total:.0f} s")
     if args.json:
         with open(args.json, "w") as f:

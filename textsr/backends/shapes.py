@@ -125,7 +125,8 @@ class ShapesBackend(Backend):
         return [f"prompt {prompt!r}: {n}" for n in self.parse(prompt).notes]
 
     def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
-        return []
+        return ["the built-in shapes model explains any input as one of its scenes (one shape on a plain "
+                "background); use a real model (`textsr models`) for photographs"]
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         from ..gm import MixtureDenoiser

@@ -119,7 +119,8 @@ def exact_posterior_denoiser(p) -> RotatedDenoiser:
     return RotatedDenoiser(MixtureDenoiser(post, SCHED), Q)
 
 
-def table1(ds, dys, steps_list, n_problems: int, n_samples: int, methods=TABLE1_METHODS) -> list[dict]:
+def table1(ds, dys, steps_list, n_problems: int, n_samples: int, methods=TABLE1_METHODS,
+           only: str | None = None) -> list[dict]:
     recs = []
     for d in ds:
         for dy in dys:
@@ -134,14 +135,26 @@ def table1(ds, dys, steps_list, n_problems: int, n_samples: int, methods=TABLE1_
                 prior_sw.append(sw(p.prior.sample(n_samples, g), ref, k))
             fl, pr = mean_ci(floor), mean_ci(prior_sw)
             for steps in steps_list:
-                rows = [(m.label, m.config(steps), lambda p, post: MixtureDenoiser(p.prior, SCHED)) for m in methods]
-                rows.append(("exact posterior score", make_config("plain", steps=steps),
-                             lambda p, post: exact_posterior_denoiser(p)))
-                for label, cfg, den_of in rows:
+                prior_den = lambda p, post: MixtureDenoiser(p.prior, SCHED)  # noqa: E731
+                rows = [(m.label, m.config(steps), prior_den, False) for m in methods]
+                exact = lambda p, post: exact_posterior_denoiser(p)  # noqa: E731
+                rows.append(("exact posterior score", make_config("plain", steps=steps), exact, False))
+                # the same from the exact p_T (the posterior diffused to the first step) instead of N(0, I)
+                rows.append(("exact posterior score, exact start", make_config("plain", steps=steps), exact, True))
+                rows = [r for r in rows if only is None or only in r[0]]
+                for label, cfg, den_of, exact_start in rows:
                     t0 = time.perf_counter()
                     vals, diverged = [], 0
                     for k, (p, post) in enumerate(zip(probs, posts)):
-                        x = sample(den_of(p, post), Problem(p.operator, p.y, p.sigma_y), cfg, noise_for(k, n_samples)).x
+                        noise = noise_for(k, n_samples)
+                        x_T = None
+                        if exact_start:
+                            t_first = SCHED.timesteps(steps)[0]
+                            ab = SCHED.abar(t_first)
+                            g = torch.Generator().manual_seed(50_000 + k)
+                            x_T = math.sqrt(ab) * post.sample(n_samples, g) + math.sqrt(1 - ab) * torch.randn(
+                                n_samples, d, generator=g, dtype=F64)
+                        x = sample(den_of(p, post), Problem(p.operator, p.y, p.sigma_y), cfg, noise, x_T=x_T).x
                         if not torch.isfinite(x).all():
                             diverged += 1
                             x = torch.nan_to_num(x, nan=1e6, posinf=1e6, neginf=-1e6)
@@ -290,11 +303,11 @@ def print_tables(recs: list[dict]) -> None:
                   f"{r['sw']:.3f} [{r['sw_ci'][0]:.3f}, {r['sw_ci'][1]:.3f}] | {r['diversity_ratio']:.2f} |")
 
 
-def run_job(job: tuple, problems: int, samples: int, threads: int) -> list[dict]:
+def run_job(job: tuple, problems: int, samples: int, threads: int, only: str | None = None) -> list[dict]:
     torch.set_num_threads(threads)
     if job[0] == "1":
         _, d, dy, steps = job
-        return table1((d,), (dy,), steps, problems, samples)
+        return table1((d,), (dy,), steps, problems, samples, only=only)
     return table23(job[1], 100, problems, min(samples, 1000), cascade=job[0] == "3")
 
 
@@ -308,6 +321,7 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (small tensors: 1 is fastest)")
     ap.add_argument("--ds", default="8,80,800", help="Table 1 dimensions")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (one table cell each)")
+    ap.add_argument("--only", help="Table 1: only the rows whose label contains this text")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
     args = ap.parse_args(argv)
     if args.merge:
@@ -324,7 +338,8 @@ def main(argv=None) -> None:
         jobs += [("2", (1.0,) if args.quick else (1.0, 3.0, 7.0))]
     if "3" in args.tables and not args.quick:
         jobs += [("3", (1.0, 3.0))]
-    run = functools.partial(run_job, problems=args.problems, samples=args.samples, threads=args.threads)
+    run = functools.partial(run_job, problems=args.problems, samples=args.samples, threads=args.threads,
+                            only=args.only)
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             parts = pool.map(run, jobs, chunksize=1)

@@ -288,7 +288,7 @@ def explore(
     if steps is not None:
         solver_options["steps"] = int(steps)
     try:
-        make_config(solver)  # validate the name early
+        base_cfg = make_config(solver)  # validate the name early; the fallback for stages without a config
     except ValueError as e:
         raise UsageError(str(e)) from e
     dev = resolve_device(device)
@@ -298,7 +298,6 @@ def explore(
     arr, info, notes = _as_array(image, max_pixels)
     arr = _fit_channels(arr, backend.channels, notes)
     reference = None
-    gen = torch.Generator().manual_seed(int(seed) + 10_007)
     if simulate:
         from .io import check_scale
 
@@ -309,6 +308,7 @@ def explore(
         op_hr = make_operator(operator, scale, tuple(x_hr.shape[1:]))
         y = op_hr.A(x_hr)
         if sigma_y > 0:
+            gen = torch.Generator().manual_seed(int(seed) + 10_007)
             y = y + sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
         arr = ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
         notes.append(f"simulation: the input was downsampled {scale}x ({operator}) to {arr.shape[1]}x{arr.shape[0]}"
@@ -329,29 +329,29 @@ def explore(
     final_op = make_operator(operator, scale, shape)
     seeds = [int(seed) + k for k in range(samples)]
     bs = batch_size or samples
+    # the stages do not depend on the prompt (its conditioning is passed to run_cascade)
+    stages = backend.build_stages(solver, solver_options, dict(model_options or {}))
+    stage_names = [s.name for s in stages]
+    post = getattr(backend, "postprocess", None)
 
     results: list[PromptResult] = []
     for pi, prompt in enumerate(prompt_list):
         tp = time.perf_counter()
         cond = backend.encode_prompt(prompt)
         notes.extend(getattr(backend, "prompt_notes", lambda p: [])(prompt))
-        stages = backend.build_stages(solver, solver_options, dict(model_options or {}))
 
-        def cb(info, pi=pi, prompt=prompt, stages=stages):
+        def cb(info, pi=pi, prompt=prompt):
             if callback is not None:
-                names = [s.name for s in stages]
-                callback(Progress(pi, len(prompt_list), prompt, info.stage, info.index + 1, info.total,
-                                  names.index(info.stage) if info.stage in names else 0, len(stages)))
+                k = stage_names.index(info.stage) if info.stage in stage_names else 0
+                callback(Progress(pi, len(prompt_list), prompt, info.stage, info.index + 1, info.total, k,
+                                  len(stages)))
 
         xs = []
         for b0 in range(0, samples, bs):
-            res = run_cascade(stages, y_dev, scale, make_config(solver), seeds[b0:b0 + bs], cond, sigma_y=sigma_y,
+            res = run_cascade(stages, y_dev, scale, base_cfg, seeds[b0:b0 + bs], cond, sigma_y=sigma_y,
                               operator=lambda f, s: make_operator(operator, f, s), device=dev, dtype=work_dtype,
                               callback=cb)
-            x = res.x
-            post = getattr(backend, "postprocess", None)
-            if post is not None:
-                x = post(x, y_dev, final_op)
+            x = res.x if post is None else post(res.x, y_dev, final_op)
             xs.append(x.detach())
         x = torch.cat(xs)
         psnr = lr_psnr(x, y_dev, final_op)  # the solver's consistency, before display clipping
@@ -379,8 +379,8 @@ def explore(
     settings = {
         "input": info,
         "model": backend.describe(),
-        "solver": {**make_config(solver).replace(**{k: v for k, v in solver_options.items()
-                                                    if k in make_config(solver).to_dict()}).to_dict(),
+        "solver": {**base_cfg.replace(**{k: v for k, v in solver_options.items()
+                                         if k in base_cfg.to_dict()}).to_dict(),
                    "per_stage": [{"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages]},
         "operator": operator,
         "sigma_y": sigma_y,

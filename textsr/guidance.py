@@ -183,6 +183,13 @@ class ClipModel:
             f = self.image_features(x)
         return (f * _rows(text, f.shape[0]).to(f)).sum(-1)
 
+    def prompt_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
+        """A backend's ``text_scores``: CLIP similarity of each sample to ``prompt`` clamped at 0 (None
+        for the empty prompt)."""
+        if not prompt:
+            return None
+        return self.similarity(x, self.text_features(prompt)).clamp(min=0.0)
+
 
 def image_preprocessing(src: tuple[str, str | None], offline: bool, default_size: int,
                         subfolder: str | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:

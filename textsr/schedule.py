@@ -138,13 +138,11 @@ def ddim_update(
     *,
     abar_t: float | None = None,
     kind: Literal["ddnm", "ddim"] = "ddnm",
-    noise_std: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One deterministic/stochastic step to ``s`` from the clean estimate ``x0`` and noise ``eps``.
 
     ``kind="ddnm"`` (DDNM's parameterisation, ALGORITHMS.md):
-        ``x_s = sqrt(abar_s) x0 + sigma (eta z + sqrt(1 - eta^2) eps)``, ``sigma = sqrt(1 - abar_s)``
-        (``noise_std`` replaces sigma, as DDNM+ does).
+        ``x_s = sqrt(abar_s) x0 + sigma (eta z + sqrt(1 - eta^2) eps)``, ``sigma = sqrt(1 - abar_s)``.
     ``kind="ddim"`` (Song et al. 2021, eq. 12): eta = 1 is the DDPM ancestral step, eta = 0 DDIM;
         needs ``abar_t``.
     """
@@ -152,7 +150,7 @@ def ddim_update(
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     a_s = math.sqrt(abar_s)
     if kind == "ddnm":
-        sigma = math.sqrt(max(1.0 - abar_s, 0.0)) if noise_std is None else noise_std
+        sigma = math.sqrt(max(1.0 - abar_s, 0.0))
         mix = math.sqrt(1.0 - eta**2) * eps
         if eta > 0:
             if z is None:

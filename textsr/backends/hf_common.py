@@ -49,6 +49,21 @@ def join_subfolder(base: str | None, sub: str | None) -> str | None:
     return "/".join(parts) if parts else None
 
 
+def spec_stages(source: Mapping[str, Any], backend: str, required: tuple[str, ...], optional: tuple[str, ...],
+                example: str) -> dict[str, Any]:
+    """The spec's ``stages`` after checking that the required ones are there (``example`` says what they
+    look like) and that no unknown one is."""
+    stages = dict(source.get("stages", {}) or {})
+    missing = [k for k in required if k not in stages]
+    if missing:
+        names = " and ".join(f"stages.{k}" for k in required)
+        raise UsageError(f"a {backend} model spec needs {names} (missing {missing}); {example}")
+    unknown = sorted(set(stages) - set(required) - set(optional))
+    if unknown:
+        raise UsageError(f"unknown {backend} stage(s) {unknown}; known: {sorted(required + optional)}")
+    return stages
+
+
 def download_hint(path: str) -> str:
     if os.path.isabs(path) or path.startswith(".") or os.path.exists(path):
         return f"the folder {path!r} does not hold it (check the path, or rebuild the model there)"

@@ -31,7 +31,7 @@ from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, int_option, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
 from .latent import PROJECTING_SOLVERS, SUPPORTED_SOLVERS, LatentOperator, ProjectingLatentDenoiser, decode_and_project
 from .latent import SOLVER_DEFAULTS as LATENT_SOLVER_DEFAULTS
@@ -156,9 +156,7 @@ class KandinskyBackend(Backend):
         return encode_clip_text(self.tokenizer, self.text_encoder, prompt, self.device)
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
-        if not prompt:
-            return None
-        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+        return self.clip.prompt_scores(x, prompt)
 
     def zero_embedding(self) -> torch.Tensor:
         """Kandinsky's negative image embedding: CLIP of an all-zero image (after CLIP normalisation)."""
@@ -218,14 +216,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     cls = unclip_classes()
-    stages = source.get("stages", {})
-    missing = [k for k in ("prior", "decoder") if k not in stages]
-    if missing:
-        raise UsageError(f"a kandinsky model spec needs stages.prior and stages.decoder (missing {missing}); e.g. "
-                         "kandinsky-community/kandinsky-2-2-prior and kandinsky-community/kandinsky-2-2-decoder")
-    unknown = sorted(set(stages) - {"prior", "decoder"})
-    if unknown:
-        raise UsageError(f"unknown kandinsky stage(s) {unknown}; known: ['decoder', 'prior']")
+    stages = spec_stages(source, "kandinsky", ("prior", "decoder"), (),
+                         "e.g. kandinsky-community/kandinsky-2-2-prior and kandinsky-community/kandinsky-2-2-decoder")
     load = dict(source.get("load", {}) or {})
     check_options(load, ("cpu_offload",), "kandinsky load")
     if load.get("cpu_offload"):

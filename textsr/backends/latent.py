@@ -35,7 +35,7 @@ from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, load_pretrained, merge_options,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, load_pretrained, merge_options,
                         noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
 
 BACKEND = "latent"
@@ -261,9 +261,7 @@ class LatentBackend(Backend):
         return LatentText(prompt, self._hidden(prompt), self._hidden(""))
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
-        if not prompt or self.clip is None:
-            return None
-        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+        return None if self.clip is None else self.clip.prompt_scores(x, prompt)
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "latent")
@@ -313,12 +311,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
 
     from .pixel import load_clip
 
-    stages = source.get("stages", {})
-    if "pipeline" not in stages:
-        raise UsageError("a latent model spec needs stages.pipeline (a StableDiffusionPipeline folder or hub id)")
-    unknown = sorted(set(stages) - {"pipeline", "clip"})
-    if unknown:
-        raise UsageError(f"unknown latent stage(s) {unknown}; known: ['clip', 'pipeline']")
+    stages = spec_stages(source, "latent", ("pipeline",), ("clip",),
+                         "a StableDiffusionPipeline folder or hub id")
     load = dict(source.get("load", {}) or {})
     check_options(load, ("cpu_offload", "attention_slicing"), "latent load")
     if load.get("cpu_offload"):

@@ -34,7 +34,7 @@ from ..guidance import CLIPGuidance, ClipModel, GuidedCond
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, check_stage_option_keys, float_option, has_subfolder, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, has_subfolder, load_pretrained,
                         merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         timestep_tensor)
 
@@ -127,9 +127,7 @@ class PixelBackend(Backend):
         return GuidedCond(self.clip.text_features(prompt))
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
-        if not prompt or self.clip is None:
-            return None
-        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+        return None if self.clip is None else self.clip.prompt_scores(x, prompt)
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "pixel")
@@ -180,13 +178,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     ``config.json`` and ``scheduler_config.json`` at the root); ``clip`` (optional) a transformers CLIP."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    stages = source.get("stages", {})
-    if "unet" not in stages:
-        raise UsageError("a pixel model spec needs stages.unet (a UNet2DModel / DDPM pipeline folder or hub id, "
-                         "e.g. google/ddpm-celebahq-256)")
-    unknown = sorted(set(stages) - {"unet", "clip"})
-    if unknown:
-        raise UsageError(f"unknown pixel stage(s) {unknown}; known: ['clip', 'unet']")
+    stages = spec_stages(source, "pixel", ("unet",), ("clip",),
+                         "a UNet2DModel / DDPM pipeline folder or hub id, e.g. google/ddpm-celebahq-256")
     load = dict(source.get("load", {}) or {})
     check_options(load, ("cpu_offload",), "pixel load")
     if load.get("cpu_offload"):

@@ -46,7 +46,7 @@ from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo
-from .hf_common import (ModelOutputAdapter, float_option, has_subfolder, int_option, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, float_option, has_subfolder, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         check_stage_option_keys, timestep_tensor)
 
@@ -338,9 +338,7 @@ class UnCLIPBackend(Backend):
         return encode_clip_text(self.tokenizer, self.text_encoder, prompt, self.device)
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
-        if not prompt or self.image_encoder is None:
-            return None
-        return self.clip.similarity(x, self.clip.text_features(prompt)).clamp(min=0.0)
+        return None if self.image_encoder is None else self.clip.prompt_scores(x, prompt)
 
     # -- prior ----------------------------------------------------------------------------------
     def sample_prior(self, text: KarloText, noise: Noise, guidance: float, steps: int) -> torch.Tensor:
@@ -452,13 +450,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
     cls = unclip_classes()
-    stages = source.get("stages", {})
-    if "pipeline" not in stages:
-        raise UsageError("an unclip model spec needs stages.pipeline (an UnCLIPPipeline folder or hub id, e.g. "
-                         "kakaobrain/karlo-v1-alpha)")
-    unknown = sorted(set(stages) - {"pipeline", "image_encoder"})
-    if unknown:
-        raise UsageError(f"unknown unclip stage(s) {unknown}; known: ['image_encoder', 'pipeline']")
+    stages = spec_stages(source, "unclip", ("pipeline",), ("image_encoder",),
+                         "an UnCLIPPipeline folder or hub id, e.g. kakaobrain/karlo-v1-alpha")
     _check_load(dict(source.get("load", {}) or {}))
     src = resolve_source(stages["pipeline"], "pipeline")
     kw = dict(offline=offline)

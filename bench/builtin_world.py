@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from textsr import explore
-from textsr.models import load_model
-from textsr.shapes import render_scene
+from textsr.model_registry import load_model
+from textsr.shapes_world import render_scene
 
 SCENES = [
     ("circle", "red", "blue", "small", (1, 1)),

@@ -32,7 +32,7 @@ import torch
 from textsr.cascade import Stage, run_cascade
 from textsr.denoiser import ClassifierFreeGuidance
 from textsr.denoiser import Prediction
-from textsr.gm import DiagCov, GaussianMixture, IsoCov, MixtureDenoiser, lowres_condition, mcgdiff_problem, posterior
+from textsr.gaussian_mixture import DiagCov, GaussianMixture, IsoCov, MixtureDenoiser, lowres_condition, mcgdiff_problem, posterior
 from textsr.metrics import mean_ci, sliced_wasserstein
 from textsr.operators import AvgPool
 from textsr.schedule import NoiseSchedule

@@ -64,7 +64,7 @@ class StubBackend(Backend):
 def builtin_available() -> str | None:
     """None if builtin-shapes loads, else why not."""
     try:
-        from textsr.models import load_model
+        from textsr.model_registry import load_model
 
         load_model("builtin-shapes", device="cpu")
     except Exception as e:  # noqa: BLE001 - reported as the skip reason
@@ -116,7 +116,7 @@ def test_build_app_offers_only_registry_names(app):
 
 
 def test_default_choices_are_the_registry():
-    from textsr.models import MODELS
+    from textsr.model_registry import MODELS
 
     pool = core.ModelPool()
     assert set(pool.names) == set(MODELS) and pool.names[0] == "builtin-shapes"

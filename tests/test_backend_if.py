@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from textsr.backends.deepfloyd_if import STAGE_SOLVER_DEFAULTS, IFBackend, IFSRCond, IFText, dynamic_threshold
-from textsr.backends.deepfloyd_if_tiny import build_tiny_if
+from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 from textsr.cascade import run_cascade
 from textsr.errors import InputImageError, UsageError
-from textsr.models import load_model
+from textsr.model_registry import load_model
 from textsr.operators import AvgPool
 from textsr.solvers import Noise, make_config
 

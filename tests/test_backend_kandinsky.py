@@ -10,7 +10,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from textsr.backends.kandinsky import KandinskyCond, load_backend  # noqa: E402
-from textsr.backends.kandinsky_tiny import build_tiny_kandinsky  # noqa: E402
+from textsr.testing.tiny_kandinsky import build_tiny_kandinsky  # noqa: E402
 from textsr.backends.latent import LatentOperator  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from textsr.backends.latent import LatentOperator, load_backend  # noqa: E402
-from textsr.backends.latent_tiny import build_tiny_latent  # noqa: E402
+from textsr.testing.tiny_latent import build_tiny_latent  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
@@ -153,7 +153,7 @@ def test_options_and_errors(backend, tmp_path):
 
 
 def test_registry_path_and_half_precision(spec_path):
-    from textsr.models import load_model
+    from textsr.model_registry import load_model
 
     be = load_model(str(spec_path), device="cpu", dtype="bf16", offline=True)
     assert be.unet.dtype == torch.bfloat16 and be.codec.vae.dtype == torch.bfloat16

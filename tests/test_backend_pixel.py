@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from textsr.backends.pixel import load_backend  # noqa: E402
-from textsr.backends.pixel_tiny import build_tiny_pixel  # noqa: E402
+from textsr.testing.tiny_pixel import build_tiny_pixel  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.guidance import clip_energy  # noqa: E402
@@ -150,7 +150,7 @@ def test_text_scores(backend):
 def test_registry_path_and_half_precision(spec):
     from pathlib import Path
 
-    from textsr.models import load_model
+    from textsr.model_registry import load_model
 
     be = load_model(str(Path(spec["stages"]["unet"]).parent / "textsr_model.json"), device="cpu", dtype="bf16",
                     offline=True)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from textsr.backends.unclip import DecoderCond, load_backend, mix_embeddings, unclip_classes  # noqa: E402
-from textsr.backends.unclip_tiny import build_tiny_unclip  # noqa: E402
+from textsr.testing.tiny_unclip import build_tiny_unclip  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
@@ -181,7 +181,7 @@ def test_options_and_errors(backend, spec, tmp_path):
 def test_image_variations_layout(backend, spec, tmp_path):
     """An image encoder folder laid out like Karlo's image-variation repository (image_encoder/ +
     feature_extractor/) loads too and gives the same embedding."""
-    from textsr.backends.clip_tiny import tiny_image_processor
+    from textsr.testing.tiny_clip import tiny_image_processor
 
     backend.image_encoder.save_pretrained(tmp_path / "image_encoder")
     tiny_image_processor(32).save_pretrained(tmp_path / "feature_extractor")
@@ -202,7 +202,7 @@ def test_registry_path_and_half_precision(spec):
     """The registry loads the spec file / a bare UnCLIPPipeline folder; half-precision weights, float32 solver."""
     from pathlib import Path
 
-    from textsr.models import load_model
+    from textsr.model_registry import load_model
 
     folder = Path(spec["stages"]["pipeline"])
     be = load_model(str(folder.parent / "textsr_model.json"), device="cpu", dtype="bf16", offline=True)

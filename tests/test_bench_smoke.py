@@ -34,7 +34,7 @@ def test_exact_posterior_denoiser_matches_dense():
     import torch
 
     gm = _load("gaussian_mixture")
-    from textsr.gm import MixtureDenoiser, mcgdiff_problem, posterior
+    from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem, posterior
 
     p = mcgdiff_problem(3, 8, 2)
     rotated = gm.exact_posterior_denoiser(p)

@@ -75,7 +75,7 @@ def test_template_sweep_and_exactness(tmp_path, lr_rgb):
 
 
 def test_simulate_reports_reference_scores(tmp_path):
-    from textsr.shapes import render_scene
+    from textsr.shapes_world import render_scene
 
     img, _ = render_scene("star", "yellow", "black", "large", (1, 1))
     src = tmp_path / "hr.png"

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from textsr.backends.clip_tiny import build_tiny_clip  # noqa: E402
+from textsr.testing.tiny_clip import build_tiny_clip  # noqa: E402
 from textsr.denoiser import Prediction  # noqa: E402
 from textsr.guidance import CLIPGuidance, ClipModel, GuidedCond, clip_energy  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402

@@ -272,7 +272,7 @@ def explore(
     """
     from .cascade import run_cascade
     from .device import resolve_device, resolve_dtype
-    from .models import load_model
+    from .model_registry import load_model
     from .operators import make_operator
     from .solvers import make_config
 

@@ -198,7 +198,7 @@ def demo(out, samples, seed, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(as_json):
     """Known models: hub ids, GPU memory, whether the weights are cached locally."""
-    from .models import model_table
+    from .model_registry import model_table
 
     rows = model_table()
     if as_json:
@@ -224,7 +224,7 @@ def models(as_json):
 @click.option("--force", is_flag=True, help="Re-run jobs whose results.json exists.")
 def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
     """Run every job of a JSON/JSONL MANIFEST (see README, "Cluster"); resumes by skipping finished jobs."""
-    from .distributed import load_manifest, run_batch
+    from .batch import load_manifest, run_batch
     from .errors import TextSRError
 
     try:

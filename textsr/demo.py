@@ -18,7 +18,7 @@ DEMO_SCALE = 8
 
 def demo_image(scale: int = DEMO_SCALE) -> np.ndarray:
     """The demo's LR input: the rendered scene block-averaged by ``scale`` ((h, w, 3) in [0, 1])."""
-    from .shapes import render_scene
+    from .shapes_world import render_scene
 
     img, _ = render_scene(**DEMO_SCENE, image_size=64)
     h = 64 // scale

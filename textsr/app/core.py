@@ -50,8 +50,8 @@ class Limits:
 
 
 def registry_names() -> list[str]:
-    """Model names from the registry (``textsr.models.MODELS``); the built-in model first."""
-    from ..models import MODELS
+    """Model names from the registry (``textsr.model_registry.MODELS``); the built-in model first."""
+    from ..model_registry import MODELS
 
     names = list(MODELS)
     return sorted(names, key=lambda n: (n != DEFAULT_MODEL, names.index(n)))
@@ -90,7 +90,7 @@ class ModelPool:
         say so (choosing one gives the download instructions)."""
         cached = {}
         try:
-            from ..models import model_table
+            from ..model_registry import model_table
 
             cached = {r["name"]: r.get("cached") for r in model_table()}
         except Exception as e:  # the labels are a convenience: never block the page on them
@@ -123,7 +123,7 @@ class ModelPool:
         if callable(entry):
             return entry()
         from ..device import resolve_device, resolve_dtype
-        from ..models import load_model
+        from ..model_registry import load_model
 
         dev = resolve_device(None)
         return load_model(entry, device=dev, dtype=resolve_dtype(None, dev))

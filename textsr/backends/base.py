@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from ..cascade import Stage
-from ..models import ModelInfo  # defined with the registry so that `textsr models` needs no torch
+from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 
 __all__ = ["Backend", "ModelInfo", "check_options"]
 

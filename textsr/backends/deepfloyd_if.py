@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..cascade import Stage
 from ..errors import InputImageError, UsageError
-from ..models import ModelInfo
+from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, make_config
 from . import hub
@@ -328,7 +328,7 @@ class IFBackend(Backend):
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> IFBackend:
     """Load from Hub ids or local pipeline folders (``source["stages"]``: stage_1 = IFPipeline,
     optional stage_2 = IFSuperResolutionPipeline, whose text encoder is not loaded: stage I's is shared)."""
-    from ..models import hub_source
+    from ..model_registry import hub_source
 
     stages = dict(source.get("stages", {}))
     bad = sorted(set(stages) - set(STAGE_KEYS))

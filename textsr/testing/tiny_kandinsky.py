@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .kandinsky import BACKEND
-from .unclip import unclip_classes
+from ..backends.kandinsky import BACKEND
+from ..backends.unclip import unclip_classes
 
 
 def build_tiny_kandinsky(path: str | Path, *, seed: int = 0) -> Path:
@@ -18,7 +18,7 @@ def build_tiny_kandinsky(path: str | Path, *, seed: int = 0) -> Path:
                            UNet2DConditionModel, VQModel)
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
-    from .clip_tiny import tiny_clip_tokenizer, tiny_image_processor, tiny_text_config, tiny_vision_config
+    from .tiny_clip import tiny_clip_tokenizer, tiny_image_processor, tiny_text_config, tiny_vision_config
 
     cls = unclip_classes()
     path = Path(path)

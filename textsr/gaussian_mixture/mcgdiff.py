@@ -10,7 +10,7 @@ Protocol (their released ``generate_measurement_equations`` / dataset code, repr
   level is random per problem, often large, not "small");
 * ``y = A x0 + sigma_y n`` with ``x0`` a prior draw.
 
-``python -m textsr.gm.mcgdiff`` prints the reference figures (noise floor, prior, exact-posterior-score
+``python -m textsr.gaussian_mixture.mcgdiff`` prints the reference figures (noise floor, prior, exact-posterior-score
 sampler) for d = 8, dy = 1, 2, 4.
 """
 

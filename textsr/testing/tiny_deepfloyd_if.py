@@ -5,7 +5,7 @@ Same component types and configuration *kinds* as the real checkpoints (``Simple
 ``out_channels = 2C``, stage II ``class_embed_type="timestep"`` with 6 input channels, IF's DDPM
 schedulers with dynamic thresholding), but a few hundred thousand parameters, so a denoising step takes
 milliseconds on a CPU.  Saved as two diffusers pipeline folders plus a textsr model spec, so tests load
-it through the real loading code (``textsr.models.load_model(spec_path)``).  Outputs are noise-like:
+it through the real loading code (``textsr.model_registry.load_model(spec_path)``).  Outputs are noise-like:
 only model-independent guarantees (consistency, determinism, batching) can be tested with it.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import SPEC_FILE
+from ..model_registry import SPEC_FILE
 
 TINY_WORDS = ("a photo of an the old young woman man girl boy person face portrait with and in on red blue green "
               "yellow black white hat glasses beard hair smiling cat dog bird car house tree church bedroom "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .unclip import BACKEND, unclip_classes
+from ..backends.unclip import BACKEND, unclip_classes
 
 
 def build_tiny_unclip(path: str | Path, *, seed: int = 0, image_encoder: bool = True) -> Path:
@@ -18,7 +18,7 @@ def build_tiny_unclip(path: str | Path, *, seed: int = 0, image_encoder: bool = 
     from diffusers import PriorTransformer, UNet2DConditionModel, UNet2DModel
     from transformers import CLIPTextModelWithProjection
 
-    from .clip_tiny import build_tiny_clip, tiny_clip_tokenizer, tiny_text_config
+    from .tiny_clip import build_tiny_clip, tiny_clip_tokenizer, tiny_text_config
 
     cls = unclip_classes()
     path = Path(path)

@@ -58,7 +58,7 @@ class ModelInfo:
 
 # backend name -> "module:function" of its loader (imported only when used)
 BACKENDS: dict[str, str] = {
-    "shapes": "textsr.backends.shapes:load_backend",
+    "shapes": "textsr.backends.builtin_shapes:load_backend",
     "deepfloyd-if": "textsr.backends.deepfloyd_if:load_backend",
     "unclip": "textsr.backends.unclip:load_backend",
     "pixel": "textsr.backends.pixel:load_backend",
@@ -91,7 +91,7 @@ MODELS: dict[str, ModelInfo] = {
     "builtin-shapes": ModelInfo(
         name="builtin-shapes", backend="shapes",
         description="built-in synthetic shapes world (no download); for demos, tests and exact checks",
-        output_sizes="see textsr.backends.shapes", license="Apache-2.0 (part of textsr)",
+        output_sizes="see textsr.backends.builtin_shapes", license="Apache-2.0 (part of textsr)",
         notes="runs on CPU"),
     "deepfloyd-if": ModelInfo(
         name="deepfloyd-if", backend="deepfloyd-if",

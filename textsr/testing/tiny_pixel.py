@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .pixel import BACKEND
+from ..backends.pixel import BACKEND
 
 
 def build_tiny_pixel(path: str | Path, *, size: int = 16, seed: int = 0, clip: bool = True) -> Path:
@@ -15,7 +15,7 @@ def build_tiny_pixel(path: str | Path, *, size: int = 16, seed: int = 0, clip: b
     tiny CLIP under ``path``; returns the spec JSON's path."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    from .clip_tiny import build_tiny_clip
+    from .tiny_clip import build_tiny_clip
 
     path = Path(path)
     torch.manual_seed(seed)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from textsr.denoiser import Denoiser
-from textsr.gm import (DiagCov, FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureDenoiser, NullProjector,
+from textsr.gaussian_mixture import (DiagCov, FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureDenoiser, NullProjector,
                        ProjectedCov)
 from textsr.operators import AvgPool
 from textsr.schedule import NoiseSchedule

@@ -30,7 +30,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # the benchmark generator is imported lazily so that ``python -m textsr.gm.mcgdiff`` runs cleanly
+    # the benchmark generator is imported lazily so that ``python -m textsr.gaussian_mixture.mcgdiff`` runs cleanly
     if name in ("MCGdiffProblem", "mcgdiff_problem"):
         from . import mcgdiff
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from textsr.gm import MixtureDenoiser, mcgdiff_problem, posterior
-from textsr.gm.mcgdiff import mcgdiff_means
+from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem, posterior
+from textsr.gaussian_mixture.mcgdiff import mcgdiff_means
 from textsr.metrics import sliced_wasserstein
 from textsr.operators import Matrix
 from textsr.schedule import NoiseSchedule

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .latent import BACKEND
+from ..backends.latent import BACKEND
 
 
 def build_tiny_latent(path: str | Path, *, seed: int = 0) -> Path:
@@ -16,7 +16,7 @@ def build_tiny_latent(path: str | Path, *, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from .clip_tiny import tiny_clip_tokenizer, tiny_text_config
+    from .tiny_clip import tiny_clip_tokenizer, tiny_text_config
 
     path = Path(path)
     torch.manual_seed(seed)

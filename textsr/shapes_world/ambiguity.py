@@ -1,4 +1,4 @@
-"""How ambiguous is a low-resolution view of the shapes world?  (``python -m textsr.shapes.ambiguity``)
+"""How ambiguous is a low-resolution view of the shapes world?  (``python -m textsr.shapes_world.ambiguity``)
 
 Two measures, both exact in the Gaussian world (every component pushed through ``AvgPool(f)``):
 

@@ -143,7 +143,7 @@ class Catalog:
 
     def Ut(self, index: int | slice | Sequence[int] | np.ndarray = slice(None)) -> np.ndarray:
         """The transposed factor, contiguous float32: ``(6, 3*H*W)`` for an int, else ``(n, 6, 3*H*W)``
-        (what ``textsr.gm.LowRankCov.from_factors`` takes after ``torch.from_numpy``, without a copy)."""
+        (what ``textsr.gaussian_mixture.LowRankCov.from_factors`` takes after ``torch.from_numpy``, without a copy)."""
         single = isinstance(index, (int, np.integer))
         m = self.masks[[index] if single else index]
         n, (h, w) = m.shape[0], m.shape[1:]

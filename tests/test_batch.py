@@ -7,7 +7,7 @@ from PIL import Image
 
 from textsr.cli import main
 from textsr.demo import demo_image
-from textsr.distributed import load_manifest, run_batch
+from textsr.batch import load_manifest, run_batch
 from textsr.errors import UsageError
 
 

@@ -218,7 +218,7 @@ class GaussianMixture(_MixtureOps):
         return (x, idx) if return_components else x
 
     def push_forward(self, operator) -> "GaussianMixture":
-        """The mixture of ``M x`` (see ``textsr.gm.cascade.push_forward``)."""
+        """The mixture of ``M x`` (see ``textsr.gaussian_mixture.cascade.push_forward``)."""
         from .cascade import push_forward
 
         return push_forward(self, operator)

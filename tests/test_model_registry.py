@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from textsr import models
+from textsr import model_registry as models
 from textsr.backends import hub
 from textsr.errors import ModelNotFoundError, UsageError
-from textsr.models import MODELS, SPECS, load_model, model_table, resolve_spec
+from textsr.model_registry import MODELS, SPECS, load_model, model_table, resolve_spec
 
 IF_REPOS = ("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd/IF-II-L-v1.0")
 
 
 @pytest.fixture(scope="module")
 def tiny_if(tmp_path_factory):
-    from textsr.backends.deepfloyd_if_tiny import build_tiny_if
+    from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 
     pytest.importorskip("torch")
     return build_tiny_if(tmp_path_factory.mktemp("tiny_if"))
@@ -66,7 +66,7 @@ def test_unknown_model_lists_the_known_names():
 
 
 def test_importing_the_registry_does_not_import_torch():
-    code = ("import sys, textsr.models as m; m.model_table(); "
+    code = ("import sys, textsr.model_registry as m; m.model_table(); "
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -192,7 +192,7 @@ def test_if_spec_errors(tiny_if, tmp_path):
 
 
 def test_builtin_shapes_loads_through_the_registry():
-    pytest.importorskip("textsr.backends.shapes")
+    pytest.importorskip("textsr.backends.builtin_shapes")
     be = load_model("builtin-shapes", device="cpu")
     assert hasattr(be, "build_stages")
 

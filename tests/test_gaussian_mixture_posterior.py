@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from textsr.gm import DiagCov, FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureBatch, posterior
+from textsr.gaussian_mixture import DiagCov, FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureBatch, posterior
 from textsr.operators import AvgPool, Matrix
 
 F64 = torch.float64

@@ -1,6 +1,6 @@
 """``builtin-shapes``: the exactly solvable, offline text-to-image prior that ships with textsr.
 
-The prior is a Gaussian mixture over 64x64 RGB scenes (``textsr.shapes``): one component per
+The prior is a Gaussian mixture over 64x64 RGB scenes (``textsr.shapes_world``): one component per
 (shape, colour, background, size, position) with covariance ``U U^T + s2 I`` (object and background
 colour vary, plus pixel noise).  A prompt selects the components carrying its tags, so the exact
 text-conditional score is available to the solvers and the exact posterior to the metrics.
@@ -47,7 +47,7 @@ class ShapesBackend(Backend):
     exact = True  # float64 solver math; the mixture runs in float32
 
     def __init__(self, device: torch.device | str = "cpu", catalog=None, schedule: NoiseSchedule | None = None):
-        from ..shapes import build_catalog
+        from ..shapes_world import build_catalog
 
         self.device = torch.device(device)
         self.dtype = torch.float32
@@ -56,7 +56,7 @@ class ShapesBackend(Backend):
 
     # -- the mixtures ---------------------------------------------------------------------------
     def _mixture(self, catalog):
-        from ..gm import GaussianMixture, LowRankCov
+        from ..gaussian_mixture import GaussianMixture, LowRankCov
 
         Ut = torch.from_numpy(np.ascontiguousarray(catalog.Ut())).to(self.device)
         cov = LowRankCov.from_factors(Ut, torch.full((catalog.K,), catalog.s2, dtype=Ut.dtype, device=self.device))
@@ -72,7 +72,7 @@ class ShapesBackend(Backend):
     @cached_property
     def mixture_lo(self):
         """The 16 px prior: exactly the 64 px prior pushed through 4x average pooling."""
-        from ..shapes import downsample
+        from ..shapes_world import downsample
 
         return self._mixture(downsample(self.catalog, SIZE // 16))
 
@@ -103,7 +103,7 @@ class ShapesBackend(Backend):
                                   f"(64x64 output); got {lr_hw[1]}x{lr_hw[0]}")
 
     def parse(self, prompt: str):
-        from ..shapes import parse_prompt
+        from ..shapes_world import parse_prompt
 
         return parse_prompt(prompt, self.catalog.vocabulary)
 
@@ -129,8 +129,8 @@ class ShapesBackend(Backend):
                 "background); use a real model (`textsr models`) for photographs"]
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
-        from ..gm import MixtureDenoiser
-        from ..gm.cascade import lowres_condition
+        from ..gaussian_mixture import MixtureDenoiser
+        from ..gaussian_mixture.cascade import lowres_condition
         from ..operators import AvgPool
 
         check_options(options, OPTIONS, "builtin-shapes")
@@ -165,7 +165,7 @@ class ShapesBackend(Backend):
                       n_exact: int | None = None) -> dict:
         """SW to exact posterior draws (same count), the SW noise floor, and the shape spread of the
         samples against the exact posterior's shape probabilities."""
-        from ..gm import posterior
+        from ..gaussian_mixture import posterior
         from ..metrics import sliced_wasserstein
 
         tags = self.parse(prompt).tags or None

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from textsr.gm import DenseProjector, DiagCov, FullCov, IsoCov, LowRankCov, LowRankIsoCov, NullProjector, ProjectedCov
+from textsr.gaussian_mixture import DenseProjector, DiagCov, FullCov, IsoCov, LowRankCov, LowRankIsoCov, NullProjector, ProjectedCov
 from textsr.operators import AvgPool
 
 F64 = torch.float64

@@ -87,3 +87,25 @@ def test_ddim_eta1_is_ddpm_posterior_variance():
 def test_ddim_update_rejects_bad_eta():
     with pytest.raises(ValueError, match="eta"):
         ddim_update(torch.zeros(1), torch.zeros(1), 0.5, 1.5)
+
+
+def test_ddpm_posterior_matches_gaussian_conditioning():
+    """q(x_s | x_t, x0) from the joint Gaussian of (x_s, x_t) given x0, strided pairs, 1-D."""
+    from textsr.schedule import ddpm_posterior
+
+    sch = NoiseSchedule.cosine(1000)
+    for t, s in [(999, 899), (596, 592), (10, 0), (250, 249)]:
+        at, as_ = sch.abar(t), sch.abar(s)
+        q = ddpm_posterior(at, as_)
+        # x_s = sqrt(as) x0 + sqrt(1-as) e1; x_t = sqrt(at/as) x_s + sqrt(1 - at/as) e2
+        var_s, cov, var_t = 1 - as_, math.sqrt(at / as_) * (1 - as_), 1 - at
+        gain = cov / var_t
+        # E[x_s | x_t, x0] = sqrt(as) x0 + gain (x_t - sqrt(at) x0)
+        assert q.ct == pytest.approx(gain, rel=1e-12)
+        assert q.c0 == pytest.approx(math.sqrt(as_) - gain * math.sqrt(at), rel=1e-10)
+        assert q.beta_tilde == pytest.approx(var_s - gain * cov, rel=1e-10)
+        assert q.variance(torch.tensor(1.0, dtype=torch.float64)).item() == pytest.approx(q.beta, rel=1e-12)
+        assert q.variance(0.0) == pytest.approx(q.beta_tilde, rel=1e-12)
+    last = ddpm_posterior(sch.abar(0), 1.0)
+    assert (last.c0, last.ct, last.beta_tilde) == (1.0, 0.0, 0.0)
+    assert last.variance(torch.tensor(0.3)).item() == 0.0

@@ -129,6 +129,45 @@ def travel_schedule(timesteps: Sequence[int], length: int = 1, repeat: int = 1) 
     return out
 
 
+@dataclass(frozen=True)
+class DDPMPosterior:
+    """``q(x_s | x_t, x0) = N(c0 x0 + ct x_t, beta_tilde I)`` for the strided pair ``t -> s`` (Ho et al. 2020,
+    eq. 6-7, with ``alpha = abar_t / abar_s`` in place of the one-step ``alpha_t``).
+
+    ``beta = 1 - abar_t / abar_s`` is the pair's forward variance and ``beta_tilde = (1 - abar_s) /
+    (1 - abar_t) beta`` the posterior's; a model with learned variance interpolates between them in the
+    log domain (``variance``).  ``s = -1`` (the clean image) gives ``c0 = 1``, ``ct = 0``, no variance.
+    """
+
+    c0: float
+    ct: float
+    beta: float
+    beta_tilde: float
+
+    def variance(self, v: torch.Tensor | float | None = None) -> torch.Tensor | float:
+        """The step's variance: ``beta_tilde`` (``v=None``), or IF's learned range
+        ``exp(v log beta + (1 - v) log beta_tilde)`` for the model output mapped to ``v in [0, 1]``."""
+        if v is None:
+            return self.beta_tilde
+        if self.beta_tilde <= 0.0:
+            return torch.zeros_like(v) if torch.is_tensor(v) else 0.0
+        lb, lbt = math.log(self.beta), math.log(self.beta_tilde)
+        if torch.is_tensor(v):
+            return torch.exp(v * lb + (1.0 - v) * lbt)
+        return math.exp(v * lb + (1.0 - v) * lbt)
+
+
+def ddpm_posterior(abar_t: float, abar_s: float) -> DDPMPosterior:
+    """Coefficients of ``q(x_s | x_t, x0)`` for ``abar_s >= abar_t`` (``abar_s = 1``: the final step)."""
+    if not 0.0 < abar_t < 1.0 or not abar_t <= abar_s <= 1.0:
+        raise ValueError(f"need 0 < abar_t < 1 and abar_t <= abar_s <= 1, got abar_t={abar_t}, abar_s={abar_s}")
+    alpha = abar_t / abar_s
+    beta = 1.0 - alpha
+    c0 = math.sqrt(abar_s) * beta / (1.0 - abar_t)
+    ct = math.sqrt(alpha) * (1.0 - abar_s) / (1.0 - abar_t)
+    return DDPMPosterior(c0=c0, ct=ct, beta=beta, beta_tilde=(1.0 - abar_s) / (1.0 - abar_t) * beta)
+
+
 def ddim_update(
     x0: torch.Tensor,
     eps: torch.Tensor,

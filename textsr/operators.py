@@ -82,6 +82,12 @@ class LinearOperator(ABC):
     def singular_values(self) -> torch.Tensor:
         """The kept singular values (float64, CPU), in no particular order."""
 
+    def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        """``V diag(fn_b(s)) V^T x_b`` with a different function per batch item: ``fn(s)`` must return a
+        tensor of shape ``(B, *s.shape)`` (item b's values).  Operators that cannot do this raise
+        ``NotImplementedError`` (callers then use one function for all items)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-item spectral functions")
+
     def project_range(self, x: torch.Tensor) -> torch.Tensor:
         return self.A_pinv(self.A(x))
 
@@ -157,6 +163,11 @@ class AvgPool(LinearOperator):
         c, h, w = self.out_shape
         return torch.full((c * h * w,), 1.0 / self.factor, dtype=torch.float64)
 
+    def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        s = torch.tensor(1.0 / self.factor, dtype=x.dtype, device=x.device)
+        vals = _apply_fn(fn, s).reshape(x.shape[0], *([1] * (x.ndim - 1)))
+        return vals * self.project_range(x)
+
     def describe(self) -> dict:
         return {**super().describe(), "factor": self.factor}
 
@@ -215,6 +226,11 @@ class Matrix(LinearOperator):
 
     def singular_values(self) -> torch.Tensor:
         return self._S.clone()
+
+    def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        _, _, V, S = self._mats(x)
+        coef = (self._flat(x) @ V) * _apply_fn(fn, S).reshape(x.shape[0], -1)
+        return (coef @ V.T).reshape(x.shape[0], *self.in_shape)
 
 
 def keys_cubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -313,6 +329,13 @@ class Bicubic(LinearOperator):
         m = self._dev.get(x)
         coef = m["Vr"].T @ x @ m["Vc"]
         return m["Vr"] @ (coef * _apply_fn(fn, m["s"])) @ m["Vc"].T
+
+    def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
+        _check_batch(x, self.in_shape, "Bicubic.spectral_batched")
+        m = self._dev.get(x)
+        coef = m["Vr"].T @ x @ m["Vc"]
+        vals = _apply_fn(fn, m["s"]).reshape(x.shape[0], 1, *m["s"].shape)
+        return m["Vr"] @ (coef * vals) @ m["Vc"].T
 
     def singular_values(self) -> torch.Tensor:
         """The kept 2-D singular values ``s_r[i] s_c[j]``, once per channel: ``C k_r k_c`` values."""

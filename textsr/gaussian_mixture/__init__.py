@@ -18,14 +18,14 @@ from .lowrank import IsoCov, LowRankCov, LowRankIsoCov, ProjectedCov
 from .projector import DenseProjector, NullProjector, Projector
 from .denoiser import MixtureDenoiser
 from .mixture import GaussianMixture, MixtureBatch
-from .posterior import Posterior, equal_singular_values, posterior
+from .posterior import Posterior, equal_singular_values, log_evidence, posterior
 from .terms import Means
 
 __all__ = [
     "Covariance", "DenseProjector", "DiagCov", "FullCov", "GaussianMixture", "IsoCov", "LowRankCov",
     "LowRankIsoCov", "MCGdiffProblem", "Means", "MixtureBatch", "MixtureDenoiser", "NullProjector",
     "Posterior", "ProjectedCov", "Projector", "equal_singular_values", "lowres_condition",
-    "lowres_conditional", "mcgdiff_problem", "posterior", "push_forward",
+    "log_evidence", "lowres_conditional", "mcgdiff_problem", "posterior", "push_forward",
 ]
 
 

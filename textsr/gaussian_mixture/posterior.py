@@ -210,7 +210,11 @@ class Posterior:
         else:
             self._solver = _DenseSolver(cov, prior.mu, operator, self.sigma_y)
         lw = prior.log_weights.to(torch.float64)[None] + self._solver.loglik(self.y)
-        self.log_weights = (lw - torch.logsumexp(lw, -1, keepdim=True)).to(prior.dtype)
+        #: ``log p(y_b) = logsumexp_i [log w_i + log N(y_b; A mu_i, A Sigma_i A^T + sigma_y^2 I)]`` (B,) float64:
+        #: the evidence of each row of y under the prior (after tag selection: weights renormalised within
+        #: the prompt, i.e. ``log p(y | prompt)``); a density on R^m, also for sigma_y = 0
+        self.log_evidence = torch.logsumexp(lw, -1)
+        self.log_weights = (lw - self.log_evidence.unsqueeze(-1)).to(prior.dtype)
 
     @property
     def batch(self) -> int:
@@ -310,6 +314,14 @@ class Posterior:
         post_cov = ProjectedCov.from_factors(Wt, s, NullProjector(op), rho)
         means = Means(mu=mu_p, base=base, beta=beta, coef=coef)
         return MixtureBatch(self.log_weights, means, post_cov, prior.tags, prior.event_shape)
+
+
+def log_evidence(prior: GaussianMixture, operator: LinearOperator, y: torch.Tensor, sigma_y: float = 0.0,
+                 tags=None) -> torch.Tensor:
+    """Exact ``log p(y | tags)`` per row of y, ``(B,)`` float64: ``logsumexp_i [log w_i + log N(y; A mu_i,
+    A Sigma_i A^T + sigma_y^2 I)]`` over the components carrying ``tags`` (weights renormalised among
+    them).  Every covariance family; ``P(prompt_j | y) ∝ pi_j exp(log_evidence_j)``."""
+    return posterior(prior, operator, y, sigma_y, tags=tags).log_evidence
 
 
 def posterior(prior: GaussianMixture, operator: LinearOperator, y: torch.Tensor, sigma_y: float = 0.0,

@@ -76,6 +76,46 @@ class Noise:
             raise ValueError(f"batch of {x.shape[0]} but noise for {len(self)} samples")
         return self.randn(x.shape[1:])
 
+    @property
+    def systems(self) -> int:
+        """Independent samples (one generator each, or the batched count)."""
+        return self._n if self._n is not None else len(self.generators)
+
+    def uniform(self) -> torch.Tensor:
+        """One U[0, 1) draw per sample, ``(systems,)`` float64 on CPU: item k from generator k."""
+        if self._n is not None:
+            return torch.rand(self._n, generator=self.generators[0], dtype=torch.float64)
+        return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
+
+    def particles(self, n: int) -> "ParticleNoise":
+        """A view drawing ``n`` particles per sample: rows ``k n .. k n + n - 1`` from generator k."""
+        return ParticleNoise(self, n)
+
+
+class ParticleNoise(Noise):
+    """``Noise`` for ``systems x n`` particles: ``randn(shape)`` is ``(systems * n, *shape)`` and the
+    block of sample k is one ``(n, *shape)`` draw from generator k (so sample k's particle system
+    depends on its own seed only; a batch item equals the same seed run alone)."""
+
+    def __init__(self, base: Noise, n: int):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"particles must be a positive integer, got {n!r}")
+        super().__init__(base.generators, base.device, base.dtype)
+        self._n = base._n
+        self.n_particles = n
+
+    def __len__(self) -> int:
+        return self.systems * self.n_particles
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        draw_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
+        n = self.n_particles
+        if self._n is not None:
+            z = torch.randn((self._n * n, *shape), generator=self.generators[0], dtype=draw_dtype)
+        else:
+            z = torch.cat([torch.randn((n, *shape), generator=g, dtype=draw_dtype) for g in self.generators])
+        return z.to(device=self.device, dtype=self.dtype)
+
 
 @dataclass(frozen=True)
 class SolverConfig:
@@ -100,6 +140,9 @@ class SolverConfig:
 
     name = "base"
     needs_grad = False
+    #: particle (SMC) solvers set this: their config has ``particles`` and ``ess_threshold`` and their
+    #: step function is a ``ParticleKernel`` (``textsr.solvers.smc``)
+    takes_particles = False
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -131,6 +174,10 @@ class StepResult:
     x_next: torch.Tensor  # x_s
     x0_hat: torch.Tensor  # the denoiser's estimate at t
     x0: torch.Tensor  # the solver's corrected clean estimate (used for time-travel re-noising)
+    # particle solvers only: the incremental log-weight of each particle (float64) and the solver's
+    # per-particle state carried to the next step (resampled with the particles)
+    log_weight: torch.Tensor | None = None
+    state: Any = None
 
 
 @dataclass
@@ -144,6 +191,10 @@ class StepInfo:
     t_next: int
     x: torch.Tensor
     x0: torch.Tensor
+    #: particle solvers: effective sample size of each sample's particle system after this step's
+    #: reweighting (before resampling), ``(B,)``; None for the other solvers
+    ess: torch.Tensor | None = None
+    particles: int = 1
 
 
 StepCallback = Callable[[StepInfo], None]

@@ -9,6 +9,7 @@ from .ddnm import DDNMConfig, DDNMPlusConfig, ddnm_plus_step, ddnm_step
 from .dps import DPSConfig, dps_step
 from .pigdm import PiGDMConfig, pigdm_step
 from .plain import PlainConfig, plain_step
+from .tds import TDSConfig, tds_step
 
 SOLVERS: dict[str, tuple[type[SolverConfig], StepFn]] = {
     "plain": (PlainConfig, plain_step),
@@ -16,6 +17,7 @@ SOLVERS: dict[str, tuple[type[SolverConfig], StepFn]] = {
     "ddnm+": (DDNMPlusConfig, ddnm_plus_step),
     "dps": (DPSConfig, dps_step),
     "pigdm": (PiGDMConfig, pigdm_step),
+    "tds": (TDSConfig, tds_step),
 }
 
 

@@ -1,4 +1,10 @@
-"""The one sampling loop: every solver, every backend, every cascade stage goes through ``sample``."""
+"""The one sampling loop: every solver, every backend, every cascade stage goes through ``sample``.
+
+Particle solvers (``cfg.takes_particles``, e.g. TDS) run through the same loop: each of the B samples is
+its own system of ``cfg.particles`` particles, all ``B * N`` particles go through one batched denoiser call
+per step, and the loop does the bookkeeping (``smc.ParticleSystem``): log-weights, ESS, systematic
+resampling, the evidence estimate and the final draw of one particle per sample.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from ..denoiser import Denoiser
 from ..schedule import travel_schedule
 from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
 from .registry import step_function
+from .smc import ParticleSystem, repeat_cond, take
 
 
 @dataclass
@@ -19,6 +26,14 @@ class SampleResult:
     x: torch.Tensor  # final samples (B, *in_shape)
     timesteps: list[int]
     transitions: int  # denoiser steps + re-noising jumps
+    #: particle solvers: per-sample estimate of log Z = log p(y | cond) (B,) float64 under the sampled
+    #: (discretised) model; None for the other solvers.  Z_hat is unbiased for Z; over K independent
+    #: samples, ``logsumexp(log Z_k) - log K`` is the unbiased combination.
+    log_evidence: torch.Tensor | None = None
+    #: particle solvers: ESS of each sample's particles after every reweighting (steps + 1, B)
+    ess: torch.Tensor | None = None
+    particles: int = 1
+    resamples: torch.Tensor | None = None  # (B,) number of resampling events per sample
 
 
 def initial_state(den: Denoiser, problem: Problem, cfg: SolverConfig, t0: int, noise: Noise,
@@ -50,7 +65,8 @@ def sample(
 ) -> SampleResult:
     """Run ``cfg``'s solver from the first timestep to t = -1; one batch item per generator in ``noise``.
 
-    ``problem.y`` may have batch 1 (shared by all samples) or one row per sample.
+    ``problem.y`` may have batch 1 (shared by all samples) or one row per sample.  For a particle solver
+    ``x_T`` (if given) holds all ``B * N`` particles, sample k's in rows ``k N .. k N + N - 1``.
     """
     step = step_function(cfg)
     B = len(noise)
@@ -58,13 +74,23 @@ def sample(
     if y.shape[0] not in (1, B):
         raise ValueError(f"y has batch {y.shape[0]}; expected 1 or the number of samples ({B})")
     y = y.to(device=noise.device, dtype=noise.dtype).expand(B, *y.shape[1:])
+    N = cfg.particles if cfg.takes_particles else 1
+    system = None
+    if cfg.takes_particles:  # B systems of N particles, flat (B * N, ...)
+        system = ParticleSystem(B, N, cfg.ess_threshold, noise)
+        noise, cond = noise.particles(N), repeat_cond(cond, B, N)
+        y = y.repeat_interleave(N, 0)
     problem = Problem(problem.operator, y, problem.sigma_y)
     sch = den.schedule
     t_start = max(0, min(sch.T - 1, int(round(cfg.start * sch.T)) - 1))
     ts = sch.timesteps(min(cfg.steps, t_start + 1), cfg.spacing, t_start=t_start)
     plan = travel_schedule(ts, cfg.travel_length, cfg.travel_repeat)
     x = initial_state(den, problem, cfg, ts[0], noise, x_T)
-    x0 = x
+    x0, state = x, None
+    if system is not None:
+        log_w0, state = step.init(den, problem, x, ts, cond, cfg, noise)
+        system.reweight(log_w0)
+        x, x0, state = _resample(system, x, x0, state)
     grad_ctx = torch.no_grad if not cfg.needs_grad else torch.enable_grad
     for i, (t, t_next) in enumerate(plan):
         if t_next > t:  # time-travel: re-noise the corrected clean estimate back to t_next
@@ -72,8 +98,37 @@ def sample(
             x = math.sqrt(abar) * x0 + math.sqrt(1.0 - abar) * noise.like(x0)
         else:
             with grad_ctx():
-                res = step(den, problem, x, t, t_next, cond, cfg, noise)
+                if system is None:
+                    res = step(den, problem, x, t, t_next, cond, cfg, noise)
+                else:
+                    res = step(den, problem, x, t, t_next, cond, cfg, noise, state)
             x, x0 = res.x_next.detach(), res.x0.detach()
+            if system is not None:
+                state = res.state
+                system.reweight(res.log_weight)
+                if t_next != -1:
+                    x, x0, state = _resample(system, x, x0, state)
         if callback is not None:
-            callback(StepInfo(stage=stage, index=i, total=len(plan), t=t, t_next=t_next, x=x, x0=x0))
-    return SampleResult(x=x, timesteps=ts, transitions=len(plan))
+            callback(_info(stage, i, len(plan), t, t_next, x, x0, system))
+    if system is None:
+        return SampleResult(x=x, timesteps=ts, transitions=len(plan))
+    pick = system.draw().to(x.device)  # one particle per sample from the final weights
+    return SampleResult(x=x[pick], timesteps=ts, transitions=len(plan), log_evidence=system.log_z.clone(),
+                        ess=torch.stack(system.ess_history), particles=N, resamples=system.resamples.clone())
+
+
+def _resample(system: ParticleSystem, x: torch.Tensor, x0: torch.Tensor, state: Any):
+    idx = system.resample()
+    if idx is None:
+        return x, x0, state
+    rows = x.shape[0]
+    return take(x, idx, rows), take(x0, idx, rows), take(state, idx, rows)
+
+
+def _info(stage: str, i: int, total: int, t: int, t_next: int, x: torch.Tensor, x0: torch.Tensor,
+          system: ParticleSystem | None) -> StepInfo:
+    if system is None:
+        return StepInfo(stage=stage, index=i, total=total, t=t, t_next=t_next, x=x, x0=x0)
+    best = system.best().to(x.device)  # previews show each sample's heaviest particle
+    return StepInfo(stage=stage, index=i, total=total, t=t, t_next=t_next, x=x[best], x0=x0[best],
+                    ess=system.ess_history[-1].clone(), particles=system.N)

@@ -203,6 +203,30 @@ def text_problem(seed: int) -> TextProblem:
     return TextProblem(prior, op, y, tag, true)
 
 
+def hard_text_problem(seed: int) -> TextProblem:
+    """The hard text world of issue 9: 8x8 images, 6 LR groups x 4 tags = 24 components with covariance
+    0.05^2 I; the 4 means of a group are its base plus block-mean-free detail (0.3 N(0, I) projected on the
+    null space of 4x4 average pooling), so they share one 2x2 LR image; group bases are smooth random
+    patterns (3x3 N(0, 1) upsampled bilinearly, align_corners) scaled by 0.5, so groups sit about 0.1-1.2
+    apart in the range; sigma_y = 0.01.  The prompt names one tag and y is drawn from that prompt's prior
+    (a uniformly chosen component carrying the tag)."""
+    g = torch.Generator().manual_seed(seed)
+    op = AvgPool(FACTOR, (1, SIDE, SIDE))
+    coarse = torch.randn(GROUPS, 1, 3, 3, generator=g, dtype=F64)
+    base = 0.5 * torch.nn.functional.interpolate(coarse, size=(SIDE, SIDE), mode="bilinear", align_corners=True)
+    detail = op.project_null(0.3 * torch.randn(GROUPS * len(TAGS), 1, SIDE, SIDE, generator=g, dtype=F64))
+    means = base.repeat_interleave(len(TAGS), 0) + detail
+    tags = [{TAGS[k % len(TAGS)]} for k in range(GROUPS * len(TAGS))]
+    K = len(tags)
+    prior = GaussianMixture(torch.ones(K, dtype=F64), means, IsoCov(torch.full((K,), COMP_STD**2, dtype=F64), SIDE * SIDE),
+                            tags=tags, event_shape=(1, SIDE, SIDE))
+    tag = TAGS[int(torch.randint(len(TAGS), (1,), generator=g))]
+    true = len(TAGS) * int(torch.randint(GROUPS, (1,), generator=g)) + TAGS.index(tag)
+    x0 = means[true:true + 1] + COMP_STD * torch.randn(1, 1, SIDE, SIDE, generator=g, dtype=F64)
+    y = op.A(x0) + SIGMA_Y * torch.randn(1, 1, SIDE // FACTOR, SIDE // FACTOR, generator=g, dtype=F64)
+    return TextProblem(prior, op, y, tag, true)
+
+
 def text_metrics(x: torch.Tensor, tp: TextProblem, ref: torch.Tensor, seed: int) -> dict:
     assign = tp.prior.assign(x.flatten(1))
     tc = float(torch.tensor([tp.tag in tp.prior.tags[k] for k in assign.tolist()], dtype=F64).mean())

@@ -37,6 +37,7 @@ import torch
 from ..denoiser import Denoiser
 from ..schedule import ddim_update
 from .base import Noise, Problem, SolverConfig, StepResult
+from .chain import ChainVariances
 from .twist import TWISTS, TwistEval, _sumsq, evaluate_twist, mean_s2
 
 
@@ -85,11 +86,14 @@ def transition(x0: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float
                cfg: SolverConfig) -> tuple[torch.Tensor, float]:
     """Mean and standard deviation of the Gaussian step ``x_s | x_t`` that ``cfg.step_kind`` takes from
     ``(x0, eps)`` (``schedule.ddim_update`` with z = 0, and its coefficient of z)."""
-    kw = dict(abar_t=abar_t, kind=cfg.step_kind)
-    mean = ddim_update(x0, eps, abar_s, cfg.eta, torch.zeros_like(x0), **kw)
+    mean = ddim_update(x0, eps, abar_s, cfg.eta, torch.zeros_like(x0), abar_t=abar_t, kind=cfg.step_kind)
+    return mean, transition_std(abar_t, abar_s, cfg)
+
+
+def transition_std(abar_t: float, abar_s: float, cfg: SolverConfig) -> float:
+    """The coefficient of z in ``cfg``'s step from t to s."""
     one = torch.ones((), dtype=torch.float64)
-    std = float(ddim_update(0 * one, 0 * one, abar_s, cfg.eta, one, **kw))
-    return mean, std
+    return float(ddim_update(0 * one, 0 * one, abar_s, cfg.eta, one, abar_t=abar_t, kind=cfg.step_kind))
 
 
 @dataclass
@@ -101,34 +105,7 @@ class TDSState:
     log_twist: torch.Tensor
     grad: torch.Tensor
     kappa: torch.Tensor
-    chain: "ChainVariances"  # shared, not per particle
-
-
-@dataclass(frozen=True)
-class ChainVariances:
-    """``Var[x0 | x_t]`` where the prior is flat (x0_hat = x_t / sqrt(abar_t)), per timestep of the run:
-    ``cont`` for the continuous model, ``(1 - abar_t) / abar_t``; ``chain`` for the sampled chain, whose
-    reverse steps add only their own noise: ``v_chain(t) = c_ts^2 / abar_s + v_chain(s)``, ending with the
-    final level's ``cont`` (the last transition is Tweedie's Gaussian).  With 100 DDPM steps (linear betas)
-    v_chain / v_cont is 0.7-0.9 above t = 100 and 0.16 at t = 10; with 10 steps 0.002 on the last one.
-    ``gap(t) = 1 / v_chain - 1 / v_cont``: how much more precisely the chain pins x0 down from x_t."""
-
-    cont: dict
-    chain: dict
-
-    @classmethod
-    def of(cls, schedule, timesteps, cfg: SolverConfig) -> "ChainVariances":
-        ts = list(timesteps)
-        one = torch.zeros(1, dtype=torch.float64)
-        cont = {t: (1.0 - schedule.abar(t)) / schedule.abar(t) for t in ts}
-        chain = {ts[-1]: cont[ts[-1]]}
-        for t, s in reversed(list(zip(ts, ts[1:]))):
-            _, c = transition(one, one, schedule.abar(t), schedule.abar(s), cfg)
-            chain[t] = c * c / schedule.abar(s) + chain[s]
-        return cls(cont, chain)
-
-    def gap(self, t: int) -> float:
-        return max(1.0 / self.chain[t] - 1.0 / self.cont[t], 0.0)
+    chain: ChainVariances  # shared, not per particle
 
 
 def _state(ev: TwistEval, chain: ChainVariances) -> TDSState:
@@ -162,9 +139,9 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
         return x_s, -(delta.pow(2).sum(1) / (2 * c * c) + (delta * zf).sum(1) / c)
     ch = state.chain
     k_s = (1.0 - abar_s) / math.sqrt(abar_s)
-    kappa_s = 1.0 / (1.0 / state.kappa + 1.0 / ch.cont[s] - 1.0 / ch.cont[t])  # continuous model at s
+    kappa_s = 1.0 / (1.0 / state.kappa + 1.0 / ch.v[s] - 1.0 / ch.v[t])  # continuous model at s
     beta = kappa_s / k_s  # range slope of x0_hat at s
-    kappa_c = 1.0 / (1.0 / kappa_s + ch.gap(s)) if cfg.chain_correction else kappa_s
+    kappa_c = ch.chain_variance(s, kappa_s) if cfg.chain_correction else kappa_s
     sigma2 = problem.sigma_y**2
 
     def parts(sv: torch.Tensor):  # per particle (rows) and singular value: gain and proposal std
@@ -203,14 +180,14 @@ class TDSKernel:
 
     def init(self, den: Denoiser, problem: Problem, x_T: torch.Tensor, timesteps: list[int], cond: Any,
              cfg: "TDSConfig", noise: Noise) -> tuple[torch.Tensor, TDSState]:
-        chain = ChainVariances.of(den.schedule, timesteps, cfg)
+        chain = ChainVariances.of(den.schedule, timesteps, cfg, lambda a, b, c: transition_std(a, b, c))
         t0 = timesteps[0]
-        ev = evaluate_twist(cfg.twist, den, problem, x_T, t0, cond, cfg.max_dense, self._gap(chain, t0, cfg))
+        ev = evaluate_twist(cfg.twist, den, problem, x_T, t0, cond, cfg.max_dense, self._map(chain, t0, cfg))
         return ev.log_twist, _state(ev, chain)  # initial weight p~_T(y | x_T)
 
     @staticmethod
-    def _gap(chain: ChainVariances, t: int, cfg: "TDSConfig") -> float:
-        return chain.gap(t) if cfg.chain_correction else 0.0
+    def _map(chain: ChainVariances, t: int, cfg: "TDSConfig"):
+        return (lambda kappa: chain.chain_variance(t, kappa)) if cfg.chain_correction else None
 
     def __call__(self, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_next: int, cond: Any,
                  cfg: "TDSConfig", noise: Noise, state: TDSState) -> StepResult:
@@ -227,7 +204,7 @@ class TDSKernel:
         z = noise.like(x_t)
         x_s, log_pq = kalman_proposal(state, problem, x_t, mean_p, c, t, t_next, abar_s, cfg, z)
         ev = evaluate_twist(cfg.twist, den, problem, x_s, t_next, cond, cfg.max_dense,
-                            self._gap(state.chain, t_next, cfg))
+                            self._map(state.chain, t_next, cfg))
         log_w = ev.log_twist - state.log_twist + log_pq  # eq. 8: p p~_s / (p~_t q)
         return StepResult(x_next=x_s.detach(), x0_hat=state.x0_hat, x0=x0_y.detach(), log_weight=log_w,
                           state=_state(ev, state.chain))

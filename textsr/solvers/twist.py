@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
 from ..denoiser import Denoiser
 from .base import Problem
+
+ChainMap = Callable[[torch.Tensor], torch.Tensor]
 
 TwistKind = Literal["tweedie", "rayleigh", "scalar"]
 TWISTS: tuple[str, ...] = ("tweedie", "rayleigh", "scalar")
@@ -66,12 +68,12 @@ def _vjp(x0_hat: torch.Tensor, x_in: torch.Tensor, v: torch.Tensor, retain: bool
 
 
 def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, cond: Any,
-                   max_dense: int = 64, delta: float = 0.0) -> TwistEval:
+                   max_dense: int = 64, chain: ChainMap | None = None) -> TwistEval:
     """Call the denoiser at ``x_t`` (with autograd) and evaluate the twist ``kind`` and its gradient.
 
-    ``delta >= 0``: the chain correction (``chain_precision_gap``): the covariance is taken as
-    ``(Cov^-1 + delta I)^-1``, the posterior covariance of x0 when x_t measures it with the sampled chain's
-    remaining variance instead of the continuous model's ``(1 - abar_t) / abar_t``."""
+    ``chain``: maps Tweedie variances (x units, float64) to the sampled chain's ``Var[x0 | x_t]``
+    (``chain.ChainVariances``); applied to ``A Cov A^T`` through ``A A^T ~ mean(s^2) I``.  None: the
+    continuous model's Tweedie covariance as it is."""
     sch = den.schedule
     abar = sch.abar(t)
     k_t = (1.0 - abar) / math.sqrt(abar)
@@ -81,59 +83,75 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
         A, y, sigma2 = problem.operator, problem.y, problem.sigma_y**2
         r = (y - A.A(pred.x0)).detach()
         if kind == "tweedie":
-            log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, max_dense, delta)
+            log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
         elif kind == "rayleigh":
-            log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, delta)
+            log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
         elif kind == "scalar":
             rho2 = (1.0 - abar) / abar
-            log_tw, grad = _scalar(pred.x0, x_in, A, r, sigma2, 1.0 / (1.0 / rho2 + delta))
-            lam = torch.full((r.shape[0],), rho2 * mean_s2(A), dtype=torch.float64)
+            rho2_c = float(chain(torch.tensor(rho2, dtype=torch.float64))) if chain is not None else rho2
+            log_tw, grad = _scalar(pred.x0, x_in, A, r, sigma2, rho2_c)
+            lam = torch.full((r.shape[0],), rho2, dtype=torch.float64)
         else:
             raise ValueError(f"unknown twist {kind!r}; choose one of {', '.join(TWISTS)}")
-    kappa = (lam / mean_s2(A)).clamp(min=MIN_VAR)
-    return TwistEval(pred.x0.detach(), pred.eps.detach(), log_tw, grad.detach(), kappa)
-
-
-def _gauss_logpdf_iso(r2: torch.Tensor, var: torch.Tensor, m: int) -> torch.Tensor:
-    return -0.5 * (r2 / var + m * torch.log(var) + m * LOG2PI)
+    return TwistEval(pred.x0.detach(), pred.eps.detach(), log_tw, grad.detach(), lam.clamp(min=MIN_VAR))
 
 
 def mean_s2(A) -> float:
-    """Mean squared kept singular value of A (``A A^T ~ mean_s2 I`` in the iso approximations)."""
+    """Mean squared kept singular value of A (``A A^T ~ mean_s2 I`` where one number must stand for all)."""
     s = A.singular_values().to(torch.float64)
     return float((s**2).mean()) if s.numel() else 1.0
 
 
-def _rayleigh(x0_hat, x_in, A, r, sigma2: float, k_t: float, delta: float):
-    u = A.At(r)  # A^T r
-    w = _vjp(x0_hat, x_in, u, retain=False)  # J^T A^T r
-    r2 = _sumsq(r)
-    lam_cont = (k_t * _dot(w, u) / r2.clamp(min=1e-300)).clamp(min=0.0)  # r^T A Cov A^T r / |r|^2
-    lam = lam_cont
-    if delta > 0:  # chain correction with A A^T ~ mean(s^2) I
-        lam = lam / (1.0 + delta * lam / mean_s2(A))
-    var = (lam + sigma2).clamp(min=MIN_VAR)
+def _range_iso(A, r: torch.Tensor, kappa: torch.Tensor, sigma2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log N(r; 0, C)`` and ``A^T C^{-1} r`` for ``C = kappa A A^T + sigma_y^2 I`` (Cov ~ kappa I in the range of
+    A), per particle, in A's SVD basis (``spectral_batched``); directions outside the kept range have
+    ``C = sigma_y^2`` (ignored when sigma_y = 0).  An operator without per-item spectral functions gets
+    ``C = (kappa mean(s^2) + sigma_y^2) I``."""
     m = r[0].numel()
-    scale = (1.0 / var).to(w.dtype).view(-1, *([1] * (w.ndim - 1)))
-    return _gauss_logpdf_iso(r2, var, m), w * scale, lam_cont  # g = J^T A^T C^{-1} r
+    s = A.singular_values().to(torch.float64)
+    rank = s.numel()
+    kap = kappa.to(torch.float64).clamp(min=MIN_VAR)
+    p = A.A_pinv(r)  # A+ r = V S^-1 U^T r
+    try:
+        v = A.spectral_batched(p, lambda sv: sv**2 / (kap.view(-1, *([1] * sv.ndim)) * sv**2 + sigma2))
+    except NotImplementedError:
+        var = kap * mean_s2(A) + sigma2
+        v = A.At(r) / var.to(r.dtype).view(-1, *([1] * (r.ndim - 1)))
+        return -0.5 * (_sumsq(r) / var + m * torch.log(var) + m * LOG2PI), v
+    quad = _dot(p, v)
+    logdet = torch.log((kap.unsqueeze(-1) * s**2 + sigma2).clamp(min=MIN_VAR)).sum(-1)
+    if sigma2 > 0 and rank < m:  # measurement directions outside the kept range
+        quad = quad + _sumsq(r - A.A(p)) / sigma2
+        logdet = logdet + (m - rank) * math.log(sigma2)
+    dims = m if sigma2 > 0 else rank
+    return -0.5 * (quad + logdet + dims * LOG2PI), v
+
+
+def _rayleigh(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, chain: ChainMap | None):
+    """``Cov ~ kappa I`` in the range of A, ``kappa`` the Rayleigh quotient of the Tweedie covariance along
+    ``u = A^T (rho2 A A^T + sigma_y^2 I)^-1 r`` (``rho2 = (1 - abar_t) / abar_t``: the direction of the scalar
+    twist's gradient, which discounts directions that sigma_y drowns; ``A+ r`` instead would be dominated by
+    A's smallest singular values).  One backward pass gives kappa and the gradient."""
+    u = A.spectral(A.A_pinv(r), lambda s: s**2 / (s**2 + sigma2 / rho2)) if sigma2 > 0 else A.A_pinv(r)
+    w = _vjp(x0_hat, x_in, u, retain=False)  # J^T u
+    kappa = (k_t * _dot(w, u) / _sumsq(u).clamp(min=1e-300)).clamp(min=0.0)  # u^T Cov u / |u|^2
+    kap = kappa if chain is None else chain(kappa)
+    log_tw, _ = _range_iso(A, r, kap, sigma2)
+    # g = J^T A^T C^{-1} r, C = kap A A^T + sigma^2: A^T C^{-1} r = u (rho2 s^2 + sigma^2) / (rho2 (kap s^2 + sigma^2))
+    # per singular value s, taken at s^2 = mean(s^2) (exact when A's singular values are equal; the gradient
+    # only steers the proposal)
+    s2 = mean_s2(A)
+    factor = (rho2 * s2 + sigma2) / (rho2 * (kap.clamp(min=MIN_VAR) * s2 + sigma2))
+    return log_tw, w * factor.to(w.dtype).view(-1, *([1] * (w.ndim - 1))), kappa
 
 
 def _scalar(x0_hat, x_in, A, r, sigma2: float, rho2: float):
-    p = A.A_pinv(r)  # A+ r = V S^-1 U^T r
-    v = A.spectral(p, lambda s: s**2 / (rho2 * s**2 + sigma2))  # A^T C^{-1} r (kept singular values)
-    quad = _dot(p, v)
-    s = A.singular_values().to(torch.float64)
-    logdet = torch.log((rho2 * s**2 + sigma2).clamp(min=MIN_VAR)).sum()
-    m = r[0].numel()
-    if sigma2 > 0 and s.numel() < m:  # measurement directions outside the kept range: C = sigma_y^2 there
-        quad = quad + _sumsq(r - A.A(p)) / sigma2
-        logdet = logdet + (m - s.numel()) * math.log(sigma2)
-    g = _vjp(x0_hat, x_in, v, retain=False)
-    dims = m if sigma2 > 0 else s.numel()
-    return -0.5 * (quad + logdet + dims * LOG2PI), g
+    kap = torch.full((r.shape[0],), rho2, dtype=torch.float64, device=r.device)
+    log_tw, v = _range_iso(A, r, kap, sigma2)
+    return log_tw, _vjp(x0_hat, x_in, v, retain=False)
 
 
-def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, delta: float):
+def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, chain: ChainMap | None):
     m = r[0].numel()
     if m > max_dense:
         raise ValueError(
@@ -148,17 +166,24 @@ def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, delt
         cols.append(_vjp(x0_hat, x_in, At_e[j:j + 1].expand_as(x0_hat), retain=j < m - 1))
     AJA = torch.stack([A.A(c).reshape(P, m) for c in cols], dim=-1).to(torch.float64)  # (P, m, m): A J^T A^T
     S = 0.5 * k_t * (AJA + AJA.transpose(1, 2))  # A Cov A^T, symmetrised
+    # x units: Cov in the range of A in A's SVD coordinates, Sigma_rr = D^-1 U^T S U D^-1 (A A^T = U D^2 U^T)
+    d2, U = torch.linalg.eigh(A.A(At_e).reshape(m, m).to(torch.float64))
+    keep = d2 > 1e-12 * d2.max()
+    U, dinv = U[:, keep], d2[keep].rsqrt()
+    Srr = dinv[:, None] * (U.T @ S @ U) * dinv[None, :]
     r64 = r.reshape(P, m).to(torch.float64)
-    lam_cont = (torch.einsum("pi,pij,pj->p", r64, S, r64) / (r64**2).sum(-1).clamp(min=1e-300)).clamp(min=0.0)
-    if delta > 0:  # chain correction: A (Cov^-1 + delta I)^-1 A^T ~ S - S (S + A A^T / delta)^-1 S
-        AAt = A.A(At_e).reshape(m, m).to(torch.float64)
-        S = S - S @ torch.linalg.solve(S + AAt / delta, S)
-        S = 0.5 * (S + S.transpose(1, 2))
-    lam, E = torch.linalg.eigh(S)
-    lam = lam.clamp(min=0.0) + sigma2
+    pt = (r64 @ U) * dinv  # coordinates of A+ r
+    kappa = (torch.einsum("pi,pij,pj->p", pt, Srr, pt) / (pt**2).sum(-1).clamp(min=1e-300)).clamp(min=0.0)
+    om, Q = torch.linalg.eigh(0.5 * (Srr + Srr.transpose(1, 2)))
+    om = om.clamp(min=0.0)
+    if chain is not None:  # the chain's variance, per eigen-direction of Cov in the range
+        om = chain(om)
+    dQ = (U * d2[keep].sqrt()) @ Q  # (m, k) per particle: y-space directions
+    C = dQ @ torch.diag_embed(om) @ dQ.transpose(1, 2) + sigma2 * torch.eye(m, dtype=torch.float64, device=S.device)
+    lam, E = torch.linalg.eigh(0.5 * (C + C.transpose(1, 2)))
     lam = torch.maximum(lam, lam.amax(-1, keepdim=True) * 1e-12).clamp(min=MIN_VAR)
-    rt = torch.einsum("pji,pj->pi", E, r.reshape(P, m).to(torch.float64))  # E^T r
+    rt = torch.einsum("pji,pj->pi", E, r64)  # E^T r
     log_tw = -0.5 * ((rt**2 / lam).sum(-1) + torch.log(lam).sum(-1) + m * LOG2PI)
     h = torch.einsum("pij,pj->pi", E, rt / lam)  # C^{-1} r
     g = sum(c * h[:, j].to(c.dtype).view(-1, *([1] * (c.ndim - 1))) for j, c in enumerate(cols))
-    return log_tw, g, lam_cont
+    return log_tw, g, kappa

@@ -1,0 +1,199 @@
+"""The particle (SMC) machinery and the TDS solver on exact worlds: resampling, ESS, evidence, consistency."""
+
+import math
+
+import pytest
+import torch
+
+from textsr import operators as ops
+from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem, posterior
+from textsr.metrics import sliced_wasserstein
+from textsr.schedule import NoiseSchedule
+from textsr.solvers import Noise, Problem, make_config, sample
+from textsr.solvers.smc import ParticleSystem, ess, repeat_cond, systematic_resample
+from textsr.solvers.tds import transition
+from tests.oracles import GaussianDenoiser
+
+SCHED = NoiseSchedule.linear()
+F64 = torch.float64
+
+
+# ------------------------------------------------------------------------------------------------
+# resampling and ESS
+# ------------------------------------------------------------------------------------------------
+def _expected_counts(w: torch.Tensor) -> torch.Tensor:
+    """E_u[counts] of systematic resampling, exactly: the counts are piecewise constant in u, changing
+    only where u + j crosses N * cdf_i; integrate over those pieces."""
+    N = w.numel()
+    cdf = torch.cumsum(w, 0) / w.sum()
+    cuts = torch.sort(torch.cat([torch.tensor([0.0, 1.0], dtype=F64), torch.frac(N * cdf)])).values
+    total = torch.zeros(N, dtype=F64)
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        if b - a <= 0:
+            continue
+        idx = systematic_resample(w.unsqueeze(0), ((a + b) / 2).reshape(1))[0]
+        total += (b - a) * torch.bincount(idx, minlength=N).to(F64)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_systematic_resampling_is_unbiased_exactly(seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(7, generator=g, dtype=F64) ** 3
+    w = w / w.sum()
+    torch.testing.assert_close(_expected_counts(w), 7 * w, rtol=0, atol=1e-12)
+
+
+def test_systematic_resampling_counts_are_floor_or_ceil():
+    g = torch.Generator().manual_seed(1)
+    w = torch.softmax(torch.randn(4, 9, generator=g, dtype=F64) * 2, -1)
+    idx = systematic_resample(w, torch.rand(4, generator=g, dtype=F64))
+    counts = torch.stack([torch.bincount(row, minlength=9) for row in idx]).to(F64)
+    assert ((counts >= torch.floor(9 * w) - 1e-9) & (counts <= torch.ceil(9 * w) + 1e-9)).all()
+
+
+def test_ess_values_and_log_domain():
+    assert float(ess(torch.zeros(1, 8, dtype=F64))) == pytest.approx(8.0)
+    assert float(ess(torch.tensor([[0.0, -math.inf, -math.inf]], dtype=F64))) == pytest.approx(1.0)
+    w = torch.tensor([0.5, 0.25, 0.25], dtype=F64)
+    expected = 1.0 / float((w**2).sum())
+    assert float(ess(torch.log(w).unsqueeze(0) + 1000.0)) == pytest.approx(expected)  # scale and overflow-free
+
+
+def test_particle_system_evidence_by_hand():
+    sys_ = ParticleSystem(1, 2, threshold=1.0, noise=Noise.from_seeds([0], dtype=F64))
+    sys_.reweight(torch.log(torch.tensor([1.0, 3.0], dtype=F64)))
+    assert float(sys_.log_z[0]) == pytest.approx(math.log(2.0))  # mean of the first weights
+    assert sys_.resample() is not None  # ESS 1.6 < 2: resample, weights back to 1
+    sys_.reweight(torch.log(torch.tensor([2.0, 4.0], dtype=F64)))
+    assert float(sys_.log_z[0]) == pytest.approx(math.log(2.0) + math.log(3.0))
+    sys_.reweight(torch.log(torch.tensor([1.0, 0.0], dtype=F64)))  # a dead particle is weight 0, not NaN
+    assert float(sys_.log_z[0]) == pytest.approx(math.log(2.0) + math.log(3.0) + math.log(2.0 / 6.0))
+
+
+def test_particle_noise_blocks_come_from_each_seed():
+    noise = Noise.from_seeds([3, 4], dtype=F64).particles(5)
+    z = noise.randn((2, 3))
+    assert z.shape == (10, 2, 3) and len(noise) == 10
+    torch.testing.assert_close(z[5:], torch.randn((5, 2, 3), generator=torch.Generator().manual_seed(4), dtype=F64))
+
+
+def test_repeat_cond_repeats_per_sample_parts_only():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class C:
+        per: torch.Tensor
+        shared: torch.Tensor
+        name: str
+
+    c = repeat_cond(C(torch.arange(2.0).reshape(2, 1), torch.ones(1, 3), "x"), B=2, N=3)
+    assert c.per.flatten().tolist() == [0, 0, 0, 1, 1, 1] and c.shared.shape == (1, 3) and c.name == "x"
+    assert repeat_cond("red", 2, 3) == "red" and repeat_cond(None, 2, 3) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [dict(particles=0), dict(particles=2.5), dict(twist="exact"), dict(ess_threshold=1.5),
+                                 dict(eta=0.0), dict(travel_repeat=2), dict(init="pinv"), dict(proposal="x"),
+                                 dict(max_dense=0)])
+def test_tds_config_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        make_config("tds", **bad)
+
+
+def test_tds_declares_particles():
+    cfg = make_config("tds", particles=8)
+    assert cfg.takes_particles and cfg.needs_grad and cfg.particles == 8
+    assert not make_config("ddnm").takes_particles
+
+
+# ------------------------------------------------------------------------------------------------
+# evidence on a Gaussian prior: exact for the sampled chain
+# ------------------------------------------------------------------------------------------------
+def chain_log_evidence(steps, mu, c, y, op, sigma_y, cfg):
+    """Exact log p(y) of the discretised model for the prior N(mu, c^2 I): every step is linear-Gaussian
+    and the same for every coordinate, so x0 ~ N(M, V I) (last transition: Tweedie's Gaussian)."""
+    ts = SCHED.timesteps(steps)
+    m, v = 0.0, 1.0
+    for t, s in zip(ts, ts[1:]):
+        ab = SCHED.abar(t)
+        k = math.sqrt(ab) * c**2 / (ab * c**2 + 1 - ab)
+        X = torch.tensor([0.0, 1.0], dtype=F64)
+        x0 = mu + k * (X - math.sqrt(ab) * mu)
+        mean, std = transition(x0, (X - math.sqrt(ab) * x0) / math.sqrt(1 - ab), ab, SCHED.abar(s), cfg)
+        a0, a1 = float(mean[0]), float(mean[1] - mean[0])
+        m, v = a1 * m + a0, a1**2 * v + std**2
+    ab = SCHED.abar(ts[-1])
+    k = math.sqrt(ab) * c**2 / (ab * c**2 + 1 - ab)
+    M, V = mu + k * (m - math.sqrt(ab) * mu), k**2 * v + (1 - ab) / math.sqrt(ab) * k
+    Ad = op.A(torch.eye(16, dtype=F64).reshape(16, *op.in_shape)).reshape(16, -1).T  # (m, d)
+    cov = V * Ad @ Ad.T + sigma_y**2 * torch.eye(Ad.shape[0], dtype=F64)
+    return float(torch.distributions.MultivariateNormal(M * Ad.sum(1), cov).log_prob(y.flatten()))
+
+
+@pytest.mark.parametrize("twist,sigma_y", [("tweedie", 0.1), ("tweedie", 0.0), ("rayleigh", 0.1), ("rayleigh", 0.0),
+                                           ("scalar", 0.1)])  # scalar, noiseless: weights too heavy-tailed to check
+def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y):
+    op = ops.AvgPool(2, (1, 4, 4))
+    mu, c = 0.3, 0.7
+    den = GaussianDenoiser(SCHED, mu=mu, c=c)
+    g = torch.Generator().manual_seed(0)
+    y = op.A(mu + c * torch.randn(1, 1, 4, 4, generator=g, dtype=F64)) + sigma_y * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
+    cfg = make_config("tds", steps=10, particles=4, twist=twist)
+    res = sample(den, Problem(op, y, sigma_y), cfg, Noise.from_seeds(range(300), dtype=F64))
+    log_z = chain_log_evidence(10, mu, c, y, op, sigma_y, cfg)
+    ratio = torch.exp(res.log_evidence - log_z)  # Z_hat / Z, unbiased: mean 1
+    half = 3 * float(ratio.std()) / math.sqrt(ratio.numel()) + 1e-3
+    assert abs(float(ratio.mean()) - 1.0) < half, (float(ratio.mean()), half)
+    if sigma_y == 0:
+        assert float((op.A(res.x) - y).abs().max()) < 1e-10  # the range is exact for noiseless y
+    if twist == "tweedie":  # the twist is then the chain's exact p(y | x_t): all weights after the initial
+        # p~_T(y | x_T) are 1, and that one varies little (x_T hardly depends on x0)
+        assert float(res.log_evidence.std()) < 0.05 and float((res.log_evidence - log_z).abs().max()) < 0.2
+
+
+def test_evidence_of_the_chain_approaches_the_exact_evidence_with_steps():
+    op = ops.AvgPool(2, (1, 4, 4))
+    mu, c, sigma_y = 0.3, 0.7, 0.1
+    y = torch.full((1, 1, 2, 2), 0.5, dtype=F64)
+    exact = float(torch.distributions.MultivariateNormal(torch.full((4,), mu, dtype=F64),
+                                                         (c**2 / 4 + sigma_y**2) * torch.eye(4, dtype=F64)).log_prob(y.flatten()))
+    cfg = lambda n: make_config("tds", steps=n)  # noqa: E731
+    errs = [abs(chain_log_evidence(n, mu, c, y, op, sigma_y, cfg(n)) - exact) for n in (10, 100, 1000)]
+    assert errs[0] > errs[1] > errs[2] and errs[2] < 0.05
+
+
+# ------------------------------------------------------------------------------------------------
+# consistency on a mixture: more particles, closer to the exact posterior
+# ------------------------------------------------------------------------------------------------
+def test_sw_and_mode_weights_improve_with_particles():
+    p = mcgdiff_problem(0, 8, 2)  # posterior weights 0.90 / 0.09 / 0.01 on components of prior weight 0.02-0.03
+    post = posterior(p.prior, p.operator, p.y, p.sigma_y)
+    n = 300
+    ref = post.sample(n, torch.Generator().manual_seed(1))
+    den = MixtureDenoiser(p.prior, SCHED)
+    sw, tv = [], []
+    for N in (1, 4, 16):
+        cfg = make_config("tds", steps=20, particles=N)
+        res = sample(den, Problem(p.operator, p.y, p.sigma_y), cfg, Noise.from_seeds(range(n), dtype=F64))
+        freq = torch.bincount(post.dense_mixture().assign(res.x), minlength=25).to(F64) / n
+        sw.append(sliced_wasserstein(res.x, ref, 50, torch.Generator().manual_seed(2)))
+        tv.append(0.5 * float((freq - post.weights[0]).abs().sum()))
+    assert sw[0] > sw[1] > sw[2] and sw[2] < 0.3 * sw[0], sw
+    assert tv[0] > tv[1] > tv[2] and tv[2] < 0.1, tv
+
+
+def test_callback_reports_ess_and_previews_have_batch_shape():
+    op = ops.AvgPool(2, (1, 4, 4))
+    seen = []
+    res = sample(GaussianDenoiser(SCHED, c=0.5), Problem(op, torch.zeros(1, 1, 2, 2, dtype=F64), 0.05),
+                 make_config("tds", steps=5, particles=6), Noise.from_seeds([0, 1, 2], dtype=F64),
+                 callback=seen.append)
+    assert len(seen) == 5 and all(i.ess is not None and i.ess.shape == (3,) and i.particles == 6 for i in seen)
+    assert all(i.x.shape == (3, 1, 4, 4) for i in seen)
+    assert all(1.0 <= float(e) <= 6.0 + 1e-9 for i in seen for e in i.ess)
+    assert res.log_evidence.shape == (3,) and res.ess.shape == (6, 3) and res.particles == 6
+    assert sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=3),
+                  Noise.from_seeds([0])).log_evidence is None

@@ -197,3 +197,80 @@ def test_callback_reports_ess_and_previews_have_batch_shape():
     assert res.log_evidence.shape == (3,) and res.ess.shape == (6, 3) and res.particles == 6
     assert sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=3),
                   Noise.from_seeds([0])).log_evidence is None
+
+
+# ------------------------------------------------------------------------------------------------
+# cascades: stage I's Z_hat is the cascade's evidence; stage II's is the likelihood of stage I's sample
+# ------------------------------------------------------------------------------------------------
+def _text_world():
+    from textsr.gaussian_mixture import GaussianMixture, IsoCov
+
+    g = torch.Generator().manual_seed(5)
+    op = ops.AvgPool(4, (1, 8, 8))
+    base = 0.5 * torch.nn.functional.interpolate(torch.randn(3, 1, 3, 3, generator=g, dtype=F64), size=(8, 8),
+                                                 mode="bilinear", align_corners=True)
+    means = base.repeat_interleave(2, 0) + op.project_null(0.3 * torch.randn(6, 1, 8, 8, generator=g, dtype=F64))
+    prior = GaussianMixture(torch.ones(6, dtype=F64), means, IsoCov(torch.full((6,), 0.05**2, dtype=F64), 64),
+                            tags=[{"a"}, {"b"}] * 3, event_shape=(1, 8, 8))
+    y = op.A(means[2:3] + 0.05 * torch.randn(1, 1, 8, 8, generator=g, dtype=F64)) + 0.01 * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
+    return prior, op, y
+
+
+def test_cascade_evidence_is_stage_one_and_matches_the_exact_cascade():
+    from textsr.cascade import Stage, run_cascade
+    from textsr.gaussian_mixture import cascade_log_evidence, log_evidence, lowres_condition
+
+    prior, op, y = _text_world()
+    pool, A_lo = ops.AvgPool(2, (1, 8, 8)), ops.AvgPool(2, (1, 4, 4))
+    exact = float(cascade_log_evidence(prior, pool, A_lo, y, 0.01, tags="a")[0])
+    assert exact == pytest.approx(float(log_evidence(prior, op, y, 0.01, tags="a")[0]), abs=1e-9)
+    cfg = make_config("tds", steps=50, particles=8, twist="tweedie")
+    st1 = Stage("I", MixtureDenoiser(prior.push_forward(pool), SCHED), divisor=2, channels=1, solver=cfg)
+    st2 = Stage("II", MixtureDenoiser(prior, SCHED), divisor=1, channels=1, solver=cfg,
+                condition=lowres_condition(prior, pool, 0.0))
+    n = 24
+    res = run_cascade([st1, st2], y, 4, cfg, list(range(n)), "a", sigma_y=0.01, dtype=F64)
+    combined = float(torch.logsumexp(res.log_evidence, 0) - math.log(n))
+    assert abs(combined - exact) < 0.5, (combined, exact)
+    lik = torch.distributions.Normal(A_lo.A(res.stage_outputs[0]).flatten(1), 0.01).log_prob(y.flatten(1)).sum(1)
+    torch.testing.assert_close(res.stage_log_evidence[1], lik, rtol=0, atol=0.05)  # not an evidence
+    assert bool((res.stage_log_evidence[1] > 5).all())  # multiplying the stages would add ~10 nats here
+
+
+def test_log_evidence_matches_dense_and_monte_carlo_for_every_covariance():
+    from textsr.gaussian_mixture import DiagCov, FullCov, GaussianMixture, IsoCov, LowRankCov, LowRankIsoCov, log_evidence
+
+    g = torch.Generator().manual_seed(0)
+    K, d = 3, 6
+    A = ops.Matrix(torch.randn(2, d, generator=g, dtype=F64))
+    U = torch.randn(K, d, 2, generator=g, dtype=F64) * 0.5
+    L = torch.randn(K, d, d, generator=g, dtype=F64) * 0.3
+    covs = {
+        "full": FullCov(L @ L.transpose(1, 2) + 0.1 * torch.eye(d, dtype=F64)),
+        "diag": DiagCov(torch.rand(K, d, generator=g, dtype=F64) + 0.1),
+        "iso": IsoCov(torch.rand(K, generator=g, dtype=F64) + 0.1, d),
+        "lowrank": LowRankCov.from_factors(U.transpose(1, 2).contiguous(), torch.rand(K, generator=g, dtype=F64) + 0.1),
+        "lowrank-iso": LowRankIsoCov(U, torch.rand(K, generator=g, dtype=F64) + 0.1),
+    }
+    mu = torch.randn(K, d, generator=g, dtype=F64)
+    w = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
+    y = torch.randn(1, 2, generator=g, dtype=F64)
+    M = A._M
+    for name, cov in covs.items():
+        prior = GaussianMixture(w, mu, cov, tags=[{"x"}, {"x"}, {"z"}])
+        for sigma_y in (0.3, 0.0):
+            dense = torch.logsumexp(torch.stack([
+                torch.log(w[i]) + torch.distributions.MultivariateNormal(
+                    M @ mu[i], M @ cov.dense()[i] @ M.T + sigma_y**2 * torch.eye(2, dtype=F64)).log_prob(y[0])
+                for i in range(K)]), 0)
+            assert float(log_evidence(prior, A, y, sigma_y)[0]) == pytest.approx(float(dense), abs=1e-8), name
+        # within a prompt: weights renormalised among its components
+        sub = torch.logsumexp(torch.stack([
+            torch.log(w[i] / 0.7) + torch.distributions.MultivariateNormal(
+                M @ mu[i], M @ cov.dense()[i] @ M.T + 0.09 * torch.eye(2, dtype=F64)).log_prob(y[0]) for i in (0, 1)]), 0)
+        assert float(log_evidence(prior, A, y, 0.3, tags="x")[0]) == pytest.approx(float(sub), abs=1e-8), name
+        # Monte Carlo: E_x[N(y; A x, sigma^2 I)] over prior draws
+        x = prior.sample(200_000, torch.Generator().manual_seed(1))
+        lik = torch.distributions.Normal(x @ M.T, 0.3).log_prob(y).sum(1).exp()
+        rel_se = float(lik.std() / lik.mean()) / math.sqrt(lik.numel())
+        assert float(lik.mean().log()) == pytest.approx(float(log_evidence(prior, A, y, 0.3)[0]), abs=4 * rel_se), name

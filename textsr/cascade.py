@@ -52,9 +52,28 @@ class Stage:
 
 @dataclass
 class CascadeResult:
+    """Samples, each stage's output and operator, and, for particle solvers, each stage's log Z_hat.
+
+    What the evidence of a cascade is: stage I models the low-resolution content that y is made of
+    (``y = A_s x = A_{s/d} M x`` when the operators compose, as average pooling does), so stage I's
+    ``Z_hat`` estimates ``p(y | cond)`` of the whole cascade (exactly so when stage I's distribution is the
+    final distribution pushed through M, as in an exact cascade; checked against
+    ``gaussian_mixture.cascade_log_evidence``).  A later stage's ``Z_hat`` estimates
+    ``p(y | previous stage's output)`` under that stage's conditional model: how well the stage can
+    explain y given what stage I chose (in an exact cascade without noise augmentation it is just the
+    likelihood ``N(y; A_{s/d} x_lo, sigma_y^2 I)`` of the stage-I sample, because stage II keeps ``M x = x_lo``).
+    Multiplying the stages' Z_hat counts y twice: it is not an evidence.  ``log_evidence`` is stage I's.
+    """
+
     x: torch.Tensor
     stage_outputs: list[torch.Tensor]
     operators: list[LinearOperator]
+    stage_log_evidence: list[torch.Tensor | None] = field(default_factory=list)
+
+    @property
+    def log_evidence(self) -> torch.Tensor | None:
+        """Per-sample ``log Z_hat`` of ``p(y | cond)``: the first stage's (None without particles)."""
+        return self.stage_log_evidence[0] if self.stage_log_evidence else None
 
 
 def stage_seeds(seeds: Sequence[int], stage_index: int) -> list[int]:
@@ -82,7 +101,7 @@ def run_cascade(
     _, _, h, w = y.shape
     H, W = h * scale, w * scale
     prev: torch.Tensor | None = None
-    outputs, ops = [], []
+    outputs, ops, evidence = [], [], []
     for k, st in enumerate(stages):
         if scale % st.divisor:
             raise ValueError(
@@ -101,4 +120,5 @@ def run_cascade(
         prev = res.x
         outputs.append(res.x)
         ops.append(op)
-    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops)
+        evidence.append(res.log_evidence)
+    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, stage_log_evidence=evidence)

@@ -12,7 +12,7 @@ Build a prior, get its exact denoiser, its exact posterior and an exact cascade:
     cond = lowres_conditional(prior, AvgPool(4, (3, 64, 64)), x_lo)      # stage II, one per x_lo
 """
 
-from .cascade import lowres_condition, lowres_conditional, push_forward
+from .cascade import cascade_log_evidence, lowres_condition, lowres_conditional, push_forward
 from .covariance import Covariance, DiagCov, FullCov
 from .lowrank import IsoCov, LowRankCov, LowRankIsoCov, ProjectedCov
 from .projector import DenseProjector, NullProjector, Projector
@@ -22,7 +22,7 @@ from .posterior import Posterior, equal_singular_values, log_evidence, posterior
 from .terms import Means
 
 __all__ = [
-    "Covariance", "DenseProjector", "DiagCov", "FullCov", "GaussianMixture", "IsoCov", "LowRankCov",
+    "Covariance", "cascade_log_evidence", "DenseProjector", "DiagCov", "FullCov", "GaussianMixture", "IsoCov", "LowRankCov",
     "LowRankIsoCov", "MCGdiffProblem", "Means", "MixtureBatch", "MixtureDenoiser", "NullProjector",
     "Posterior", "ProjectedCov", "Projector", "equal_singular_values", "lowres_condition",
     "log_evidence", "lowres_conditional", "mcgdiff_problem", "posterior", "push_forward",

@@ -12,6 +12,8 @@ conditioned on the low-resolution image).  For a mixture prior both are closed-f
   with covariance ``s2_i N + W_i W_i^T`` ("iso in the null space + low rank"), weights
   ``∝ w_i N(x_lo; M mu_i, M Sigma_i M^T)``; ``sigma_aug > 0`` is the noise-augmented conditioning of
   real cascades (DeepFloyd IF's stage II) and costs nothing extra.
+* ``cascade_log_evidence(mixture, M, A_lo, y, sigma_y)``: the cascade's exact ``log p(y)`` (stage I's
+  evidence), what a particle sampler's stage-I ``Z_hat`` estimates (``textsr.cascade.CascadeResult``).
 * ``lowres_condition(mixture, M, sigma_aug)``: the ``Stage.condition`` callable of ``textsr.cascade``
   that builds that conditional from the previous stage's output; with ``MixtureDenoiser`` as the
   stage's denoiser this is the exact stage II.
@@ -28,7 +30,7 @@ from ..operators import LinearOperator
 from .covariance import DiagCov, FullCov
 from .lowrank import LowRankCov
 from .mixture import GaussianMixture, MixtureBatch
-from .posterior import MAX_DENSE_M, _A, _At, equal_singular_values, posterior
+from .posterior import MAX_DENSE_M, _A, _At, equal_singular_values, log_evidence, posterior
 
 
 def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> GaussianMixture:
@@ -57,6 +59,17 @@ def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> Gaussian
             MS = _A(operator, S)  # rows of S mapped: (K, d, m) = (M S)^T
             new = FullCov(_A(operator, MS.transpose(1, 2)))  # (K, m, m) = M S M^T
     return GaussianMixture._raw(mixture.log_weights, mu, new, mixture.tags, tuple(operator.out_shape))
+
+
+def cascade_log_evidence(mixture: GaussianMixture, M: LinearOperator, A_lo: LinearOperator, y: torch.Tensor,
+                         sigma_y: float = 0.0, tags=None) -> torch.Tensor:
+    """Exact ``log p(y | tags)`` of the exact two-stage cascade whose stage I samples ``x_lo ~ p(M x)`` and
+    observes ``y = A_lo x_lo + sigma_y n``: the evidence of stage I's push-forward prior (``(B,)`` float64).
+    When ``A_lo M`` is the full-resolution operator A (average pooling composes) this equals
+    ``log_evidence(mixture, A, y)``: the cascade has the same evidence as the single-stage model, because
+    its output's distribution is the prior whatever stage II's noise augmentation."""
+    lo = push_forward(mixture.select(tags) if tags is not None else mixture, M)
+    return log_evidence(lo, A_lo, y, sigma_y)
 
 
 def lowres_conditional(mixture: GaussianMixture, operator: LinearOperator, x_lo: torch.Tensor,

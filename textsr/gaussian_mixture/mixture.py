@@ -264,6 +264,12 @@ class MixtureBatch(_MixtureOps):
         """Components carrying all ``tags``, each item's weights renormalised."""
         return self.index(self._select_idx(tags))
 
+    def repeat_interleave(self, n: int) -> "MixtureBatch":
+        """Each item's mixture repeated n times in a row (batch ``B -> B n``): the conditioning of a
+        particle sampler's ``B * n`` particles."""
+        lw = self._logw if self._logw.shape[0] == 1 else self._logw.repeat_interleave(n, 0)
+        return MixtureBatch(lw, self.means.repeat_interleave(n), self.cov, self.tags, self.event_shape)
+
     def item(self, b: int) -> GaussianMixture:
         """Batch item b as a plain ``GaussianMixture`` (means materialised, ``(K, d)``)."""
         lw = self._logw[b if self._logw.shape[0] > 1 else 0]

@@ -72,6 +72,13 @@ class Means:
             offset=None if self.offset is None else self.offset[:, idx],
         )
 
+    def repeat_interleave(self, n: int) -> "Means":
+        """Every per-item row repeated n times (batch ``Bm -> Bm n``; shared means are unchanged)."""
+        rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
+        if not self.per_item:
+            return self
+        return Means(mu=self.mu, base=rep(self.base), beta=self.beta, coef=rep(self.coef), offset=rep(self.offset))
+
     def item(self, b: int) -> "Means":
         """The means of batch item b (batch 1)."""
         sl = slice(b, b + 1) if self.batch > 1 else slice(0, 1)

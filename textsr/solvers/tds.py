@@ -150,7 +150,10 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
         den = b * b * c * c + nu
         return c * c * b / den, c * torch.sqrt(nu / den)
 
-    e = A.A_pinv(y - A.A(state.x0_hat))  # A+ (y - A x0_hat(x_t))
+    # the twist's x0 prediction at the transition mean: Tweedie's estimate is a martingale along the reverse
+    # process (x0_hat(mean_p) ~ x0_hat(x_t)); the forward twist's is mean_p / sqrt(abar_s), exactly
+    x0_pred = mean_p / math.sqrt(abar_s) if cfg.twist == "forward" else state.x0_hat
+    e = A.A_pinv(y - A.A(x0_pred))  # A+ (y - A x0_pred)
     s_all = A.singular_values().to(torch.float64)
     try:
         shift_r = A.spectral_batched(e, lambda sv: parts(sv)[0])

@@ -35,7 +35,7 @@ from .base import Problem
 ChainMap = Callable[[torch.Tensor], torch.Tensor]
 
 TwistKind = Literal["tweedie", "rayleigh", "scalar"]
-TWISTS: tuple[str, ...] = ("tweedie", "rayleigh", "scalar")
+TWISTS: tuple[str, ...] = ("tweedie", "rayleigh", "scalar", "lanczos", "forward")
 LOG2PI = math.log(2 * math.pi)
 MIN_VAR = 1e-12  # floor of the twist's variances (float64), only against division by zero
 
@@ -77,6 +77,15 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
     sch = den.schedule
     abar = sch.abar(t)
     k_t = (1.0 - abar) / math.sqrt(abar)
+    if kind == "forward":  # gradient-free: the model is only needed for the next transition
+        with torch.no_grad():
+            pred = den(x_t, t, cond)
+        A, y, sigma2 = problem.operator, problem.y, problem.sigma_y**2
+        v_t = (1.0 - abar) / abar
+        kap = torch.full((x_t.shape[0],), v_t, dtype=torch.float64, device=x_t.device)
+        kap_c = kap if chain is None else chain(kap)
+        log_tw, v = _range_iso(A, y - A.A(x_t / math.sqrt(abar)), kap_c, sigma2)
+        return TwistEval(pred.x0.detach(), pred.eps.detach(), log_tw, (v / math.sqrt(abar)).detach(), kap)
     with torch.enable_grad():
         x_in = x_t.detach().requires_grad_(True)
         pred = den(x_in, t, cond)
@@ -86,6 +95,8 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
             log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
         elif kind == "rayleigh":
             log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
+        elif kind == "lanczos":
+            log_tw, grad, lam = _lanczos(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
         elif kind == "scalar":
             rho2 = (1.0 - abar) / abar
             rho2_c = float(chain(torch.tensor(rho2, dtype=torch.float64))) if chain is not None else rho2
@@ -186,4 +197,48 @@ def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, chai
     log_tw = -0.5 * ((rt**2 / lam).sum(-1) + torch.log(lam).sum(-1) + m * LOG2PI)
     h = torch.einsum("pij,pj->pi", E, rt / lam)  # C^{-1} r
     g = sum(c * h[:, j].to(c.dtype).view(-1, *([1] * (c.ndim - 1))) for j, c in enumerate(cols))
+    return log_tw, g, kappa
+
+
+def _lanczos(x0_hat, x_in, A, r, sigma2: float, k_t: float, k: int, chain: ChainMap | None):
+    """``A Cov A^T`` on the Krylov space of the residual, ``K_k(A Cov A^T, r)`` (k Lanczos steps, one backward
+    pass each), and the smallest Ritz value in the rest of y-space."""
+    P, m = r.shape[0], r[0].numel()
+    k = min(k, m)
+    r64 = r.reshape(P, m).to(torch.float64)
+    rn = r64.norm(dim=1).clamp(min=1e-300)
+    Q = [r64 / rn[:, None]]
+    cols, alphas, betas = [], [], []
+    for j in range(k):
+        qj = Q[-1]
+        c = _vjp(x0_hat, x_in, A.At(qj.to(r.dtype).reshape(r.shape)), retain=j < k - 1)  # J^T A^T q_j
+        cols.append(c)
+        w = k_t * A.A(c).reshape(P, m).to(torch.float64)  # ~ A Cov A^T q_j
+        alphas.append((w * qj).sum(1))
+        for q in Q:  # full reorthogonalisation
+            w = w - (w * q).sum(1, keepdim=True) * q
+        b = w.norm(dim=1)
+        betas.append(b)
+        Q.append(w / b.clamp(min=1e-300)[:, None])
+    Qm = torch.stack(Q[:k], -1)  # (P, m, k)
+    # T = Q^T M Q from the same products (symmetrised; not assuming exact tridiagonality)
+    Mq = torch.stack([k_t * A.A(c).reshape(P, m).to(torch.float64) for c in cols], -1)  # (P, m, k)
+    T = Qm.transpose(1, 2) @ Mq
+    T = 0.5 * (T + T.transpose(1, 2))
+    om, V = torch.linalg.eigh(T)
+    om = om.clamp(min=0.0)
+    s2 = mean_s2(A)
+    lam_perp = om[:, :1]  # smallest Ritz value for the other m - k directions
+    if chain is not None:
+        om, lam_perp = s2 * chain(om / s2), s2 * chain(lam_perp / s2)
+    om, lam_perp = om + sigma2, (lam_perp + sigma2).squeeze(-1)
+    om = om.clamp(min=MIN_VAR)
+    lam_perp = lam_perp.clamp(min=MIN_VAR)
+    rt = torch.einsum("pmk,pm->pk", Qm @ V, r64)  # coordinates of r on the Ritz vectors (r is in span Q)
+    quad = (rt**2 / om).sum(-1)
+    logdet = torch.log(om).sum(-1) + (m - k) * torch.log(lam_perp)
+    log_tw = -0.5 * (quad + logdet + m * LOG2PI)
+    h = torch.einsum("pjk,pk->pj", V, rt / om)  # C^-1 r in the basis q_1..q_k
+    g = sum(c * h[:, j].to(c.dtype).view(-1, *([1] * (c.ndim - 1))) for j, c in enumerate(cols))
+    kappa = (alphas[0] / s2).clamp(min=0.0)
     return log_tw, g, kappa

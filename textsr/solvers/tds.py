@@ -38,7 +38,7 @@ from ..denoiser import Denoiser
 from ..schedule import ddim_update
 from .base import Noise, Problem, SolverConfig, StepResult
 from .chain import ChainVariances
-from .twist import TWISTS, TwistEval, _sumsq, evaluate_twist, mean_s2
+from .twist import TWISTS, TwistEval, _sumsq, evaluate_twist, mean_s2, resolve_twist
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class TDSConfig(SolverConfig):
     eta: float = 1.0
     step_kind: str = "ddim"
     particles: int = 16
-    twist: str = "rayleigh"
+    twist: str = "auto"
     ess_threshold: float = 0.5
     max_dense: int = 64
     chain_correction: bool = True
@@ -152,7 +152,7 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
 
     # the twist's x0 prediction at the transition mean: Tweedie's estimate is a martingale along the reverse
     # process (x0_hat(mean_p) ~ x0_hat(x_t)); the forward twist's is mean_p / sqrt(abar_s), exactly
-    x0_pred = mean_p / math.sqrt(abar_s) if cfg.twist == "forward" else state.x0_hat
+    x0_pred = mean_p / math.sqrt(abar_s) if resolve_twist(cfg.twist, y[0].numel()) == "forward" else state.x0_hat
     e = A.A_pinv(y - A.A(x0_pred))  # A+ (y - A x0_pred)
     s_all = A.singular_values().to(torch.float64)
     try:

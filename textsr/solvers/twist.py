@@ -1,24 +1,25 @@
 """Twisting functions ``p~_t(y | x_t)`` for the twisted diffusion sampler (``tds.py``).
 
-Every twist is a Gaussian in y around the denoiser's prediction,
-``p~_t(y | x_t) = N(y; A x0_hat(x_t), C_t(x_t))``, ``C_t = A Cov[x0 | x_t] A^T + sigma_y^2 I``, and differs
-only in how ``A Cov[x0 | x_t] A^T`` is approximated.  By Tweedie's second-order formula
-``Cov[x0 | x_t] = (1 - abar_t) / sqrt(abar_t) * d x0_hat / d x_t`` (exact for an exact denoiser; the
-Jacobian is then symmetric positive semi-definite).  Writing ``k_t = (1 - abar_t) / sqrt(abar_t)``,
-``J = d x0_hat / d x_t`` and ``r = y - A x0_hat``:
+Each twist is a Gaussian in y around a prediction of x0, ``p~_t(y | x_t) = N(y; A x0_pred(x_t), C_t)``,
+``C_t = A Cov_t A^T + sigma_y^2 I``.  By Tweedie's second-order formula ``Cov[x0 | x_t] = k_t d x0_hat / d x_t``
+with ``k_t = (1 - abar_t) / sqrt(abar_t)`` (exact for an exact denoiser; the Jacobian ``J`` is then symmetric
+positive semi-definite).  With ``r = y - A x0_pred``:
 
-* ``"tweedie"``: the whole ``m x m`` matrix ``k_t A J A^T`` from m vector-Jacobian products (one per
-  measurement dimension; symmetrised, negative eigenvalues clipped).  Exact for a Gaussian prior;
-  costs m backward passes: small m only.
-* ``"rayleigh"``: ``A Cov A^T ~ lambda I`` with ``lambda = k_t (A^T r)^T J (A^T r) / |r|^2``, the Tweedie
-  covariance along the residual (the direction the twist's quadratic form looks at).  One backward pass,
-  which also gives the gradient (``A^T C^{-1} r = A^T r / (lambda + sigma_y^2)``): the cost of DPS.
-* ``"scalar"``: ``Cov ~ (1 - abar_t) / abar_t I`` (``C = r_t^2 A A^T + sigma_y^2 I``, a PiGDM-like form with
-  the error variance of x0_hat under a flat prior).  One backward pass.
+* ``"tweedie"``: the whole ``m x m`` matrix ``k_t A J A^T`` from m vector-Jacobian products (symmetrised,
+  negative eigenvalues clipped).  Exact for a Gaussian prior; m backward passes per step: small m only.
+* ``"rayleigh"``: ``Cov ~ kappa I`` in the range of A, ``kappa`` the Rayleigh quotient of Tweedie's covariance
+  along ``A^T (rho_t^2 A A^T + sigma_y^2 I)^-1 r``; one backward pass (the cost of DPS), which also gives
+  the gradient.
+* ``"scalar"``: ``Cov ~ rho_t^2 I``, ``rho_t^2 = (1 - abar_t) / abar_t`` (x0_hat's error under a flat prior;
+  a PiGDM-like form).  One backward pass for the gradient.
+* ``"forward"``: MCGdiff's potential (Cardoso et al. 2024): ``x0_pred = x_t / sqrt(abar_t)`` and ``Cov =
+  rho_t^2 I``: the observation diffused forward, no model Jacobian, no backward pass.
+* ``"auto"`` (default): ``"tweedie"`` when y has at most ``AUTO_DENSE`` = 16 entries, else ``"rayleigh"``.
 
-The gradient ``g = grad_{x_t} log p~_t(y | x_t)`` holds ``C`` fixed (a vector-Jacobian product,
-``J^T A^T C^{-1} r``); it only steers the proposal, so this approximation never biases the sampler.
-Any positive twist gives correct weights: only the variance of the weights depends on the choice.
+Each variance is mapped to the *sampled chain's* (``chain.ChainVariances``) unless the caller passes
+``chain=None``.  The gradient ``g = grad_{x_t} log p~_t(y | x_t)`` holds ``C`` fixed; it only steers the
+proposal, so no approximation in it biases the sampler, and any positive twist gives correct weights: the
+choice only changes their variance (measured in ``bench/particles.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from .base import Problem
 ChainMap = Callable[[torch.Tensor], torch.Tensor]
 
 TwistKind = Literal["tweedie", "rayleigh", "scalar"]
-TWISTS: tuple[str, ...] = ("tweedie", "rayleigh", "scalar", "lanczos", "forward")
+TWISTS: tuple[str, ...] = ("auto", "tweedie", "rayleigh", "scalar", "forward")
+AUTO_DENSE = 16  # "auto": the exact "tweedie" twist up to this many measurement dimensions, else "rayleigh"
+
+
+def resolve_twist(kind: str, m: int) -> str:
+    """``"auto"`` -> ``"tweedie"`` for ``m <= AUTO_DENSE`` measurement dimensions, else ``"rayleigh"``."""
+    if kind == "auto":
+        return "tweedie" if m <= AUTO_DENSE else "rayleigh"
+    return kind
 LOG2PI = math.log(2 * math.pi)
 MIN_VAR = 1e-12  # floor of the twist's variances (float64), only against division by zero
 
@@ -77,6 +86,7 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
     sch = den.schedule
     abar = sch.abar(t)
     k_t = (1.0 - abar) / math.sqrt(abar)
+    kind = resolve_twist(kind, problem.y[0].numel())
     if kind == "forward":  # gradient-free: the model is only needed for the next transition
         with torch.no_grad():
             pred = den(x_t, t, cond)
@@ -95,8 +105,6 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
             log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
         elif kind == "rayleigh":
             log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
-        elif kind == "lanczos":
-            log_tw, grad, lam = _lanczos(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
         elif kind == "scalar":
             rho2 = (1.0 - abar) / abar
             rho2_c = float(chain(torch.tensor(rho2, dtype=torch.float64))) if chain is not None else rho2
@@ -199,46 +207,3 @@ def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, chai
     g = sum(c * h[:, j].to(c.dtype).view(-1, *([1] * (c.ndim - 1))) for j, c in enumerate(cols))
     return log_tw, g, kappa
 
-
-def _lanczos(x0_hat, x_in, A, r, sigma2: float, k_t: float, k: int, chain: ChainMap | None):
-    """``A Cov A^T`` on the Krylov space of the residual, ``K_k(A Cov A^T, r)`` (k Lanczos steps, one backward
-    pass each), and the smallest Ritz value in the rest of y-space."""
-    P, m = r.shape[0], r[0].numel()
-    k = min(k, m)
-    r64 = r.reshape(P, m).to(torch.float64)
-    rn = r64.norm(dim=1).clamp(min=1e-300)
-    Q = [r64 / rn[:, None]]
-    cols, alphas, betas = [], [], []
-    for j in range(k):
-        qj = Q[-1]
-        c = _vjp(x0_hat, x_in, A.At(qj.to(r.dtype).reshape(r.shape)), retain=j < k - 1)  # J^T A^T q_j
-        cols.append(c)
-        w = k_t * A.A(c).reshape(P, m).to(torch.float64)  # ~ A Cov A^T q_j
-        alphas.append((w * qj).sum(1))
-        for q in Q:  # full reorthogonalisation
-            w = w - (w * q).sum(1, keepdim=True) * q
-        b = w.norm(dim=1)
-        betas.append(b)
-        Q.append(w / b.clamp(min=1e-300)[:, None])
-    Qm = torch.stack(Q[:k], -1)  # (P, m, k)
-    # T = Q^T M Q from the same products (symmetrised; not assuming exact tridiagonality)
-    Mq = torch.stack([k_t * A.A(c).reshape(P, m).to(torch.float64) for c in cols], -1)  # (P, m, k)
-    T = Qm.transpose(1, 2) @ Mq
-    T = 0.5 * (T + T.transpose(1, 2))
-    om, V = torch.linalg.eigh(T)
-    om = om.clamp(min=0.0)
-    s2 = mean_s2(A)
-    lam_perp = om[:, :1]  # smallest Ritz value for the other m - k directions
-    if chain is not None:
-        om, lam_perp = s2 * chain(om / s2), s2 * chain(lam_perp / s2)
-    om, lam_perp = om + sigma2, (lam_perp + sigma2).squeeze(-1)
-    om = om.clamp(min=MIN_VAR)
-    lam_perp = lam_perp.clamp(min=MIN_VAR)
-    rt = torch.einsum("pmk,pm->pk", Qm @ V, r64)  # coordinates of r on the Ritz vectors (r is in span Q)
-    quad = (rt**2 / om).sum(-1)
-    logdet = torch.log(om).sum(-1) + (m - k) * torch.log(lam_perp)
-    log_tw = -0.5 * (quad + logdet + m * LOG2PI)
-    h = torch.einsum("pjk,pk->pj", V, rt / om)  # C^-1 r in the basis q_1..q_k
-    g = sum(c * h[:, j].to(c.dtype).view(-1, *([1] * (c.ndim - 1))) for j, c in enumerate(cols))
-    kappa = (alphas[0] / s2).clamp(min=0.0)
-    return log_tw, g, kappa

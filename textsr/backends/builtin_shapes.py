@@ -161,15 +161,47 @@ class ShapesBackend(Backend):
         comps = self._assign(x)
         return torch.tensor([1.0 if want <= self.mixture.tags[k] else 0.0 for k in comps])
 
+    def _shape_of(self, tags: frozenset[str]) -> str:
+        return next((t for t in tags if t in SHAPE_SET), "?")
+
+    def exact_posterior(self, y: torch.Tensor, operator, prompt: str = "", sigma_y: float = 0.0):
+        """The exact posterior over 64 px scenes given ``y = A x + sigma_y n`` and the prompt's tags."""
+        from ..gaussian_mixture import posterior
+
+        tags = self.parse(prompt).tags or None
+        return posterior(self.mixture, operator, y[:1].to(self.device, torch.float32), sigma_y, tags=tags)
+
+    def exact_evidence(self, y: torch.Tensor, operator, prompt: str = "", sigma_y: float = 0.0) -> float:
+        """Exact ``log p(y | prompt)`` (nats; a density on y's [-1, 1] units) of the built-in world: the
+        components carrying the prompt's tags, weights renormalised among them.  The default two-stage
+        cascade has the same evidence (its stage I is this prior pushed through 4x pooling and stage II is
+        the exact conditional; ``gaussian_mixture.cascade_log_evidence``).  Float64 on the float32
+        mixture's parameters."""
+        from ..gaussian_mixture import log_evidence
+
+        tags = self.parse(prompt).tags or None
+        mix = self.mixture.to(dtype=torch.float64)
+        return float(log_evidence(mix, operator, y[:1].to(self.device, torch.float64), sigma_y, tags=tags)[0])
+
+    def shape_posterior(self, y: torch.Tensor, operator, prompt: str = "", sigma_y: float = 0.0) -> dict[str, float]:
+        """Exact ``P(shape | y, prompt)``: the posterior component weights summed per shape."""
+        post = self.exact_posterior(y, operator, prompt, sigma_y)
+        out: Counter = Counter()
+        for k, wk in enumerate(post.weights.reshape(-1).tolist()):
+            out[self._shape_of(post.prior.tags[k])] += wk
+        return dict(out)
+
+    def sample_shapes(self, x: torch.Tensor) -> list[str]:
+        """The shape of each sample's most responsible component."""
+        return [self._shape_of(self.mixture.tags[k]) for k in self._assign(x)]
+
     def exact_metrics(self, x: torch.Tensor, y: torch.Tensor, operator, prompt: str, sigma_y: float,
                       n_exact: int | None = None) -> dict:
         """SW to exact posterior draws (same count), the SW noise floor, and the shape spread of the
         samples against the exact posterior's shape probabilities."""
-        from ..gaussian_mixture import posterior
         from ..metrics import sliced_wasserstein
 
-        tags = self.parse(prompt).tags or None
-        post = posterior(self.mixture, operator, y[:1].to(self.device, torch.float32), sigma_y, tags=tags)
+        post = self.exact_posterior(y, operator, prompt, sigma_y)
         n = n_exact or x.shape[0]
         g = torch.Generator().manual_seed(1234)
         ref = post.sample(n, generator=g).reshape(n, -1)
@@ -177,15 +209,10 @@ class ShapesBackend(Backend):
         gd = lambda: torch.Generator().manual_seed(99)  # noqa: E731
         sw = sliced_wasserstein(x.flatten(1).float().cpu(), ref.cpu(), 100, gd())
         floor = sliced_wasserstein(ref2.cpu(), ref.cpu(), 100, gd())
-        shape_of = lambda k: next((t for t in self.mixture.tags[k] if t in SHAPE_SET), "?")  # noqa: E731
-        spread = Counter(shape_of(k) for k in self._assign(x))
-        w = post.weights.reshape(-1).tolist()
-        sub = post.prior if hasattr(post, "prior") else None
-        comp_tags = sub.tags if sub is not None else self.mixture.tags
         post_shapes: Counter = Counter()
-        for k, wk in enumerate(w):
-            post_shapes[next((t for t in comp_tags[k] if t in SHAPE_SET), "?")] += wk
-        return {"sw": sw, "sw_floor": floor, "shapes": dict(spread),
+        for k, wk in enumerate(post.weights.reshape(-1).tolist()):
+            post_shapes[self._shape_of(post.prior.tags[k])] += wk
+        return {"sw": sw, "sw_floor": floor, "shapes": dict(Counter(self.sample_shapes(x))),
                 "posterior_shapes": {k: round(v, 4) for k, v in post_shapes.items() if v > 1e-4}}
 
 

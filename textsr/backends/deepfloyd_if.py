@@ -1,4 +1,5 @@
-"""DeepFloyd IF as a cascade of Denoisers (ALGORITHMS.md, "Multi-stage (cascaded) text-to-image models").
+"""DeepFloyd IF as a cascade of Denoisers (docs/method.md, "Cascades";
+the paper's own loop: docs/paper-if-loop.md).
 
 * Stage I (IF-I-XL/L/M): text -> image at 1/4 of the output size (64 px for 256 px); its operator is the
   downsampler by ``scale / 4`` (identity at x4).

@@ -1,7 +1,7 @@
 """EXPERIMENTAL latent-diffusion backend (Stable Diffusion 1.5 / 2.1-base via diffusers components).
 
 The degradation ``A`` acts on pixels, the diffusion on VAE latents ``z`` (``x = D(z)``), so there is no
-closed-form null space (ALGORITHMS.md, "Latent models").  What this backend does, keeping the one
+closed-form null space (docs/method.md, "Latent models").  What this backend does, keeping the one
 sampling loop:
 
 * **DPS** (the natural fit): the solver gets a ``LatentOperator`` with ``A(z) = A_pix(D(z))``: nonlinear,

@@ -1,5 +1,5 @@
-"""Pixel-space diffusion models + CLIP guidance (the paper's second approach; ALGORITHMS.md "Text
-guidance" 2).
+"""Pixel-space diffusion models + CLIP guidance (the paper's second approach; docs/method.md,
+"CLIP guidance").
 
 Any diffusers ``UNet2DModel`` checkpoint with a DDPM-family scheduler (google/ddpm-celebahq-256,
 google/ddpm-ema-church-256, google/ddpm-ema-bedroom-256, ...) is one stage at the final size: for

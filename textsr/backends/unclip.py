@@ -1,5 +1,5 @@
-"""Karlo unCLIP backend (kakaobrain/karlo-v1-alpha; the open DALL-E 2 analogue), ALGORITHMS.md
-"Multi-stage models".
+"""Karlo unCLIP backend (kakaobrain/karlo-v1-alpha; the open DALL-E 2 analogue), docs/method.md,
+"Cascades" and "unCLIP embedding averaging".
 
 Pipeline, as Karlo runs it, with the solver added to the two image stages:
 
@@ -9,7 +9,7 @@ Pipeline, as Karlo runs it, with the solver added to the two image stages:
    from the stage's per-sample generators (item k of a batch equals the same seed alone).
 2. **embedding averaging** (the paper's unCLIP trick):
    ``e = lambda * e_img(up(y)) + (1 - lambda) * e_prior``, rescaled to ``||e_prior||`` (``unclip_norm=
-   "prior"``, ALGORITHMS.md) or to ``lambda ||e_img|| + (1 - lambda) ||e_prior||`` (``"mix"``: then
+   "prior"``, docs/method.md) or to ``lambda ||e_img|| + (1 - lambda) ||e_prior||`` (``"mix"``: then
    lambda = 1 is exactly the image-variation embedding).  ``e_img`` is the CLIP vision tower's
    embedding of the LR image upsampled to CLIP's input size.  ``unclip_lambda`` defaults to 0 (pure
    text, no image encoder needed); 0.2-0.5 keeps the LR image's global layout and colours in the

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import UsageError
 
 MAX_SAMPLES = 256

@@ -37,7 +37,7 @@ from ..errors import InputImageError, UsageError
 from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, make_config
-from . import hub
+from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config

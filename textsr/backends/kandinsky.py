@@ -26,12 +26,12 @@ import torch
 from ..cascade import Stage
 from ..denoiser import Prediction
 from ..errors import InputImageError, UsageError
-from ..guidance import ClipModel, image_preprocessing
+from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, int_option, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, image_preprocessing, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
 from .latent import PROJECTING_SOLVERS, SUPPORTED_SOLVERS, LatentOperator, ProjectingLatentDenoiser, decode_and_project
 from .latent import SOLVER_DEFAULTS as LATENT_SOLVER_DEFAULTS

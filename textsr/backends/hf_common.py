@@ -23,7 +23,7 @@ from ..denoiser import Prediction, eps_from_x0
 from ..errors import ModelNotFoundError, UsageError
 from ..guidance import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipModel
 from ..schedule import NoiseSchedule
-from ..solvers import SolverConfig, make_config
+from ..solvers import SolverConfig, canonical_name, make_config
 
 Source = tuple[str, str | None]
 
@@ -184,10 +184,10 @@ def stage_solver_config(solver: str, stage: str, stage_defaults: Mapping[str, Ma
     specific = solver_options.get(stage, {})
     if not isinstance(specific, Mapping):
         specific = {}
-    key = solver.lower().replace("_", "").replace("plus", "+")
-    opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
     try:
-        return make_config(solver, **opts)
+        key = canonical_name(solver)
+        opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
+        return make_config(key, **opts)
     except (ValueError, TypeError) as e:
         raise UsageError(f"solver options for stage {stage!r}: {e}") from e
 

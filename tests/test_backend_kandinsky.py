@@ -95,22 +95,7 @@ def test_cfg_scale_one_is_the_conditional_branch(backend):
     assert torch.allclose(e1, (e0 + e2) / 2, atol=1e-5)
 
 
-def test_prompt_changes_output_and_batch_items_are_independent(backend):
-    y = lr_image(4)
-    a = run(backend, "ddnm", y, 4, prompt="a red fox").x
-    b = run(backend, "ddnm", y, 4, prompt="a blue car").x
-    assert (a - b).abs().max() > 1e-4
-    # (DPS only for 2 steps: on this random model its latents blow up to ~50 within a few steps, where float
-    # round-off between batch sizes grows chaotically; 1-2 steps agree to 1e-5)
-    for solver, steps in (("ddnm", 6), ("dps", 2)):
-        batch = run(backend, solver, y, 4, seeds=(3, 5), solver_options={"steps": steps}).x
-        alone = run(backend, solver, y, 4, seeds=(5,), solver_options={"steps": steps}).x
-        assert torch.allclose(batch[1:], alone, atol=1e-4), solver
-
-
 def test_options_and_errors(backend, tmp_path):
-    with pytest.raises(UsageError, match="known"):
-        backend.build_stages("ddnm", {}, {"bogus": 1})
     with pytest.raises(UsageError, match="SVD"):
         backend.build_stages("pigdm", {}, {})
     with pytest.raises(ModelNotFoundError):

@@ -125,42 +125,18 @@ def test_cfg_scale_one_is_the_text_branch(backend):
     assert torch.allclose(e1, (e0 + e2) / 2, atol=1e-5)
 
 
-def test_prompt_and_negative_prompt_change_output(backend):
+def test_negative_prompt_changes_output(backend):
     y = lr_image(4)
     a = run(backend, "ddnm", y, 4, prompt="a red fox").x
-    b = run(backend, "ddnm", y, 4, prompt="a blue car").x
     c = run(backend, "ddnm", y, 4, prompt="a red fox", options={"negative_prompt": "blurry"}).x
-    assert (a - b).abs().max() > 1e-4 and (a - c).abs().max() > 1e-4
-
-
-def test_batch_item_equals_single_seed(backend):
-    y = lr_image(4)
-    for solver in ("ddnm", "dps"):
-        batch = run(backend, solver, y, 4, seeds=(3, 5)).x
-        alone = run(backend, solver, y, 4, seeds=(5,)).x
-        assert torch.allclose(batch[1:], alone, atol=1e-4), solver
+    assert (a - c).abs().max() > 1e-4
 
 
 def test_options_and_errors(backend, tmp_path):
-    with pytest.raises(UsageError, match="known"):
-        backend.build_stages("ddnm", {}, {"bogus": 1})
-    with pytest.raises(UsageError):
-        backend.build_stages("ddnm", {"bogus": 1}, {})
     with pytest.raises(ModelNotFoundError):
         load_backend({"backend": "latent", "stages": {"pipeline": str(tmp_path / "nothing")}}, device=CPU,
                      dtype=torch.float32, offline=True)
     assert backend.describe()["experimental"] is True
-
-
-def test_registry_path_and_half_precision(spec_path):
-    from textsr.model_registry import load_model
-
-    be = load_model(str(spec_path), device="cpu", dtype="bf16", offline=True)
-    assert be.unet.dtype == torch.bfloat16 and be.codec.vae.dtype == torch.bfloat16
-    y = lr_image(4)
-    res = run(be, "ddnm", y, 4)
-    x = be.postprocess(res.x, y, res.operators[-1])
-    assert x.dtype == torch.float32 and (psnr(x, y, res.operators[-1].pixel) >= 60).all()
 
 
 @pytest.mark.slow

@@ -92,33 +92,18 @@ def test_null_space_projection_is_bound_to_the_run_operator(backend):
     assert stage.bind is None
 
 
-def test_prompt_changes_output(backend):
+def test_no_prompt_switches_clip_guidance_off(backend):
+    # (that a prompt changes the output: tests/test_backend_contract.py)
     y = lr_image(4)
-    a = run(backend, "ddnm", y, 4, prompt="a red fox", options={"clip_scale": 0.3}).x
-    b = run(backend, "ddnm", y, 4, prompt="a blue car", options={"clip_scale": 0.3}).x
-    assert (a - b).abs().max() > 1e-4
-    # without a prompt the guidance is off: same as clip_scale = 0
     c = run(backend, "ddnm", y, 4, prompt="", options={"clip_scale": 0.3}).x
     d = run(backend, "ddnm", y, 4, prompt="a red fox", options={"clip_scale": 0.0}).x
     assert torch.equal(c, d)
 
 
-def test_batch_item_equals_single_seed(backend):
-    y = lr_image(4)
-    for solver in ("ddnm", "dps"):
-        opts = {"clip_scale": 0.3, "clip_grad": "xt"}
-        batch = run(backend, solver, y, 4, seeds=(3, 5), options=opts).x
-        alone = run(backend, solver, y, 4, seeds=(5,), options=opts).x
-        assert torch.allclose(batch[1:], alone, atol=1e-4), solver
-
-
 def test_options_and_errors(backend, spec, tmp_path):
-    for bad in ({"bogus": 1}, {"clip_grad": "eps"}, {"clip_window": [0.2]}, {"clip_scale": -1},
-                {"clip_project_null": "yes"}):
+    for bad in ({"clip_grad": "eps"}, {"clip_window": [0.2]}, {"clip_scale": -1}, {"clip_project_null": "yes"}):
         with pytest.raises(UsageError):
             backend.build_stages("ddnm", {}, bad)
-    with pytest.raises(UsageError):
-        backend.build_stages("ddnm", {"bogus": 1}, {})
     st = backend.build_stages("dps", {}, {"clip_window": [0.9, 0.1]})[0]
     assert st.solver.steps == 250 and st.denoiser.window == (0.9, 0.1)
     no_clip = load_backend({**spec, "stages": {"unet": spec["stages"]["unet"]}}, device=CPU, dtype=torch.float32,
@@ -145,16 +130,3 @@ def test_single_folder_layout(backend, tmp_path):
 def test_text_scores(backend):
     s = backend.text_scores(torch.rand(2, 3, 16, 16) * 2 - 1, "a red fox")
     assert s.shape == (2,) and (s >= 0).all() and (s <= 1).all()
-
-
-def test_registry_path_and_half_precision(spec):
-    from pathlib import Path
-
-    from textsr.model_registry import load_model
-
-    be = load_model(str(Path(spec["stages"]["unet"]).parent / "textsr_model.json"), device="cpu", dtype="bf16",
-                    offline=True)
-    assert be.unet.dtype == torch.bfloat16 and be.clip.dtype == torch.bfloat16
-    y = lr_image(4)
-    res = run(be, "ddnm", y, 4, options={"clip_scale": 0.3, "clip_grad": "xt"})
-    assert res.x.dtype == torch.float32 and (lr_psnr(res, y) >= 60).all()

@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 
 from textsr.backends.kandinsky import KandinskyCond, load_backend  # noqa: E402
 from textsr.testing.tiny_kandinsky import build_tiny_kandinsky  # noqa: E402
-from textsr.backends.latent import LatentOperator  # noqa: E402
+from textsr.backends.latent_base import LatentOperator  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
-from textsr.backends.latent import LatentOperator, load_backend  # noqa: E402
+from textsr.backends.latent import load_backend  # noqa: E402
+from textsr.backends.latent_base import LatentOperator  # noqa: E402
 from textsr.testing.tiny_latent import build_tiny_latent  # noqa: E402
 from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402

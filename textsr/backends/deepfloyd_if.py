@@ -41,6 +41,7 @@ from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
+from .options import number
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -113,7 +114,7 @@ class IFOptions:
         if o.get("steps") is not None:
             o["steps"] = _pair(o["steps"], "steps", int)
         if o.get("warm_start") is not None:
-            o["warm_start"] = float(o["warm_start"])
+            o["warm_start"] = number(o["warm_start"], "warm_start")
         return cls(**o)
 
 

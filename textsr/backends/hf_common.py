@@ -199,35 +199,6 @@ def check_stage_option_keys(solver_options: Mapping[str, Any], stage_names: tupl
             raise UsageError(f"per-stage solver options {k!r}: no such stage; stages are {list(stage_names)}")
 
 
-def float_option(options: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None) -> float:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise UsageError(f"option {key} must be a number, got {v!r}")
-    v = float(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise UsageError(f"option {key} must lie in {rng}, got {v}")
-    return v
-
-
-def int_option(options: Mapping[str, Any], key: str, *, lo: int = 1) -> int:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise UsageError(f"option {key} must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def merge_options(known: dict[str, Any], spec_defaults: Mapping[str, Any] | None, options: Mapping[str, Any],
-                  what: str) -> dict[str, Any]:
-    """Backend defaults < the model spec's ``defaults`` < the caller's options; unknown keys -> UsageError."""
-    from .base import check_options
-
-    spec_defaults = dict(spec_defaults or {})
-    check_options(spec_defaults, list(known), f"{what} (model spec defaults)")
-    check_options(dict(options), list(known), what)
-    return {**known, **spec_defaults, **dict(options)}
-
-
 # -- CLIP ---------------------------------------------------------------------------------------------
 def load_clip_model(source: Any, *, device: torch.device, dtype: torch.dtype, offline: bool,
                     what: str = "CLIP model") -> ClipModel:

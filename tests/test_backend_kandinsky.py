@@ -1,26 +1,25 @@
 """EXPERIMENTAL Kandinsky 2.2 backend (unCLIP prior + MoVQ latent decoder) on a tiny random model."""
 
 import json
+from functools import partial
 from dataclasses import replace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
 from textsr.backends.kandinsky import KandinskyCond, load_backend  # noqa: E402
 from textsr.testing.tiny_kandinsky import build_tiny_kandinsky  # noqa: E402
 from textsr.backends.latent_base import LatentOperator  # noqa: E402
-from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from textsr.solvers import Noise, make_config  # noqa: E402
+from textsr.solvers import Noise  # noqa: E402
+from tests import backend_helpers as helpers  # noqa: E402
 
 CPU = torch.device("cpu")
 FAST = {"prior_steps": 2}
 STEPS = {"steps": 6}
-
 
 
 @pytest.fixture(scope="module")
@@ -29,20 +28,8 @@ def backend(tmp_path_factory):
     return load_backend(spec, device=CPU, dtype=torch.float32, offline=True)
 
 
-def lr_image(scale, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    hr = F.interpolate(torch.rand(1, 3, 4, 4, generator=g) * 2 - 1, size=(size, size), mode="bicubic",
-                       align_corners=False).clamp(-1, 1)
-    return AvgPool(scale, (3, size, size)).A(hr)
-
-
-def run(backend, solver, y, scale, seeds=(0, 1), prompt="a red fox", options=None, solver_options=None):
-    stages = backend.build_stages(solver, {**STEPS, **(solver_options or {})}, {**FAST, **(options or {})})
-    return run_cascade(stages, y, scale, make_config(solver), seeds=list(seeds), cond=backend.encode_prompt(prompt))
-
-
-def psnr(x, y, pixel):
-    return 10 * torch.log10(1 / ((pixel.A(x) - y) / 2).square().flatten(1).mean(1))
+run = partial(helpers.run, steps=STEPS["steps"], fixed_options=FAST)
+lr_image, psnr = helpers.lr_image, helpers.lr_psnr
 
 
 def test_sizes(backend):

@@ -1,6 +1,7 @@
 """EXPERIMENTAL latent backend (Stable Diffusion components) on a tiny random SD, saved and loaded back."""
 
 import json
+from functools import partial
 from dataclasses import replace
 
 import pytest
@@ -12,14 +13,12 @@ pytest.importorskip("diffusers")
 from textsr.backends.latent import load_backend  # noqa: E402
 from textsr.backends.latent_base import LatentOperator  # noqa: E402
 from textsr.testing.tiny_latent import build_tiny_latent  # noqa: E402
-from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from textsr.solvers import make_config  # noqa: E402
+from tests import backend_helpers as helpers  # noqa: E402
 
 CPU = torch.device("cpu")
 STEPS = {"steps": 6}
-
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +31,8 @@ def backend(spec_path):
     return load_backend(json.loads(spec_path.read_text()), device=CPU, dtype=torch.float32, offline=True)
 
 
-def lr_image(scale, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    hr = F.interpolate(torch.rand(1, 3, 4, 4, generator=g) * 2 - 1, size=(size, size), mode="bicubic",
-                       align_corners=False).clamp(-1, 1)
-    return AvgPool(scale, (3, size, size)).A(hr)
-
-
-def run(backend, solver, y, scale, seeds=(0, 1), prompt="a red fox", options=None, solver_options=None, sigma_y=0.0):
-    stages = backend.build_stages(solver, {**STEPS, **(solver_options or {})}, options or {})
-    return run_cascade(stages, y, scale, make_config(solver), seeds=list(seeds), cond=backend.encode_prompt(prompt),
-                       sigma_y=sigma_y)
-
-
-def psnr(x, y, pixel):
-    return 10 * torch.log10(1 / ((pixel.A(x) - y) / 2).square().flatten(1).mean(1))
+run = partial(helpers.run, steps=STEPS["steps"])
+lr_image, psnr = helpers.lr_image, helpers.lr_psnr
 
 
 def test_sizes(backend):

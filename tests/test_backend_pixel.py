@@ -1,24 +1,22 @@
 """Pixel-space UNet2DModel backend + CLIP guidance on a tiny random DDPM and CLIP, saved and loaded back."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
 from textsr.backends.pixel import load_backend  # noqa: E402
 from textsr.testing.tiny_pixel import build_tiny_pixel  # noqa: E402
-from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.guidance import clip_energy  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from textsr.solvers import make_config  # noqa: E402
+from tests import backend_helpers as helpers  # noqa: E402
 
 CPU = torch.device("cpu")
 STEPS = {"steps": 8}
-
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +29,15 @@ def backend(spec):
     return load_backend(spec, device=CPU, dtype=torch.float32, offline=True)
 
 
+run = partial(helpers.run, steps=STEPS["steps"])
+
+
 def lr_image(scale, seed=0, size=16):
-    g = torch.Generator().manual_seed(seed)
-    hr = F.interpolate(torch.rand(1, 3, 4, 4, generator=g) * 2 - 1, size=(size, size), mode="bicubic",
-                       align_corners=False).clamp(-1, 1)
-    return AvgPool(scale, (3, size, size)).A(hr)
-
-
-def run(backend, solver, y, scale, seeds=(0, 1), prompt="a red fox", options=None, solver_options=None):
-    stages = backend.build_stages(solver, {**STEPS, **(solver_options or {})}, options or {})
-    return run_cascade(stages, y, scale, make_config(solver), seeds=list(seeds), cond=backend.encode_prompt(prompt))
+    return helpers.lr_image(scale, seed, size)
 
 
 def lr_psnr(res, y):
-    A = res.operators[-1]
-    return 10 * torch.log10(1 / ((A.A(res.x) - y) / 2).square().flatten(1).mean(1))
+    return helpers.lr_psnr(res.x, y, res.operators[-1])
 
 
 def test_sizes(backend):

@@ -1,6 +1,7 @@
 """Karlo unCLIP backend on a tiny random Karlo built in code, saved, and loaded back through load_backend."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -10,15 +11,13 @@ pytest.importorskip("diffusers")
 
 from textsr.backends.unclip import DecoderCond, load_backend, mix_embeddings, unclip_classes  # noqa: E402
 from textsr.testing.tiny_unclip import build_tiny_unclip  # noqa: E402
-from textsr.cascade import run_cascade  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from textsr.solvers import make_config  # noqa: E402
+from tests import backend_helpers as helpers  # noqa: E402
 
 CPU = torch.device("cpu")
 FAST = {"prior_steps": 2}
 STEPS = {"steps": 4}
-
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +37,15 @@ def text_only(spec):
     return load_backend(s, device=CPU, dtype=torch.float32, offline=True)
 
 
+run = partial(helpers.run, steps=STEPS["steps"], fixed_options=FAST)
+
+
 def lr_image(scale, seed=0, size=32):
-    """A random smooth HR image downsampled by the final operator."""
-    g = torch.Generator().manual_seed(seed)
-    hr = F.interpolate(torch.rand(1, 3, 4, 4, generator=g) * 2 - 1, size=(size, size), mode="bicubic",
-                       align_corners=False).clamp(-1, 1)
-    return AvgPool(scale, (3, size, size)).A(hr)
-
-
-def run(backend, solver, y, scale, seeds=(0, 1), prompt="a red fox", options=None, solver_options=None):
-    stages = backend.build_stages(solver, {**STEPS, **(solver_options or {})}, {**FAST, **(options or {})})
-    return run_cascade(stages, y, scale, make_config(solver), seeds=list(seeds), cond=backend.encode_prompt(prompt))
+    return helpers.lr_image(scale, seed, size)
 
 
 def lr_psnr(res, y):
-    A = res.operators[-1]
-    mse = ((A.A(res.x) - y) / 2).square().flatten(1).mean(1)
-    return 10 * torch.log10(1 / mse)
+    return helpers.lr_psnr(res.x, y, res.operators[-1])
 
 
 def test_reload_workaround_and_layout(spec):

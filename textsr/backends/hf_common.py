@@ -162,6 +162,16 @@ class ModelOutputAdapter:
         )
         return Prediction.from_eps(x_t, eps, abar_t, transform)
 
+    def guided(self, x_t: torch.Tensor, out: torch.Tensor, abar_t: float, guidance: float) -> Prediction:
+        """The prediction from one batched network call: ``out`` holds the outputs for ``[uncond; cond]``
+        stacked along the batch (or for ``cond`` alone when it has ``x_t``'s batch size, as at guidance
+        1).  Extra (learned-variance) channels are dropped; classifier-free guidance acts on eps."""
+        out = self.split(out)
+        if out.shape[0] == x_t.shape[0]:
+            return self.prediction(x_t, self.to_eps(x_t, out, abar_t), abar_t)
+        e_u, e_c = (self.to_eps(x_t, o, abar_t) for o in out.chunk(2))
+        return self.prediction(x_t, e_u + guidance * (e_c - e_u), abar_t)  # eps = eps_u + w (eps_c - eps_u)
+
 
 def scheduler_clip(scheduler_config: Mapping[str, Any]) -> float | None:
     if scheduler_config.get("clip_sample", False):

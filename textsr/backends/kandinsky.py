@@ -33,31 +33,23 @@ from .base import ModelInfo
 from .hf_common import (ModelOutputAdapter, image_preprocessing, load_pretrained, noise_schedule, resolve_source,
                         spec_stages, timestep_tensor)
 from .latent_base import LatentBackendBase
-from .options import BackendOptions, LoadOptions, choice, integer, number
-from .unclip import KarloText, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
+from .options import LoadOptions, number
+from .unclip import KarloText, PriorOptions, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
 
 BACKEND = "kandinsky"
 
 
 @dataclass(frozen=True)
-class KandinskyOptions(BackendOptions):
-    """Kandinsky 2.2's sampling options: guidance_scale (4, the decoder's CFG), prior_guidance (4) and
-    prior_steps (25) for the prior, unclip_lambda (0: pure text; 1: the LR image's embedding) and
-    unclip_norm (``"prior"`` or ``"mix"``) for embedding averaging."""
+class KandinskyOptions(PriorOptions):
+    """Kandinsky 2.2's sampling options: guidance_scale (4, the decoder's CFG) and the prior's and
+    embedding averaging's, as Karlo's (``PriorOptions``)."""
 
     what: ClassVar[str] = "kandinsky"
     guidance_scale: float = 4.0  # Kandinsky 2.2 decoder default
-    prior_guidance: float = 4.0
-    prior_steps: int = 25
-    unclip_lambda: float = 0.0
-    unclip_norm: str = "prior"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.set("guidance_scale", number(self.guidance_scale, "guidance_scale", lo=0.0))
-        self.set("prior_guidance", number(self.prior_guidance, "prior_guidance", lo=0.0))
-        self.set("prior_steps", integer(self.prior_steps, "prior_steps", lo=2))
-        self.set("unclip_lambda", number(self.unclip_lambda, "unclip_lambda", lo=0.0, hi=1.0))
-        self.set("unclip_norm", choice(self.unclip_norm, "unclip_norm", ("prior", "mix")))
 
 
 @dataclass
@@ -117,14 +109,7 @@ class KandinskyDenoiser:
             emb, n = torch.cat([cond.e_neg.expand(B, -1), e]), 2
         out = self.unet(torch.cat([x_t] * n).to(dt), timestep_tensor(t, n * B, x_t.device), encoder_hidden_states=None,
                         added_cond_kwargs={"image_embeds": emb.to(dt)}).sample
-        out = self.adapter.split(out)  # learned variance dropped
-        abar = self.schedule.abar(t)
-        if n == 1:
-            eps = self.adapter.to_eps(x_t, out, abar)
-        else:
-            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
-            eps = e_u + self.guidance * (e_c - e_u)
-        return self.adapter.prediction(x_t, eps, abar)
+        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)  # learned variance dropped
 
 
 class KandinskyBackend(LatentBackendBase[KarloText]):

@@ -110,14 +110,7 @@ class LatentDenoiser:
             hid, n = torch.cat([null.expand(B, -1, -1), cond.hidden.expand(B, -1, -1)]), 2
         out = self.unet(torch.cat([x_t] * n).to(dt), timestep_tensor(t, n * B, x_t.device),
                         encoder_hidden_states=hid.to(dt)).sample
-        abar = self.schedule.abar(t)
-        out = self.adapter.split(out)
-        if n == 1:
-            eps = self.adapter.to_eps(x_t, out, abar)
-        else:
-            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
-            eps = e_u + self.guidance * (e_c - e_u)
-        return self.adapter.prediction(x_t, eps, abar)
+        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)
 
 
 # ------------------------------------------------------------------------------------------------

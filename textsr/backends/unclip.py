@@ -56,24 +56,33 @@ STAGES = ("decoder", "super_res")
 
 
 @dataclass(frozen=True)
-class UnCLIPOptions(BackendOptions):
-    """Karlo's sampling options: decoder_guidance (8, the decoder's CFG), prior_guidance (4) and
+class PriorOptions(BackendOptions):
+    """The unCLIP prior and embedding averaging (Karlo; Kandinsky 2.2 too): prior_guidance (4) and
     prior_steps (25) for the prior, unclip_lambda (0: pure text; 1: the LR image's CLIP embedding; the
     embedding averaging weight) and unclip_norm (``"prior"`` or ``"mix"``: the averaged embedding's norm)."""
 
-    what: ClassVar[str] = "unclip"
-    decoder_guidance: float = 8.0
     prior_guidance: float = 4.0
     prior_steps: int = 25
     unclip_lambda: float = 0.0
     unclip_norm: str = "prior"
 
     def __post_init__(self) -> None:
-        self.set("decoder_guidance", number(self.decoder_guidance, "decoder_guidance", lo=0.0))
         self.set("prior_guidance", number(self.prior_guidance, "prior_guidance", lo=0.0))
         self.set("prior_steps", integer(self.prior_steps, "prior_steps", lo=2))
         self.set("unclip_lambda", number(self.unclip_lambda, "unclip_lambda", lo=0.0, hi=1.0))
         self.set("unclip_norm", choice(self.unclip_norm, "unclip_norm", ("prior", "mix")))
+
+
+@dataclass(frozen=True)
+class UnCLIPOptions(PriorOptions):
+    """Karlo's sampling options: decoder_guidance (8, the decoder's CFG) and the prior's (``PriorOptions``)."""
+
+    what: ClassVar[str] = "unclip"
+    decoder_guidance: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.set("decoder_guidance", number(self.decoder_guidance, "decoder_guidance", lo=0.0))
 
 
 # per stage and solver: (decoder, super_res) defaults; the text-guided SR paper's code used 100 + 50
@@ -256,14 +265,7 @@ class KarloDecoderDenoiser:
         x_in = torch.cat([x_t] * n).to(dt)
         out = self.decoder(sample=x_in, timestep=timestep_tensor(t, n * B, x_t.device),
                            encoder_hidden_states=hid_states, class_labels=additive, attention_mask=mask).sample
-        out = self.adapter.split(out)
-        abar = self.schedule.abar(t)
-        if n == 1:
-            eps = self.adapter.to_eps(x_t, out, abar)
-        else:
-            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
-            eps = e_u + self.guidance * (e_c - e_u)  # learned variance already dropped
-        return self.adapter.prediction(x_t, eps, abar)
+        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)  # learned variance dropped
 
 
 @dataclass

@@ -8,9 +8,9 @@ semantics, conditioning details, loading layouts) stays in ``tests/test_backend_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

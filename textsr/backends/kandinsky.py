@@ -30,8 +30,15 @@ from ..guidance import ClipModel
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import ModelInfo
-from .hf_common import (ModelOutputAdapter, image_preprocessing, load_pretrained, noise_schedule, resolve_source,
-                        spec_stages, timestep_tensor)
+from .hf_common import (
+    ModelOutputAdapter,
+    image_preprocessing,
+    load_pretrained,
+    noise_schedule,
+    resolve_source,
+    spec_stages,
+    timestep_tensor,
+)
 from .latent_base import LatentBackendBase
 from .options import LoadOptions, number
 from .unclip import KarloText, PriorOptions, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
@@ -135,7 +142,8 @@ class KandinskyBackend(LatentBackendBase[KarloText]):
                                           int(unet.config.in_channels), None)
         self.clip = ClipModel(tokenizer=tokenizer, text_model=text_encoder, vision_model=image_encoder,
                               image_size=int(image_encoder.config.image_size),
-                              **({"mean": image_mean} if image_mean else {}), **({"std": image_std} if image_std else {}))
+                              **({"mean": image_mean} if image_mean else {}),
+                              **({"std": image_std} if image_std else {}))
         self.defaults = dict(defaults or {})
         self.parse_options({})  # the model spec's defaults are checked when the model loads
 

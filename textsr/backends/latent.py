@@ -106,7 +106,8 @@ class LatentDenoiser:
         else:
             null = self.null_hidden if self.null_hidden is not None else cond.null_hidden
             if null is None:
-                raise UsageError("classifier-free guidance needs the unconditional text states (encode_prompt gives them)")
+                raise UsageError("classifier-free guidance needs the unconditional text states "
+                                 "(encode_prompt gives them)")
             hid, n = torch.cat([null.expand(B, -1, -1), cond.hidden.expand(B, -1, -1)]), 2
         out = self.unet(torch.cat([x_t] * n).to(dt), timestep_tensor(t, n * B, x_t.device),
                         encoder_hidden_states=hid.to(dt)).sample

@@ -17,13 +17,14 @@ under the caller's options and refuses unknown keys with a ``UsageError`` that l
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import UsageError
 from .base import check_options
 
-O = TypeVar("O", bound="BackendOptions")
+OptionsT = TypeVar("OptionsT", bound="BackendOptions")
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class BackendOptions:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls: type[O], options: Mapping[str, Any] | None = None,
-                  defaults: Mapping[str, Any] | None = None) -> O:
+    def from_dict(cls: type[OptionsT], options: Mapping[str, Any] | None = None,
+                  defaults: Mapping[str, Any] | None = None) -> OptionsT:
         """The class defaults < ``defaults`` (a model spec's) < ``options``; unknown keys in either raise a
         ``UsageError`` listing the known ones."""
         defaults, options = dict(defaults or {}), dict(options or {})

@@ -48,6 +48,14 @@ def test_cited_docs_and_sections_exist():
     assert not missing, missing
 
 
+def test_file_paths_in_the_docs_exist():
+    pages = [*DOCS.glob("*.md"), ROOT / "README.md", ROOT / "CHANGELOG.md"]
+    missing = [f"{p.name}: {m}" for p in pages
+               for m in re.findall(r"\b((?:textsr|tests|bench)/[\w/]+\.py)\b", p.read_text())
+               if not (ROOT / m).is_file()]
+    assert not missing, missing
+
+
 @pytest.mark.parametrize("page", sorted([*DOCS.glob("*.md"), ROOT / "README.md"]), ids=lambda p: p.name)
 def test_markdown_links_resolve(page):
     bad = []

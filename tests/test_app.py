@@ -165,7 +165,7 @@ def test_sweep_random_seed_and_progress(app, tmp_path):
     out = h.run(str(lr_image(tmp_path / "lr.png")), "", "a {shape} on blue", "circle, star, ring", "stub", "ddnm",
                 8, 2, 0, True, STEPS, "bicubic", progress=Recorder())
     assert len(out[0]) == 3 * 2 and out[0][2][1].startswith("a star on blue")
-    assert out[5] != 0 or out[6].settings["seed"] == out[5]  # the random seed is reported back
+    assert out[5] != 0 or out[6].settings.seed == out[5]  # the random seed is reported back
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0 and any("prompt 3/3" in (d or "") for _, d in seen)
     assert core.sweep_preview("x", "a {shape}", "circle,star") == "3 prompts: 'x', 'a circle', 'a star'"
@@ -343,3 +343,17 @@ def test_three_concurrent_requests(served, tmp_path):
     assert [o[5] for o in outs] == [0, 100, 200]
     assert len({o[4] for o in outs}) == 3  # each request its own download
     print(f"3 concurrent requests (concurrency 2, stub model, {STEPS} steps): all done in {seconds:.2f} s")
+
+
+def test_particles_show_how_plausible_each_prompt_is(app, tmp_path):
+    h = app.textsr_handlers
+    gallery, _, _, summary, _, _, result, *_ = h.run(
+        str(lr_image(tmp_path / "lr.png")), "a red circle\na blue square", "", "", "stub", "ddnm+", 8, 2, 5, False,
+        STEPS, "avgpool", 3)
+    assert "P(prompt \\| image)" in summary and "guidance scale 1" in summary
+    assert "tds ran instead of ddnm+" in summary  # the solver switch is said, not silent
+    probs = [p.evidence.probability for p in result.prompts]
+    assert sum(probs) == pytest.approx(1.0)
+    assert f"P(prompt | image) {probs[0]:.2f}" in gallery[0][1]
+    with pytest.raises(gr.Error, match="particles"):
+        h.run(str(lr_image(tmp_path / "lr.png")), "a", "", "", "stub", "tds", 8, 1, 5, False, STEPS, "avgpool", 10_000)

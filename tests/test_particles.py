@@ -218,14 +218,14 @@ def _text_world():
 
 def test_cascade_evidence_is_stage_one_and_matches_the_exact_cascade():
     from textsr.cascade import Stage, run_cascade
-    from textsr.gaussian_mixture import cascade_log_evidence, log_evidence, lowres_condition
+    from textsr.gaussian_mixture import cascade_log_evidence, log_evidence, lowres_condition, push_forward
 
     prior, op, y = _text_world()
     pool, A_lo = ops.AvgPool(2, (1, 8, 8)), ops.AvgPool(2, (1, 4, 4))
     exact = float(cascade_log_evidence(prior, pool, A_lo, y, 0.01, tags="a")[0])
     assert exact == pytest.approx(float(log_evidence(prior, op, y, 0.01, tags="a")[0]), abs=1e-9)
     cfg = make_config("tds", steps=50, particles=8, twist="tweedie")
-    st1 = Stage("I", MixtureDenoiser(prior.push_forward(pool), SCHED), divisor=2, channels=1, solver=cfg)
+    st1 = Stage("I", MixtureDenoiser(push_forward(prior, pool), SCHED), divisor=2, channels=1, solver=cfg)
     st2 = Stage("II", MixtureDenoiser(prior, SCHED), divisor=1, channels=1, solver=cfg,
                 condition=lowres_condition(prior, pool, 0.0))
     n = 24

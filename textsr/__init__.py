@@ -4,13 +4,13 @@
 load lazily so that ``import textsr`` and ``textsr --help`` stay fast.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-__all__ = ["explore", "Exploration", "__version__"]
+__all__ = ["explore", "rank", "Exploration", "__version__"]
 
 
 def __getattr__(name):
-    if name in ("explore", "Exploration", "expand_prompts"):
+    if name in ("explore", "rank", "Exploration", "expand_prompts"):
         from . import api as _explore
 
         return getattr(_explore, name)

@@ -1,5 +1,5 @@
 """Multi-stage (cascaded) sampling: every stage runs a solver against the *same* LR image ``y`` with
-its own operator (ALGORITHMS.md, "Multi-stage models").
+its own operator (docs/method.md, "Cascades").
 
 For a final size H x W and a stage whose output is ``H/d x W/d`` the stage operator is the
 downsampler by ``scale / d`` (identity when that is 1).  A stage may condition on the previous
@@ -69,6 +69,7 @@ class CascadeResult:
     stage_outputs: list[torch.Tensor]
     operators: list[LinearOperator]
     stage_log_evidence: list[torch.Tensor | None] = field(default_factory=list)
+    stage_ess: list[torch.Tensor | None] = field(default_factory=list)  # particle solvers: (steps + 1, B)
 
     @property
     def log_evidence(self) -> torch.Tensor | None:
@@ -101,7 +102,7 @@ def run_cascade(
     _, _, h, w = y.shape
     H, W = h * scale, w * scale
     prev: torch.Tensor | None = None
-    outputs, ops, evidence = [], [], []
+    outputs, ops, evidence, ess = [], [], [], []
     for k, st in enumerate(stages):
         if scale % st.divisor:
             raise ValueError(
@@ -121,4 +122,5 @@ def run_cascade(
         outputs.append(res.x)
         ops.append(op)
         evidence.append(res.log_evidence)
-    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, stage_log_evidence=evidence)
+        ess.append(None if res.ess is None else res.ess / res.particles)
+    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, stage_log_evidence=evidence, stage_ess=ess)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
-SOLVER_CHOICES = ["ddnm", "ddnm+", "dps", "pigdm", "plain"]
+from .solver_registry import solver_names  # torch-free: the names only
+
+SOLVER_CHOICES = solver_names()
 
 
 def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
@@ -123,8 +125,12 @@ def _common_options(f):
         click.option("--values", help="Comma-separated values for the template slot, e.g. 'circle,star,ring'."),
         click.option("--model", "-m", default="builtin-shapes", show_default=True,
                      help="Model name (see `textsr models`), local folder or JSON model spec."),
-        click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default="ddnm+",
-                     show_default=True),
+        click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default=None,
+                     help="Solver [default: ddnm+; tds with --particles]."),
+        click.option("--particles", type=int, help="Particle solver (tds) with N particles per sample: calibrated "
+                     "sample frequencies and the evidence P(prompt | y) per prompt."),
+        click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts for the evidence, "
+                     "comma-separated (default: uniform)."),
         click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt."),
         click.option("--seed", type=int, default=0, show_default=True, help="Sample k uses seed+k."),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
@@ -152,8 +158,18 @@ def _common_options(f):
     return f
 
 
+def _parse_prior(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--prior") from None
+
+
 def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, sigma_y, steps,
-                  eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels) -> dict:
+                  eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels, particles=None,
+                  prompt_prior=None) -> dict:
     sopts = _parse_kv(solver_opts, "--solver-option")
     for k, v in (("eta", eta), ("zeta", zeta)):
         if v is not None:
@@ -161,9 +177,9 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     if travel:
         sopts["travel_length"], sopts["travel_repeat"] = travel
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver.lower(), samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
+                solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
                 solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
-                batch_size=batch_size, max_pixels=max_pixels)
+                batch_size=batch_size, max_pixels=max_pixels, particles=particles, prompt_prior=_parse_prior(prompt_prior))
 
 
 @main.command()
@@ -176,6 +192,57 @@ def upscale(image, scale, simulate, out, quiet, **kw):
     kwargs = _build_kwargs(image, scale, **kw)
     kwargs["simulate"] = simulate
     _run_and_report(kwargs, out, quiet)
+
+
+@main.command("rank")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
+@click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="A description (give two or more).")
+@click.option("--particles", type=int, default=16, show_default=True, help="Particles per sample.")
+@click.option("--samples", "-n", type=int, default=4, show_default=True, help="Independent particle runs per prompt.")
+@click.option("--steps", type=int, help="Denoising steps per stage (default: the model's).")
+@click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts, comma-separated (default: uniform).")
+@click.option("--model", "-m", default="builtin-shapes", show_default=True, help="Model name, folder or JSON spec.")
+@click.option("--option", "model_opts", multiple=True, metavar="KEY=VALUE", help="Model option (guidance is set to 1).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True)
+@click.option("--sigma-y", type=float, default=0.0, show_default=True, help="LR noise std in [-1,1] units.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {prompt, probability, log_z}.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, model, model_opts, seed, operator, sigma_y,
+             device, dtype, as_json, quiet):
+    """Rank the prompts by P(prompt | IMAGE): which description explains the low-resolution image, and how
+    likely each is, in the model's belief at guidance scale 1, among the prompts given."""
+    from .api import rank
+    from .errors import TextSRError
+
+    bar = _ProgressBar(quiet or as_json)
+    try:
+        r = rank(image, list(prompts), scale=scale, model=model, particles=particles, samples=samples, seed=seed,
+                 prompt_prior=_parse_prior(prompt_prior), model_options=_parse_kv(model_opts, "--option"), steps=steps,
+                 operator=operator, sigma_y=sigma_y, device=device, dtype=dtype, callback=bar)
+    except (TextSRError, ValueError) as e:
+        bar.close()
+        click.echo(f"error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    bar.close()
+    if as_json:
+        click.echo(json.dumps(r.to_json(), indent=2))
+        return
+    neutral = ", ".join(f"{k}={v}" for k, v in r.neutral_options.items()) or "no guidance options"
+    click.echo(f"P(prompt | image) among the {len(r.entries)} prompts given (uniform prior unless --prior), the model "
+               f"at guidance scale 1 ({neutral}); {particles} particles x {samples} runs per prompt")
+    width = 30
+    for e in r.entries:
+        p = e["probability"]
+        bar_s = "#" * int(round((p or 0.0) * width))
+        lz = "n/a" if e["log_z"] is None or e["log_z"] != e["log_z"] else f"{e['log_z']:.1f}"
+        click.echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {e['prompt'] or '(no prompt)'}   "
+                   f"log p(y|prompt) {lz} (spread {e['spread']:.1f}, ESS min {e['ess_min']:.2f})")
+    for n in r.exploration.notes:
+        click.echo(f"note: {n}")
 
 
 @main.command()

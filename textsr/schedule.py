@@ -1,6 +1,6 @@
 """Variance-preserving noise schedules, timestep spacing, time-travel and the DDIM update.
 
-Notation follows ALGORITHMS.md: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+Notation follows docs/method.md ("Notation"): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
 Timesteps are integer indices into ``alphas_cumprod`` (0 .. T-1); the index ``-1`` stands for the
 clean image (``abar_{-1} = 1``), so the last step of every sampler is a step to ``t = -1``.
 """
@@ -180,7 +180,7 @@ def ddim_update(
 ) -> torch.Tensor:
     """One deterministic/stochastic step to ``s`` from the clean estimate ``x0`` and noise ``eps``.
 
-    ``kind="ddnm"`` (DDNM's parameterisation, ALGORITHMS.md):
+    ``kind="ddnm"`` (DDNM's parameterisation; docs/method.md, "The sampling loop"):
         ``x_s = sqrt(abar_s) x0 + sigma (eta z + sqrt(1 - eta^2) eps)``, ``sigma = sqrt(1 - abar_s)``.
     ``kind="ddim"`` (Song et al. 2021, eq. 12): eta = 1 is the DDPM ancestral step, eta = 0 DDIM;
         needs ``abar_t``.

@@ -36,9 +36,11 @@ class Limits:
     max_prompts: int = 8
     max_samples: int = 16
     max_steps: int = 1000
+    max_particles: int = 64  # particles per sample (the particle solver's work is samples x particles)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_pixels", "max_output_pixels", "max_prompts", "max_samples", "max_steps"):
+        for name in ("max_upload_pixels", "max_output_pixels", "max_prompts", "max_samples", "max_steps",
+                     "max_particles"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -117,8 +119,10 @@ class ModelPool:
             return backend
 
     def _load(self, name: str) -> Any:
+        from ..backends.base import Backend
+
         entry = self._entries[name]
-        if hasattr(entry, "build_stages"):
+        if isinstance(entry, Backend):
             return entry
         if callable(entry):
             return entry()
@@ -258,23 +262,35 @@ class Request:
     steps: int | None = None
     operator: str = "avgpool"
     sigma_y: float = 0.0
+    particles: int | None = None  # > 0: the particle solver and P(prompt | image) per prompt
 
 
 def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callable | None = None):
     """Run ``explore`` for a request; returns the ``Exploration`` (with the input's notes added)."""
     from ..api import expand_prompts, explore
-    from ..solvers import SOLVERS
+    from ..solvers import canonical_name, config_class
 
     prompts = expand_prompts(parse_prompts(req.prompts_text), *_sweep_args(req.template, req.values))
     check_request_size(req.lr.shape[:2], req.scale, req.samples, len(prompts), limits)
-    if req.solver not in SOLVERS:
-        raise UsageError(f"unknown solver {req.solver!r}; choose one of: {', '.join(SOLVERS)}")
+    try:
+        solver = canonical_name(req.solver)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if req.steps is not None and not 1 <= req.steps <= limits.max_steps:
         raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
+    notes = list(req.notes)
+    particles = req.particles or None
+    if particles is not None:
+        if not 1 <= particles <= limits.max_particles:
+            raise UsageError(f"particles must be from 0 (off) to {limits.max_particles}, got {particles}")
+        if not config_class(solver).takes_particles:
+            notes.append(f"particles: the particle solver tds ran instead of {solver} (which keeps one sample per seed)")
+            solver = "tds"
     backend = pool.get(req.model)
-    result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=req.solver, samples=req.samples,
-                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, callback=callback)
-    result.notes[:0] = list(req.notes)
+    result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=solver, samples=req.samples,
+                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, particles=particles,
+                     callback=callback)
+    result.notes[:0] = notes
     return result
 
 

@@ -44,9 +44,17 @@ def fmt_score(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def sample_caption(prompt: str, k: int, seed: int, psnr: float, score: float | None) -> str:
+def sample_caption(prompt: str, k: int, seed: int, psnr: float, score: float | None,
+                   probability: float | None = None) -> str:
     label = prompt or NO_PROMPT
-    return f"{label} · #{k} seed {seed} · LR-PSNR {fmt_psnr(psnr)} dB · text {fmt_score(score)}"
+    p = "" if probability is None else f" · P(prompt | image) {probability:.2f}"
+    return f"{label}{p} · #{k} seed {seed} · LR-PSNR {fmt_psnr(psnr)} dB · text {fmt_score(score)}"
+
+
+def prompt_probability(p) -> float | None:
+    """The prompt's P(prompt | image) among the run's prompts (particle solver runs), else None."""
+    ev = getattr(p, "evidence", None)
+    return None if ev is None else ev.probability
 
 
 def gallery_items(result) -> list[tuple[np.ndarray, str]]:
@@ -55,8 +63,18 @@ def gallery_items(result) -> list[tuple[np.ndarray, str]]:
     for p in result.prompts:
         for k in range(len(p.seeds)):
             items.append((to_uint8(p.samples[k]), sample_caption(p.prompt, k, p.seeds[k], p.lr_psnr[k],
-                                                                 p.text_scores[k])))
+                                                                 p.text_scores[k], prompt_probability(p))))
     return items
+
+
+def evidence_cell(p) -> str:
+    """``P(prompt | image)`` with a text bar, log p(y | prompt) and its spread (particle solver runs)."""
+    ev = getattr(p, "evidence", None)
+    if ev is None:
+        return "-"
+    prob = "n/a" if ev.probability is None else f"{ev.probability:.3f} {'█' * int(round(ev.probability * 10))}"
+    lz = f"{ev.log_z:.1f} ± {ev.spread:.1f}" if math.isfinite(ev.log_z) else "n/a"
+    return f"{prob} (log p(y \\| prompt) {lz}{'' if ev.calibrated else '; guided, not calibrated'})"
 
 
 def std_items(result) -> list[tuple[np.ndarray, str]]:
@@ -83,20 +101,27 @@ def baseline_items(result) -> list[tuple[np.ndarray, str]]:
 
 
 def summary_markdown(result, seed: int, seconds: float) -> str:
-    rows = ["| prompt | text consistency | LR-PSNR min (dB) | diversity | time (s) |", "|---|---|---|---|---|"]
+    evidence = any(getattr(p, "evidence", None) is not None for p in result.prompts)
+    rows = ["| prompt | text consistency | LR-PSNR min (dB) | diversity | time (s) |"
+            + (" P(prompt \\| image) among these prompts |" if evidence else ""),
+            "|---|---|---|---|---|" + ("---|" if evidence else "")]
     for p in result.prompts:
         label = (p.prompt or NO_PROMPT).replace("|", "\\|")
         rows.append(f"| {label} | {fmt_score(p.text_consistency)} | {fmt_psnr(min(p.lr_psnr))} | "
-                    f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |")
+                    f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |" + (f" {evidence_cell(p)} |" if evidence else ""))
     k = len(result.prompts[0].seeds) if result.prompts else 0
     h, w = result.output_size
-    model = result.settings["model"].get("name", "?")
-    solver = result.settings["solver"]
-    stages = solver.get("per_stage") or [solver]
+    model = result.settings.model.get("name", "?")
+    solver = result.settings.solver
+    stages = result.settings.stages or [solver]
     steps = "+".join(str(st.get("steps", "?")) for st in stages)
     head = (f"**Done in {seconds:.1f} s** · {len(result.prompts)} prompt(s) × {k} samples · {w}×{h} · "
             f"model `{model}` · solver `{solver.get('solver', '?')}`, {steps} steps · seeds {seed}–{seed + k - 1}")
     notes = "".join(f"\n\n*note: {n}*" for n in result.notes)
+    if evidence:
+        notes = ("\n\nP(prompt | image): how plausible each prompt makes the input, among the prompts given "
+                 "(uniform prior), in the model's belief when it samples at guidance scale 1 (particle solver "
+                 "evidence; see the README)") + notes
     return head + "\n\n" + "\n".join(rows) + notes + "\n\nClick a sample to check it against the input."
 
 
@@ -123,12 +148,12 @@ def compare(result, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
     i, j = locate(result, index)
     p = result.prompts[i]
     x = torch.from_numpy(np.ascontiguousarray(p.samples[j])).permute(2, 0, 1)[None].double() * 2 - 1
-    op = make_operator(result.settings["operator"], result.scale, tuple(x.shape[1:]))
+    op = make_operator(result.settings.operator, result.scale, tuple(x.shape[1:]))
     ax = ((op.A(x)[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
     diff = np.abs(ax - result.lr.astype(np.float32))
     diff_map = colorize(diff.mean(axis=2), vmin=0.0, vmax=DIFF_SCALE)
     text = (f"**{p.prompt or NO_PROMPT}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
-            f"`{result.settings['operator']}` ×{result.scale} it differs from the input by at most "
+            f"`{result.settings.operator}` ×{result.scale} it differs from the input by at most "
             f"**{diff.max():.2g}** (mean {diff.mean():.2g}; [0, 1] units) · LR-PSNR {fmt_psnr(p.lr_psnr[j])} dB · "
             f"text score {fmt_score(p.text_scores[j])}. Difference colours: 0 (dark) to {DIFF_SCALE} (yellow).")
     return enlarge(to_uint8(result.lr)), enlarge(to_uint8(ax)), enlarge(diff_map), text

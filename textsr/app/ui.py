@@ -125,7 +125,7 @@ class Handlers:
                 d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
+            operator, particles=0, progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
@@ -135,7 +135,8 @@ class Handlers:
             req = core.Request(lr=lr, notes=notes, prompts_text=prompts or "", template=template, values=values,
                                model=str(model), solver=str(solver), scale=_int(scale, "scale"),
                                samples=_int(samples, "samples"), seed=used_seed,
-                               steps=_int(steps, "steps") or None, operator=str(operator or "avgpool"))
+                               steps=_int(steps, "steps") or None, operator=str(operator or "avgpool"),
+                               particles=_int(particles, "particles") if particles else None)
             progress(0.0, desc=f"loading {req.model}")
 
             def on_step(p):
@@ -189,7 +190,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
     workdir = present.Workdir(cache_root=get_upload_folder())
     atexit.register(workdir.close)
     h = Handlers(pool, limits, workdir)
-    from ..solvers import SOLVERS
+    from ..solvers import solver_names
 
     with private_cache(workdir), gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(INTRO)
@@ -212,7 +213,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                 preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview")
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
-                    solver = gr.Dropdown(list(SOLVERS), value="ddnm+", label="Solver", elem_id="solver", scale=2,
+                    solver = gr.Dropdown(solver_names(), value="ddnm+", label="Solver", elem_id="solver", scale=2,
                                          min_width=100)
                 with gr.Row():
                     scale = gr.Dropdown(SCALES, value=8, label="Scale (×)", elem_id="scale")
@@ -227,6 +228,10 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                       label="Steps per stage (0 = the model's default)", elem_id="steps")
                     operator = gr.Dropdown(OPERATORS, value="avgpool", label="Downsampling operator A",
                                            elem_id="operator")
+                    particles = gr.Number(0, precision=0, minimum=0, maximum=limits.max_particles,
+                                          label="Particles per sample (0 = off)", elem_id="particles",
+                                          info="> 0: the particle solver (tds), and how plausible each prompt is "
+                                               "given the input, P(prompt | image), next to its samples")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
                 summary = gr.Markdown(elem_id="summary")
@@ -260,7 +265,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
         run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator],
+                              steps, operator, particles],
                       [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
                       api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
                       ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,

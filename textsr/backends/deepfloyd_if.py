@@ -1,4 +1,5 @@
-"""DeepFloyd IF as a cascade of Denoisers (ALGORITHMS.md, "Multi-stage (cascaded) text-to-image models").
+"""DeepFloyd IF as a cascade of Denoisers (docs/method.md, "Cascades";
+the paper's own loop: docs/paper-if-loop.md).
 
 * Stage I (IF-I-XL/L/M): text -> image at 1/4 of the output size (64 px for 256 px); its operator is the
   downsampler by ``scale / 4`` (identity at x4).
@@ -35,11 +36,12 @@ from ..cascade import Stage
 from ..errors import InputImageError, UsageError
 from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
-from ..solvers import Noise, make_config
-from . import hub
+from ..solvers import Noise, canonical_name
+from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
+from .options import number
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -54,6 +56,7 @@ STAGE_SOLVER_DEFAULTS: dict[str, tuple[dict, dict]] = {
     "ddnm+": ({"steps": 100}, {"steps": 50}),
     "dps": ({"steps": 250, "zeta": 0.5}, {"steps": 100, "zeta": 0.5}),
     "pigdm": ({"steps": 250}, {"steps": 100}),
+    "tds": ({"steps": 100}, {"steps": 50}),
 }
 
 
@@ -112,7 +115,7 @@ class IFOptions:
         if o.get("steps") is not None:
             o["steps"] = _pair(o["steps"], "steps", int)
         if o.get("warm_start") is not None:
-            o["warm_start"] = float(o["warm_start"])
+            o["warm_start"] = number(o["warm_start"], "warm_start")
         return cls(**o)
 
 
@@ -171,6 +174,11 @@ class IFStageModels:
 
 class IFBackend(Backend):
     """DeepFloyd IF: stage I (+ optional stage II) with a shared T5 encoder.  See the module docstring."""
+
+    neutral_options = {"guidance_scale": 1.0}  # CFG 1: the model's own p(x | prompt)
+
+    def resolved_options(self, options: dict) -> dict:
+        return {"guidance_scale": list(IFOptions.from_dict({**self.defaults, **(options or {})}).guidance_scale)}
 
     def __init__(self, info: ModelInfo, tokenizer: Any, text_encoder: torch.nn.Module, stage_1: IFStageModels,
                  stage_2: IFStageModels | None, *, device: torch.device, dtype: torch.dtype,
@@ -262,7 +270,7 @@ class IFBackend(Backend):
         options ``steps``/``warm_start`` < the user's solver options (flat: every stage; nested under a
         stage name, e.g. ``{"stage_2": {"steps": 20}}``: that stage)."""
         try:
-            name = make_config(solver).name
+            name = canonical_name(solver)
         except ValueError as e:
             raise UsageError(str(e)) from e
         user = dict(solver_options or {})

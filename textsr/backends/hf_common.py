@@ -21,8 +21,9 @@ import torch
 
 from ..denoiser import Prediction, eps_from_x0
 from ..errors import ModelNotFoundError, UsageError
+from ..guidance import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipModel
 from ..schedule import NoiseSchedule
-from ..solvers import SolverConfig, make_config
+from ..solvers import SolverConfig, canonical_name, make_config
 
 Source = tuple[str, str | None]
 
@@ -161,6 +162,16 @@ class ModelOutputAdapter:
         )
         return Prediction.from_eps(x_t, eps, abar_t, transform)
 
+    def guided(self, x_t: torch.Tensor, out: torch.Tensor, abar_t: float, guidance: float) -> Prediction:
+        """The prediction from one batched network call: ``out`` holds the outputs for ``[uncond; cond]``
+        stacked along the batch (or for ``cond`` alone when it has ``x_t``'s batch size, as at guidance
+        1).  Extra (learned-variance) channels are dropped; classifier-free guidance acts on eps."""
+        out = self.split(out)
+        if out.shape[0] == x_t.shape[0]:
+            return self.prediction(x_t, self.to_eps(x_t, out, abar_t), abar_t)
+        e_u, e_c = (self.to_eps(x_t, o, abar_t) for o in out.chunk(2))
+        return self.prediction(x_t, e_u + guidance * (e_c - e_u), abar_t)  # eps = eps_u + w (eps_c - eps_u)
+
 
 def scheduler_clip(scheduler_config: Mapping[str, Any]) -> float | None:
     if scheduler_config.get("clip_sample", False):
@@ -183,10 +194,10 @@ def stage_solver_config(solver: str, stage: str, stage_defaults: Mapping[str, Ma
     specific = solver_options.get(stage, {})
     if not isinstance(specific, Mapping):
         specific = {}
-    key = solver.lower().replace("_", "").replace("plus", "+")
-    opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
     try:
-        return make_config(solver, **opts)
+        key = canonical_name(solver)
+        opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
+        return make_config(key, **opts)
     except (ValueError, TypeError) as e:
         raise UsageError(f"solver options for stage {stage!r}: {e}") from e
 
@@ -198,30 +209,35 @@ def check_stage_option_keys(solver_options: Mapping[str, Any], stage_names: tupl
             raise UsageError(f"per-stage solver options {k!r}: no such stage; stages are {list(stage_names)}")
 
 
-def float_option(options: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None) -> float:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise UsageError(f"option {key} must be a number, got {v!r}")
-    v = float(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise UsageError(f"option {key} must lie in {rng}, got {v}")
-    return v
+# -- CLIP ---------------------------------------------------------------------------------------------
+def load_clip_model(source: Any, *, device: torch.device, dtype: torch.dtype, offline: bool,
+                    what: str = "CLIP model") -> ClipModel:
+    """A transformers CLIP checkpoint (e.g. ``openai/clip-vit-base-patch32``) as a ``ClipModel``: model,
+    tokenizer and the image processor's size/mean/std (OpenAI's constants if it has no processor config)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    src = resolve_source(source, what)
+    model = load_pretrained(CLIPModel, src, offline=offline, what=what, dtype=dtype).to(device)
+    tok = load_pretrained(CLIPTokenizer, src, offline=offline, what=f"{what} tokenizer")
+    size, mean, std = image_preprocessing(src, offline, model.config.vision_config.image_size)
+    return ClipModel(tokenizer=tok, clip_model=model, image_size=size, mean=mean, std=std)
 
 
-def int_option(options: Mapping[str, Any], key: str, *, lo: int = 1) -> int:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise UsageError(f"option {key} must be an integer >= {lo}, got {v!r}")
-    return v
+def image_preprocessing(src: tuple[str, str | None], offline: bool, default_size: int,
+                        subfolder: str | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(size, mean, std) for CLIP's input: the size is the vision tower's ``image_size`` (``default_size``:
+    CLIP needs exactly that), mean/std from a CLIPImageProcessor config next to the weights, or OpenAI's
+    published constants if there is none."""
+    from transformers import CLIPImageProcessor
 
-
-def merge_options(known: dict[str, Any], spec_defaults: Mapping[str, Any] | None, options: Mapping[str, Any],
-                  what: str) -> dict[str, Any]:
-    """Backend defaults < the model spec's ``defaults`` < the caller's options; unknown keys -> UsageError."""
-    from .base import check_options
-
-    spec_defaults = dict(spec_defaults or {})
-    check_options(spec_defaults, list(known), f"{what} (model spec defaults)")
-    check_options(dict(options), list(known), what)
-    return {**known, **spec_defaults, **dict(options)}
+    path, base = src
+    sub = join_subfolder(base, subfolder)
+    try:
+        proc = CLIPImageProcessor.from_pretrained(path, local_files_only=offline,
+                                                  **({"subfolder": sub} if sub else {}))
+    except (OSError, ValueError):  # no preprocessor_config.json: CLIP's published constants apply
+        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return default_size, tuple(float(m) for m in mean), tuple(float(v) for v in std)

@@ -1,5 +1,5 @@
-"""Shared particle (SMC) machinery for the one sampling loop (ALGORITHMS.md, "Particle (SMC) posterior
-sampling and the evidence p(y | prompt)").
+"""Shared particle (SMC) machinery for the one sampling loop
+(docs/method.md, "Particle (SMC) sampling and the evidence").
 
 B samples, each its own system of N particles, are stored flat as ``B * N`` rows (rows ``k N .. k N + N - 1``
 belong to sample k).  ``ParticleSystem`` keeps, per sample, the log-weights (float64, log domain throughout),

@@ -38,7 +38,7 @@ from ..denoiser import Denoiser
 from ..schedule import ddim_update
 from .base import Noise, Problem, SolverConfig, StepResult
 from .chain import ChainVariances
-from .twist import TWISTS, TwistEval, _sumsq, evaluate_twist, mean_s2, resolve_twist
+from .twist import TWISTS, TwistEval, sum_squares, evaluate_twist, mean_s2, resolve_twist
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class TDSConfig(SolverConfig):
     proposal: str = "kalman"
     name = "tds"
     needs_grad = True
+    needs_svd = True  # A+ and the range/null split of A's SVD (proposal, twist); a latent A(z) has none
     takes_particles = True
 
     def __post_init__(self) -> None:
@@ -169,7 +170,7 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
     # log p - log q: p = N(mean_p, c^2 I); q = N(mu_q, V diag(c_r^2) V^T + c^2 (I - P)), x_s - mu_q = noise_r + c z_n
     d = (x_s - mean_p).flatten(1).to(torch.float64)
     log_p = -0.5 * d.pow(2).sum(1) / (c * c) - s_all.numel() * math.log(c)
-    log_q = -0.5 * _sumsq(z) - log_cr
+    log_q = -0.5 * sum_squares(z) - log_cr
     return x_s, log_p - log_q
 
 

@@ -62,7 +62,7 @@ class TwistEval:
     kappa: torch.Tensor
 
 
-def _sumsq(v: torch.Tensor) -> torch.Tensor:
+def sum_squares(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).to(torch.float64).pow(2).sum(1)
 
 
@@ -136,11 +136,11 @@ def _range_iso(A, r: torch.Tensor, kappa: torch.Tensor, sigma2: float) -> tuple[
     except NotImplementedError:
         var = kap * mean_s2(A) + sigma2
         v = A.At(r) / var.to(r.dtype).view(-1, *([1] * (r.ndim - 1)))
-        return -0.5 * (_sumsq(r) / var + m * torch.log(var) + m * LOG2PI), v
+        return -0.5 * (sum_squares(r) / var + m * torch.log(var) + m * LOG2PI), v
     quad = _dot(p, v)
     logdet = torch.log((kap.unsqueeze(-1) * s**2 + sigma2).clamp(min=MIN_VAR)).sum(-1)
     if sigma2 > 0 and rank < m:  # measurement directions outside the kept range
-        quad = quad + _sumsq(r - A.A(p)) / sigma2
+        quad = quad + sum_squares(r - A.A(p)) / sigma2
         logdet = logdet + (m - rank) * math.log(sigma2)
     dims = m if sigma2 > 0 else rank
     return -0.5 * (quad + logdet + dims * LOG2PI), v
@@ -153,7 +153,7 @@ def _rayleigh(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, chain:
     A's smallest singular values).  One backward pass gives kappa and the gradient."""
     u = A.spectral(A.A_pinv(r), lambda s: s**2 / (s**2 + sigma2 / rho2)) if sigma2 > 0 else A.A_pinv(r)
     w = _vjp(x0_hat, x_in, u, retain=False)  # J^T u
-    kappa = (k_t * _dot(w, u) / _sumsq(u).clamp(min=1e-300)).clamp(min=0.0)  # u^T Cov u / |u|^2
+    kappa = (k_t * _dot(w, u) / sum_squares(u).clamp(min=1e-300)).clamp(min=0.0)  # u^T Cov u / |u|^2
     kap = kappa if chain is None else chain(kappa)
     log_tw, _ = _range_iso(A, r, kap, sigma2)
     # g = J^T A^T C^{-1} r, C = kap A A^T + sigma^2: A^T C^{-1} r = u (rho2 s^2 + sigma^2) / (rho2 (kap s^2 + sigma^2))

@@ -1,0 +1,126 @@
+"""The evidence through explore, results.json and the CLI: --particles on real-model paths (tiny IF, tiny
+pixel UNet), ``textsr rank`` against the exact evidence of the built-in world, P(prompt | y) arithmetic."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from textsr.cli import main
+from textsr.errors import UsageError
+from textsr.evidence import check_prior, combine, prompt_probabilities
+
+
+def test_probabilities_and_combination():
+    p = prompt_probabilities([0.0, math.log(3.0)])
+    assert p == pytest.approx([0.25, 0.75])
+    assert prompt_probabilities([0.0, 0.0], [3, 1]) == pytest.approx([0.75, 0.25])  # prior, normalised
+    assert prompt_probabilities([float("-inf"), 1.0]) == pytest.approx([0.0, 1.0])
+    assert prompt_probabilities([float("nan"), float("-inf")]) == [None, None]
+    lz, spread = combine(torch.log(torch.tensor([1.0, 3.0], dtype=torch.float64)))
+    assert lz == pytest.approx(math.log(2.0)) and spread == pytest.approx(float(torch.tensor([0.0, math.log(3)]).std()))
+    for bad in ([1.0], [-1.0, 2.0], ["x", 1]):
+        with pytest.raises(UsageError):
+            check_prior(bad, 2)
+
+
+def test_particles_need_a_particle_solver():
+    from textsr.api import explore
+    from textsr.demo import demo_image
+
+    with pytest.raises(UsageError, match="particle solver"):
+        explore(demo_image(), ["a"], scale=8, solver="ddnm+", particles=4, samples=1, steps=2)
+    with pytest.raises(UsageError, match="particles"):
+        explore(demo_image(), ["a"], scale=8, particles=0, samples=1, steps=2)
+
+
+def _lr_png(path, size, seed=0):
+    pixels = 64 + 128 * torch.rand(size, size, 3, generator=torch.Generator().manual_seed(seed))
+    Image.fromarray(pixels.byte().numpy()).save(path)
+    return path
+
+
+def _run_cli(args):
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.mark.parametrize("builder, lr, scale, options", [
+    ("tiny_deepfloyd_if", 4, 8, []),  # two stages; CFG 7 / 4 by default: not calibrated
+    ("tiny_pixel", 4, 4, ["--option", "clip_scale=0.3"]),  # CLIP guidance: not calibrated
+])
+def test_cli_upscale_with_particles_end_to_end(tmp_path, builder, lr, scale, options):
+    import importlib
+
+    from textsr.schema import schema_errors
+
+    mod = importlib.import_module(f"textsr.testing.{builder}")
+    build = getattr(mod, "build_tiny_if" if builder == "tiny_deepfloyd_if" else "build_tiny_pixel")
+    spec = build(tmp_path / "model")
+    out = tmp_path / "out"
+    _run_cli(["upscale", str(_lr_png(tmp_path / "lr.png", lr)), "--scale", str(scale), "--model", str(spec),
+              "-p", "a photo of a cat", "-p", "a dog", "--particles", "4", "--steps", "2", "-n", "2", "-o", str(out),
+              "-q", *options])
+    doc = json.loads((out / "results.json").read_text())
+    assert schema_errors(doc) == []
+    assert doc["solver"]["solver"] == "tds" and all(s["particles"] == 4 for s in doc["solver"]["per_stage"])
+    ev = [p["evidence"] for p in doc["prompts"]]
+    assert sum(e["probability"] for e in ev) == pytest.approx(1.0)
+    assert all(len(e["log_z_samples"]) == 2 and e["particles"] == 4 for e in ev)
+    assert all(not e["calibrated"] and e["guidance"] for e in ev)  # guided runs say so
+
+
+def _demo_png(tmp_path):
+    from textsr.demo import demo_image
+
+    img = tmp_path / "lr.png"
+    Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(img)
+    return img
+
+
+def _exact(img, prompts):
+    from textsr.model_registry import load_model
+    from textsr.operators import AvgPool
+
+    backend = load_model("builtin-shapes")
+    y = torch.from_numpy(np.asarray(Image.open(img), dtype=np.float32) / 255).permute(2, 0, 1)[None] * 2 - 1
+    return {p: backend.exact_evidence(y, AvgPool(8, (3, 64, 64)), p) for p in prompts}
+
+
+def _rank_json(img, prompts):
+    res = _run_cli(["rank", str(img), "--scale", "8", *sum((["-p", p] for p in prompts), []), "--particles", "8",
+                    "-n", "2", "--steps", "20", "--json", "-q"])
+    return json.loads(res.output)
+
+
+# the demo scene (a small red circle on blue, 8x): exact log p(y | prompt) 947.5, 643.0 and 50.0 nats
+RANK_PROMPTS = ["a red circle", "a green circle", "a blue circle"]
+
+
+def test_rank_puts_the_prompt_the_exact_evidence_prefers_first_in_the_builtin_world(tmp_path):
+    img = _demo_png(tmp_path)
+    exact = _exact(img, RANK_PROMPTS)
+    got = _rank_json(img, RANK_PROMPTS)
+    assert got[0]["prompt"] == max(RANK_PROMPTS, key=exact.get) and got[0]["probability"] > 0.99
+    assert set(got[0]) == {"prompt", "probability", "log_z"}
+    assert sum(e["probability"] for e in got) == pytest.approx(1.0)
+    text = _run_cli(["rank", str(img), "--scale", "8", "-p", RANK_PROMPTS[0], "-p", RANK_PROMPTS[1], "--particles", "2",
+                     "-n", "1", "--steps", "5", "-q"]).output
+    assert "guidance scale 1" in text and "|" in text and RANK_PROMPTS[0] in text
+
+
+@pytest.mark.xfail(strict=True, reason="measured limitation: in the built-in world (noiseless, 192 measured values, "
+                   "540 sharp modes) the Gaussian twists leave about one effective particle and log Z_hat is off by "
+                   "hundreds of nats; the order below the best prompt is not reliable (green -5178 vs blue -766 "
+                   "estimated, 643 vs 50 exact)")
+def test_rank_orders_every_prompt_as_the_exact_evidence_in_the_builtin_world(tmp_path):
+    img = _demo_png(tmp_path)
+    exact = _exact(img, RANK_PROMPTS)
+    assert [e["prompt"] for e in _rank_json(img, RANK_PROMPTS)] == sorted(RANK_PROMPTS, key=lambda p: -exact[p])

@@ -25,7 +25,7 @@ from .errors import TextSRError, UsageError
 
 JOB_KEYS = {"image", "prompts", "scale", "model", "solver", "samples", "seed", "template", "values", "operator",
             "sigma_y", "steps", "solver_options", "model_options", "device", "dtype", "simulate", "batch_size",
-            "max_pixels"}
+            "max_pixels", "particles", "prompt_prior"}
 
 
 @dataclass

@@ -55,7 +55,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     steps = tuple(int(s) for s in args.steps.split(","))
     recs = run([int(n) for n in args.particles.split(",")], args.samples, steps)
-    print(f"Tiny DeepFloyd IF (CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}), "
+    print(f"Tiny DeepFloyd IF (CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{platform.machine()}), "
           f"x8 from 4x4, {steps[0]} + {steps[1]} steps, CFG 7 / 4, best of 2 runs of {args.samples} samples")
     print("| solver | particles | seconds per sample | vs DDNM+ |")
     print("|---|---|---|---|")

@@ -74,7 +74,8 @@ def _run(label: str, N: int | None, x_of, probs, posts, refs, floors) -> dict:
            "problems": len(probs), "mode_tv": sum(tv) / len(tv), "per_problem_sw": sw, "per_problem_tv": tv,
            "cpu_seconds": time.process_time() - t0}
     if err:
-        rec.update(logz_err_median=float(torch.tensor(err).median()), logz_err_combined_median=float(torch.tensor(comb).median()),
+        rec.update(logz_err_median=float(torch.tensor(err).median()),
+                   logz_err_combined_median=float(torch.tensor(comb).median()),
                    ess_mean=sum(ess_mean) / len(ess_mean), ess_min=sum(ess_min) / len(ess_min))
     return rec
 
@@ -94,7 +95,8 @@ def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(
              "mode_tv": sum(floor_tv) / n_problems, "per_problem_sw": floors}]
     prob = lambda p: Problem(p.operator, p.y, p.sigma_y)  # noqa: E731
     prior_den = lambda p: MixtureDenoiser(p.prior, gmb.SCHED)  # noqa: E731
-    rows = [(m.label, None, lambda k, p, post, m=m: sample(prior_den(p), prob(p), m.config(STEPS), gmb.noise_for(k, n_samples)))
+    rows = [(m.label, None, lambda k, p, post, m=m: sample(prior_den(p), prob(p), m.config(STEPS),
+                                                           gmb.noise_for(k, n_samples)))
             for m in BASELINES]
     rows.append(("exact posterior score", None, lambda k, p, post: sample(
         gmb.exact_posterior_denoiser(p), prob(p), make_config("plain", steps=STEPS), gmb.noise_for(k, n_samples))))
@@ -107,7 +109,8 @@ def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(
     for label, N, x_of in rows:
         rec = _run(label, N, x_of, probs, posts, refs, floors)
         recs.append(rec)
-        ev = f" |dlogZ| {rec['logz_err_median']:.3f} ESS {rec['ess_mean']:.2f}/{rec['ess_min']:.2f}" if "ess_mean" in rec else ""
+        ev = (f" |dlogZ| {rec['logz_err_median']:.3f} ESS {rec['ess_mean']:.2f}/{rec['ess_min']:.2f}"
+              if "ess_mean" in rec else "")
         print(f"  T4a d={d} dy={dy} {label}: SW {rec['sw']:.3f} within2x {rec['within_2x_floor']}/{n_problems} "
               f"TV {rec['mode_tv']:.3f}{ev} ({rec['cpu_seconds']:.0f} s)", file=sys.stderr)
     for r in recs:
@@ -130,10 +133,12 @@ def table4b(n_problems: int, n_samples: int, Ns) -> list[dict]:
     recs = [{"solver": "noise floor (2 exact draws)", "sw": sum(floors) / n_problems, "right_component": 1.0}]
     den = lambda tp: MixtureDenoiser(tp.prior, gmb.SCHED)  # noqa: E731
     prob = lambda tp: Problem(tp.op, tp.y, sig)  # noqa: E731
-    rows = [(m.label, None, lambda k, tp, m=m: sample(den(tp), prob(tp), m.config(STEPS), gmb.noise_for(k, n_samples), tp.tag))
+    rows = [(m.label, None, lambda k, tp, m=m: sample(den(tp), prob(tp), m.config(STEPS), gmb.noise_for(k, n_samples),
+                                                      tp.tag))
             for m in BASELINES]
     rows.append(("exact posterior score", None, lambda k, tp: sample(
-        MixtureDenoiser(posts[k].mixture(), gmb.SCHED), prob(tp), make_config("plain", steps=STEPS), gmb.noise_for(k, n_samples))))
+        MixtureDenoiser(posts[k].mixture(), gmb.SCHED), prob(tp), make_config("plain", steps=STEPS),
+        gmb.noise_for(k, n_samples))))
     rows += [(f"TDS N={N}", N, None) for N in Ns]
     for label, N, run in rows:
         t0 = time.process_time()
@@ -167,7 +172,8 @@ def table4b(n_problems: int, n_samples: int, Ns) -> list[dict]:
         recs.append(rec)
         print(f"  T4b {label}: right {rec['right_component']:.2f} SW {rec['sw']:.4f}"
               + (f" |dP| {rec['p_prompt_err_median']:.3f} (single run {rec['p_prompt_err_single_run_median']:.3f})"
-                 f" |dlogZ| {rec['logz_err_median']:.2f}" if p_err else "") + f" ({rec['cpu_seconds']:.0f} s)", file=sys.stderr)
+                 f" |dlogZ| {rec['logz_err_median']:.2f}" if p_err else "") + f" ({rec['cpu_seconds']:.0f} s)",
+              file=sys.stderr)
     for r in recs:
         r.update(table="4b", d=gmb.SIDE * gmb.SIDE, dy=4, steps=STEPS, samples=n_samples, problems=n_problems,
                  sw_floor=sum(floors) / n_problems)
@@ -188,12 +194,14 @@ def print_tables(recs: list[dict]) -> None:
               "ESS mean/min (fraction of N)")
         for c in cols:
             print(f"\n**d = {c[0]}, dy = {c[1]}**\n")
-            print("| method | SW to exact posterior | within 2x floor | mode TV | median abs(log Z_hat - log Z) | ESS mean / min |")
+            print("| method | SW to exact posterior | within 2x floor | mode TV | median abs(log Z_hat - log Z) | "
+                  "ESS mean / min |")
             print("|---|---|---|---|---|---|")
             for r in (r for r in a if (r["d"], r["dy"]) == c):
                 ess = f"{r['ess_mean']:.2f} / {r['ess_min']:.2f}" if "ess_mean" in r else "-"
                 print(f"| {r['solver']} | {r['sw']:.3f} [{r['sw_ci'][0]:.3f}, {r['sw_ci'][1]:.3f}] | "
-                      f"{r['within_2x_floor']}/{r['problems']} | {r['mode_tv']:.3f} | {_f(r.get('logz_err_median'), '{:.3f}')} | {ess} |")
+                      f"{r['within_2x_floor']}/{r['problems']} | {r['mode_tv']:.3f} | "
+                      f"{_f(r.get('logz_err_median'), '{:.3f}')} | {ess} |")
     b = [r for r in recs if r["table"] == "4b"]
     if b:
         print(f"\nTable 4b: hard text world, {b[0]['problems']} problems x {b[0]['samples']} samples, SW noise floor "
@@ -204,7 +212,8 @@ def print_tables(recs: list[dict]) -> None:
         for r in b[1:]:
             pp = (f"{r['p_prompt_err_median']:.3f} / {r['p_prompt_err_single_run_median']:.3f}"
                   if "p_prompt_err_median" in r else "-")
-            print(f"| {r['solver']} | {r['right_component']:.2f} | {r['sw']:.4f} [{r['sw_ci'][0]:.4f}, {r['sw_ci'][1]:.4f}] | "
+            print(f"| {r['solver']} | {r['right_component']:.2f} | "
+                  f"{r['sw']:.4f} [{r['sw_ci'][0]:.4f}, {r['sw_ci'][1]:.4f}] | "
                   f"{pp} | {_f(r.get('logz_err_median'))} | {_f(r.get('ess_min'))} |")
 
 

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.oracles import GaussianDenoiser
 from textsr import operators as ops
 from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem, posterior
 from textsr.metrics import sliced_wasserstein
@@ -12,7 +13,6 @@ from textsr.schedule import NoiseSchedule
 from textsr.solvers import Noise, Problem, make_config, sample
 from textsr.solvers.smc import ParticleSystem, ess, repeat_cond, systematic_resample
 from textsr.solvers.tds import transition
-from tests.oracles import GaussianDenoiser
 
 SCHED = NoiseSchedule.linear()
 F64 = torch.float64
@@ -140,7 +140,8 @@ def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y):
     mu, c = 0.3, 0.7
     den = GaussianDenoiser(SCHED, mu=mu, c=c)
     g = torch.Generator().manual_seed(0)
-    y = op.A(mu + c * torch.randn(1, 1, 4, 4, generator=g, dtype=F64)) + sigma_y * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
+    x = mu + c * torch.randn(1, 1, 4, 4, generator=g, dtype=F64)
+    y = op.A(x) + sigma_y * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
     cfg = make_config("tds", steps=10, particles=4, twist=twist)
     res = sample(den, Problem(op, y, sigma_y), cfg, Noise.from_seeds(range(300), dtype=F64))
     log_z = chain_log_evidence(10, mu, c, y, op, sigma_y, cfg)
@@ -158,8 +159,8 @@ def test_evidence_of_the_chain_approaches_the_exact_evidence_with_steps():
     op = ops.AvgPool(2, (1, 4, 4))
     mu, c, sigma_y = 0.3, 0.7, 0.1
     y = torch.full((1, 1, 2, 2), 0.5, dtype=F64)
-    exact = float(torch.distributions.MultivariateNormal(torch.full((4,), mu, dtype=F64),
-                                                         (c**2 / 4 + sigma_y**2) * torch.eye(4, dtype=F64)).log_prob(y.flatten()))
+    cov = (c**2 / 4 + sigma_y**2) * torch.eye(4, dtype=F64)
+    exact = float(torch.distributions.MultivariateNormal(torch.full((4,), mu, dtype=F64), cov).log_prob(y.flatten()))
     cfg = lambda n: make_config("tds", steps=n)  # noqa: E731
     errs = [abs(chain_log_evidence(n, mu, c, y, op, sigma_y, cfg(n)) - exact) for n in (10, 100, 1000)]
     assert errs[0] > errs[1] > errs[2] and errs[2] < 0.05
@@ -212,7 +213,8 @@ def _text_world():
     means = base.repeat_interleave(2, 0) + op.project_null(0.3 * torch.randn(6, 1, 8, 8, generator=g, dtype=F64))
     prior = GaussianMixture(torch.ones(6, dtype=F64), means, IsoCov(torch.full((6,), 0.05**2, dtype=F64), 64),
                             tags=[{"a"}, {"b"}] * 3, event_shape=(1, 8, 8))
-    y = op.A(means[2:3] + 0.05 * torch.randn(1, 1, 8, 8, generator=g, dtype=F64)) + 0.01 * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
+    x = means[2:3] + 0.05 * torch.randn(1, 1, 8, 8, generator=g, dtype=F64)
+    y = op.A(x) + 0.01 * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
     return prior, op, y
 
 
@@ -238,7 +240,15 @@ def test_cascade_evidence_is_stage_one_and_matches_the_exact_cascade():
 
 
 def test_log_evidence_matches_dense_and_monte_carlo_for_every_covariance():
-    from textsr.gaussian_mixture import DiagCov, FullCov, GaussianMixture, IsoCov, LowRankCov, LowRankIsoCov, log_evidence
+    from textsr.gaussian_mixture import (
+        DiagCov,
+        FullCov,
+        GaussianMixture,
+        IsoCov,
+        LowRankCov,
+        LowRankIsoCov,
+        log_evidence,
+    )
 
     g = torch.Generator().manual_seed(0)
     K, d = 3, 6
@@ -265,9 +275,10 @@ def test_log_evidence_matches_dense_and_monte_carlo_for_every_covariance():
                 for i in range(K)]), 0)
             assert float(log_evidence(prior, A, y, sigma_y)[0]) == pytest.approx(float(dense), abs=1e-8), name
         # within a prompt: weights renormalised among its components
+        eye = torch.eye(2, dtype=F64)
         sub = torch.logsumexp(torch.stack([
             torch.log(w[i] / 0.7) + torch.distributions.MultivariateNormal(
-                M @ mu[i], M @ cov.dense()[i] @ M.T + 0.09 * torch.eye(2, dtype=F64)).log_prob(y[0]) for i in (0, 1)]), 0)
+                M @ mu[i], M @ cov.dense()[i] @ M.T + 0.09 * eye).log_prob(y[0]) for i in (0, 1)]), 0)
         assert float(log_evidence(prior, A, y, 0.3, tags="x")[0]) == pytest.approx(float(sub), abs=1e-8), name
         # Monte Carlo: E_x[N(y; A x, sigma^2 I)] over prior draws
         x = prior.sample(200_000, torch.Generator().manual_seed(1))

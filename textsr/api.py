@@ -304,7 +304,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
                           sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator, f, s),
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
-        if res.log_evidence is not None:
+        if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
     x = torch.cat(xs)

@@ -17,8 +17,8 @@ model (docs/method.md, "Particle (SMC) sampling and the evidence").  Per prompt:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import torch
 

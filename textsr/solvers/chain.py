@@ -38,7 +38,7 @@ class ChainVariances:
     rest: dict  # t -> (v_j, k_j, c2_j) tensors over the levels after t, down to the last noisy one
 
     @classmethod
-    def of(cls, schedule, timesteps, cfg: SolverConfig, step_std) -> "ChainVariances":
+    def of(cls, schedule, timesteps, cfg: SolverConfig, step_std) -> ChainVariances:
         """``step_std(abar_t, abar_s, cfg)``: the chain's noise std of the step t -> s."""
         ts = tuple(int(t) for t in timesteps)
         ab = {t: schedule.abar(t) for t in ts}

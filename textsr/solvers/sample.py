@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from ..denoiser import Denoiser
 from ..schedule import travel_schedule
-from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
 from ..solver_registry import step_function
-from .smc import ParticleSystem, repeat_cond, take
+from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
+from .smc import ParticleKernel, ParticleSystem, repeat_cond, take
 
 
 @dataclass
@@ -74,10 +74,11 @@ def sample(
     if y.shape[0] not in (1, B):
         raise ValueError(f"y has batch {y.shape[0]}; expected 1 or the number of samples ({B})")
     y = y.to(device=noise.device, dtype=noise.dtype).expand(B, *y.shape[1:])
-    N = cfg.particles if cfg.takes_particles else 1
-    system = None
+    N, system = 1, None
     if cfg.takes_particles:  # B systems of N particles, flat (B * N, ...)
-        system = ParticleSystem(B, N, cfg.ess_threshold, noise)
+        pcfg: Any = cfg  # a particle solver's config carries particles and ess_threshold
+        N = int(pcfg.particles)
+        system = ParticleSystem(B, N, float(pcfg.ess_threshold), noise)
         noise, cond = noise.particles(N), repeat_cond(cond, B, N)
         y = y.repeat_interleave(N, 0)
     problem = Problem(problem.operator, y, problem.sigma_y)
@@ -87,8 +88,9 @@ def sample(
     plan = travel_schedule(ts, cfg.travel_length, cfg.travel_repeat)
     x = initial_state(den, problem, cfg, ts[0], noise, x_T)
     x0, state = x, None
+    kernel = cast(ParticleKernel, step)  # a particle solver registers a ParticleKernel
     if system is not None:
-        log_w0, state = step.init(den, problem, x, ts, cond, cfg, noise)
+        log_w0, state = kernel.init(den, problem, x, ts, cond, cfg, noise)
         system.reweight(log_w0)
         x, x0, state = _resample(system, x, x0, state)
     grad_ctx = torch.no_grad if not cfg.needs_grad else torch.enable_grad
@@ -101,9 +103,11 @@ def sample(
                 if system is None:
                     res = step(den, problem, x, t, t_next, cond, cfg, noise)
                 else:
-                    res = step(den, problem, x, t, t_next, cond, cfg, noise, state)
+                    res = kernel(den, problem, x, t, t_next, cond, cfg, noise, state)
             x, x0 = res.x_next.detach(), res.x0.detach()
             if system is not None:
+                if res.log_weight is None:
+                    raise TypeError(f"the particle solver {cfg.name!r} returned no incremental weights")
                 state = res.state
                 system.reweight(res.log_weight)
                 if t_next != -1:

@@ -36,9 +36,9 @@ import torch
 
 from ..denoiser import Denoiser
 from ..schedule import ddim_update
-from .base import Noise, Problem, SolverConfig, StepResult
+from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .chain import ChainVariances
-from .twist import TWISTS, TwistEval, sum_squares, evaluate_twist, mean_s2, resolve_twist
+from .twist import TWISTS, TwistEval, evaluate_twist, mean_s2, resolve_twist, sum_squares
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class TDSConfig(SolverConfig):
     (``step_kind="ddim"``, eta = 1), 100 steps."""
 
     eta: float = 1.0
-    step_kind: str = "ddim"
+    step_kind: StepKind = "ddim"
     particles: int = 16
     twist: str = "auto"
     ess_threshold: float = 0.5
@@ -118,7 +118,7 @@ def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p: torch.Tensor, c: float,
-                    t: int, s: int, abar_s: float, cfg: "TDSConfig", z: torch.Tensor):
+                    t: int, s: int, abar_s: float, cfg: TDSConfig, z: torch.Tensor):
     """The proposal ``q(x_s | x_t, y)`` and ``log p(x_s | x_t) - log q(x_s | x_t, y)``.
 
     ``"gradient"`` (TDS): ``N(mean_p + c^2 grad log p~_t, c^2 I)``.
@@ -183,18 +183,18 @@ class TDSKernel:
     """The registered step of ``TDSConfig`` (a ``smc.ParticleKernel``)."""
 
     def init(self, den: Denoiser, problem: Problem, x_T: torch.Tensor, timesteps: list[int], cond: Any,
-             cfg: "TDSConfig", noise: Noise) -> tuple[torch.Tensor, TDSState]:
+             cfg: TDSConfig, noise: Noise) -> tuple[torch.Tensor, TDSState]:
         chain = ChainVariances.of(den.schedule, timesteps, cfg, lambda a, b, c: transition_std(a, b, c))
         t0 = timesteps[0]
         ev = evaluate_twist(cfg.twist, den, problem, x_T, t0, cond, cfg.max_dense, self._map(chain, t0, cfg))
         return ev.log_twist, _state(ev, chain)  # initial weight p~_T(y | x_T)
 
     @staticmethod
-    def _map(chain: ChainVariances, t: int, cfg: "TDSConfig"):
+    def _map(chain: ChainVariances, t: int, cfg: TDSConfig):
         return (lambda kappa: chain.chain_variance(t, kappa)) if cfg.chain_correction else None
 
     def __call__(self, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_next: int, cond: Any,
-                 cfg: "TDSConfig", noise: Noise, state: TDSState) -> StepResult:
+                 cfg: TDSConfig, noise: Noise, state: TDSState) -> StepResult:
         sch = den.schedule
         abar_t, abar_s = sch.abar(t), sch.abar(t_next)
         # Tweedie with the twisted score: E[x0 | x_t, y] ~ x0_hat + k_t grad log p~_t(y | x_t)

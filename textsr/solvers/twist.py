@@ -25,8 +25,9 @@ choice only changes their variance (measured in ``bench/particles.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 

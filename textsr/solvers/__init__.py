@@ -1,7 +1,14 @@
 """Zero-shot restoration solvers over one sampling loop (the registry is ``textsr.solver_registry``)."""
 
-from ..solver_registry import (SOLVERS, canonical_name, config_class, make_config, solver_classes, solver_names,
-                               step_function)
+from ..solver_registry import (
+                               SOLVERS,
+                               canonical_name,
+                               config_class,
+                               make_config,
+                               solver_classes,
+                               solver_names,
+                               step_function,
+)
 from .base import Noise, Problem, SolverConfig, StepInfo, StepResult
 from .ddnm import DDNMConfig, DDNMPlusConfig
 from .dps import DPSConfig

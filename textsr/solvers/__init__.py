@@ -1,13 +1,13 @@
 """Zero-shot restoration solvers over one sampling loop (the registry is ``textsr.solver_registry``)."""
 
 from ..solver_registry import (
-                               SOLVERS,
-                               canonical_name,
-                               config_class,
-                               make_config,
-                               solver_classes,
-                               solver_names,
-                               step_function,
+    SOLVERS,
+    canonical_name,
+    config_class,
+    make_config,
+    solver_classes,
+    solver_names,
+    step_function,
 )
 from .base import Noise, Problem, SolverConfig, StepInfo, StepResult
 from .ddnm import DDNMConfig, DDNMPlusConfig

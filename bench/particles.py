@@ -98,8 +98,9 @@ def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(
     rows = [(m.label, None, lambda k, p, post, m=m: sample(prior_den(p), prob(p), m.config(STEPS),
                                                            gmb.noise_for(k, n_samples)))
             for m in BASELINES]
-    rows.append(("exact posterior score", None, lambda k, p, post: sample(
-        gmb.exact_posterior_denoiser(p), prob(p), make_config("plain", steps=STEPS), gmb.noise_for(k, n_samples))))
+    if BASELINES:
+        rows.append(("exact posterior score", None, lambda k, p, post: sample(
+            gmb.exact_posterior_denoiser(p), prob(p), make_config("plain", steps=STEPS), gmb.noise_for(k, n_samples))))
     for N in Ns:
         rows.append((f"TDS N={N}", N, lambda k, p, post, N=N: sample(prior_den(p), prob(p), tds_config(N),
                                                                       gmb.noise_for(k, n_samples))))
@@ -232,6 +233,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ns", default="1,4,16,64,256", help="particle counts")
     ap.add_argument("--ds", default="8,80")
     ap.add_argument("--tables", default="ab")
+    ap.add_argument("--twists", default="rayleigh,scalar",
+                    help="extra rows at d = 8, N = 64 with these twists (tweedie, rayleigh, scalar, forward)")
+    ap.add_argument("--no-baselines", action="store_true", help="only the TDS rows (and the noise floor)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes (one table cell each)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "particles.json"))
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
@@ -245,7 +249,9 @@ def main(argv=None) -> None:
     problems, samples = args.problems, args.samples
     if args.quick:
         Ns, ds, problems, samples = tuple(n for n in Ns if n <= 64), (8,), min(problems, 3), min(samples, 60)
-    extra = (("rayleigh", 64), ("scalar", 64)) if 64 in Ns else ()
+    extra = tuple((t, 64) for t in args.twists.split(",") if t) if 64 in Ns else ()
+    if args.no_baselines:
+        BASELINES.clear()
     jobs = [("4a", d, dy) for d in ds for dy in (1, 2, 4)] if "a" in args.tables else []
     if "b" in args.tables:
         jobs.append(("4b",))

@@ -169,7 +169,9 @@ def test_wrap_truncates_long_prompts():
 def test_existing_folder_only_our_files_overwritten(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     (tmp_path / "grid.png").write_bytes(b"old grid")
-    write(tmp_path)
+    with pytest.raises(UsageError, match="--overwrite"):  # grid.png: textsr's name, another run's file
+        write(tmp_path)
+    write(tmp_path, overwrite=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert Image.open(tmp_path / "grid.png").format == "PNG"
 

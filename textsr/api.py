@@ -118,14 +118,18 @@ class Exploration:
             out["reference"] = self.reference_metrics
         return out
 
-    def save(self, directory: str | Path) -> dict:
-        """Write input/baselines/samples/std maps/grid/results.json/index.html (atomically)."""
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:
+        """Write input/baselines/samples/std maps/grid/index.html, then results.json (see textsr.outdir).
+
+        A folder holding another run is refused unless ``overwrite`` (then only textsr's files are
+        removed); if writing fails, nothing half-written stays and ``OutputWriteError.rescued`` names
+        the fallback folder holding the complete run."""
         from .report import write_outputs
 
         samples = {p.prompt or "(no prompt)": list(p.samples) for p in self.prompts}
         std_maps = {p.prompt or "(no prompt)": p.std_map for p in self.prompts}
         return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
-                             results=self.results_dict(), scale=self.scale, notes=[])
+                             results=self.results_dict(), scale=self.scale, notes=[], overwrite=overwrite)
 
     def summary(self) -> list[str]:
         lines = []

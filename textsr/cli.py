@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from . import validate
+
 SOLVER_CHOICES = ["ddnm", "ddnm+", "dps", "pigdm", "plain"]
 
 
@@ -59,15 +61,33 @@ class _ProgressBar:
             self.bar = None
 
 
-def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
+def _checked(check):
+    """A click callback running one of ``textsr.validate``'s checks (None passes: the default applies)."""
+
+    def callback(ctx, param, value):
+        from .errors import UsageError
+
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except UsageError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return callback
+
+
+def _run_and_report(kwargs: dict, out: Path, quiet: bool, overwrite: bool = False) -> None:
     from .errors import TextSRError
     from .api import explore
+    from .outdir import check_output_folder
 
     bar = _ProgressBar(quiet)
     t0 = time.perf_counter()
     try:
+        check_output_folder(out, overwrite=overwrite)  # before any work: a bad folder costs nothing
         result = explore(callback=bar, **kwargs)
-        files = result.save(out)
+        files = result.save(out, overwrite=overwrite)
     except TextSRError as e:
         bar.close()
         click.echo(f"error: {e}", err=True)
@@ -78,7 +98,8 @@ def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         bar.close()
-        click.echo("interrupted; files already written are complete (each is written atomically)", err=True)
+        click.echo("interrupted; the output folder has no new results.json (written last), so it holds no finished "
+                   "run from this command", err=True)
         sys.exit(130)
     except torch_oom_types() as e:  # pragma: no cover - needs a GPU
         bar.close()
@@ -125,15 +146,20 @@ def _common_options(f):
                      help="Model name (see `textsr models`), local folder or JSON model spec."),
         click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default="ddnm+",
                      show_default=True),
-        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Sample k uses seed+k."),
+        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt (1-256).",
+                     callback=_checked(lambda v: validate.samples(v))),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help=f"0 to {2**32 - 1}; sample k uses seed+k.", callback=_checked(lambda v: validate.seed(v))),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
-                     show_default=True, help="Output folder."),
+                     show_default=True, help="Output folder (refused if it holds another run, unless --overwrite)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the run already in the output folder (only textsr's own files are removed)."),
         click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True,
                      help="Downsampling model A."),
-        click.option("--sigma-y", type=float, default=0.0, show_default=True,
-                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value)."),
-        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's)."),
+        click.option("--sigma-y", type=float, default=0.0, show_default=True, callback=_checked(lambda v: validate.sigma_y(v)),
+                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value), 0 to 2."),
+        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's).",
+                     callback=_checked(lambda v: validate.steps(v))),
         click.option("--eta", type=float, help="Step stochasticity."),
         click.option("--zeta", type=float, help="DPS step size."),
         click.option("--travel", nargs=2, type=int, metavar="L R", help="Time-travel: jump back L steps, R passes."),
@@ -143,8 +169,10 @@ def _common_options(f):
                      help="Model option, e.g. guidance_scale=7 (see README)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA), float32, float16 ..."),
-        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory)."),
-        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted."),
+        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory).",
+                     callback=_checked(lambda v: validate.batch_size(v))),
+        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted.",
+                     callback=_checked(lambda v: validate.max_pixels(v))),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for o in reversed(opts):
@@ -168,30 +196,33 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
+@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).",
+              callback=_checked(lambda v: validate.scale(v)))
 @click.option("--simulate", is_flag=True, help="IMAGE is a high-res original: downsample it first and score against it.")
 @_common_options
-def upscale(image, scale, simulate, out, quiet, **kw):
+def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
     """Sample high-resolution images of IMAGE for each prompt."""
     kwargs = _build_kwargs(image, scale, **kw)
     kwargs["simulate"] = simulate
-    _run_and_report(kwargs, out, quiet)
+    _run_and_report(kwargs, out, quiet, overwrite)
 
 
 @main.command()
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True)
-@click.option("--samples", "-n", type=int, default=6, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (only textsr's own files are removed).")
+@click.option("--samples", "-n", type=int, default=6, show_default=True, callback=_checked(lambda v: validate.samples(v)))
+@click.option("--seed", type=int, default=0, show_default=True, callback=_checked(lambda v: validate.seed(v)))
 @click.option("--quiet", "-q", is_flag=True)
-def demo(out, samples, seed, quiet):
+def demo(out, overwrite, samples, seed, quiet):
     """Built-in offline demo: a rendered scene, downsampled 8x, explored with 4 prompts."""
     from .demo import demo_kwargs
 
     kwargs = demo_kwargs(out, samples=samples, seed=seed)
     click.echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
                f"{len(kwargs['prompts'])} prompts x {samples} samples with DDNM+ on the built-in shapes model")
-    _run_and_report(kwargs, out, quiet)
+    _run_and_report(kwargs, out, quiet, overwrite)
 
 
 @main.command()
@@ -221,7 +252,8 @@ def models(as_json):
 @click.option("--address", help="Ray cluster address (default: start or join a local one; 'auto' for a cluster).")
 @click.option("--gpus-per-job", type=float, default=0.0, show_default=True)
 @click.option("--cpus-per-job", type=float, default=1.0, show_default=True)
-@click.option("--force", is_flag=True, help="Re-run jobs whose results.json exists.")
+@click.option("--force", "--overwrite", "force", is_flag=True,
+              help="Re-run jobs whose results.json exists, replacing their runs (only textsr's own files are removed).")
 def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
     """Run every job of a JSON/JSONL MANIFEST (see README, "Cluster"); resumes by skipping finished jobs."""
     from .batch import load_manifest, run_batch
@@ -243,8 +275,8 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=7860, type=int, show_default=True)
-@click.option("--concurrency", default=1, type=int, show_default=True, help="Requests run at once.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535), show_default=True)
+@click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True, help="Requests run at once (1-64).")
 @click.option("--share", is_flag=True, hidden=True)
 def app(host, port, concurrency, share):
     """Open the web app for interactive exploration."""

@@ -6,7 +6,9 @@ textsr/schema/results.schema.json). Layout of ``out_dir``::
     input.png  nearest.png  bicubic.png  grid.png  results.json  index.html
     00-a-red-circle/sample-00.png ... std.png       one folder per prompt, in results order
 
-Every file is written atomically; other files already in ``out_dir`` are left alone.
+Every file is written atomically and results.json last (it marks the run complete); a folder holding
+another run is refused unless ``overwrite``; other files already in ``out_dir`` are left alone (see
+``textsr.outdir``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from textsr import io
+from textsr import io, outdir
 from textsr.errors import UsageError
 from textsr.schema import validate_results
 
@@ -62,6 +64,7 @@ def write_outputs(
     results: dict[str, Any],
     scale: int,
     notes: list[str],
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write every output file; return {path relative to ``out_dir`` (POSIX): absolute Path}.
 
@@ -71,6 +74,10 @@ def write_outputs(
     computed from the samples when missing. ``results`` is not modified: a copy gets the folder
     and file names, ``files``, ``std_map`` and ``notes`` (``notes`` appended), non-finite
     numbers become null, and it is validated against the schema before anything is written.
+
+    The folder is written as one run (``textsr.outdir``): refused if it holds another run unless
+    ``overwrite`` (then only textsr's files are removed), results.json last, and on a write error
+    nothing half-written is left and the run goes to a fallback folder (``OutputWriteError``).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -109,27 +116,18 @@ def write_outputs(
     doc["notes"] = [*doc.get("notes", []), *notes, *run_notes, _std_note(vmax)]
     validate_results(doc)
 
-    _make_dir(out)
     written["grid.png"] = render_grid(
         lr, scale, [(e["prompt"], imgs[e["label"]], written[e["std_file"]]) for e in doc["prompts"]]
     )
-    paths = {rel: io.save_png_atomic(img, out / rel) for rel, img in written.items()}
-    paths["results.json"] = io.write_json_atomic(doc, out / "results.json")
-    page = render_html(doc, lr_size=(lr.shape[0], lr.shape[1]))
-    paths["index.html"] = io.write_bytes_atomic(page.encode("utf-8"), out / "index.html")
-    return {rel: p.resolve() for rel, p in paths.items()}
+    files = {rel: io.png_bytes(img) for rel, img in written.items()}  # encoded before the disk is touched
+    files["index.html"] = render_html(doc, lr_size=(lr.shape[0], lr.shape[1])).encode("utf-8")
+    files["results.json"] = io.json_bytes(doc)  # written last: it marks the run complete
+    return outdir.write_run(out, files, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------
 # Checking and normalising the inputs
 # --------------------------------------------------------------------------------------------
-
-
-def _make_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {out} ({e.strerror}). Choose another output folder.") from None
 
 
 def _std_note(vmax: float) -> str:

@@ -228,3 +228,22 @@ def test_reused_model_gives_the_same_samples_as_a_fresh_one(tmp_path):  # item 1
         got = np.asarray(Image.open(tmp_path / out / "00-a-circle" / "sample-01.png"))
         want = np.rint(fresh.prompts[0].samples[1] * 255).astype(np.uint8)
         assert np.array_equal(got, want)
+
+
+def test_local_batch_reports_one_model_load_for_all_jobs(tmp_path):  # item 12
+    path = _write_jobs(tmp_path, [{**JOB, "out": f"o{i}", "seed": i} for i in range(3)])
+    res = run_batch(load_manifest(path))
+    assert [r.model_loads for r in res] == [1, 1, 1] and len({r.worker for r in res}) == 1
+
+
+def test_ray_workers_keep_their_model(tmp_path):  # item 12, with Ray when it is installed
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'textsr[cluster]')")
+    path = _write_jobs(tmp_path, [{**JOB, "out": f"o{i}", "seed": i} for i in range(4)])
+    res = run_batch(load_manifest(path), use_ray=True, workers=2, ray_init={"num_cpus": 2})
+    assert [r.status for r in res] == ["done"] * 4, res
+    assert len({r.worker for r in res}) == 2  # two long-lived workers ...
+    by_worker = {}
+    for r in res:
+        by_worker.setdefault(r.worker, []).append(r.model_loads)
+    assert all(loads == [1] * len(loads) for loads in by_worker.values()), by_worker  # ... each loaded it once
+    assert all((tmp_path / f"o{i}" / "results.json").exists() for i in range(4))

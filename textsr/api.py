@@ -231,16 +231,11 @@ def lr_psnr(x: torch.Tensor, y: torch.Tensor, operator) -> list[float]:
 
 
 def diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Mean pairwise RMS distance between samples ([0, 1] units), per-pixel std map and its mean."""
-    k = samples01.shape[0]
-    flat = samples01.reshape(k, -1).astype(np.float64)
-    if k > 1:
-        d2 = ((flat[:, None, :] - flat[None, :, :]) ** 2).mean(-1)
-        pair = float(np.sqrt(d2[np.triu_indices(k, 1)]).mean())
-    else:
-        pair = 0.0
-    std = samples01.std(axis=0).mean(axis=-1)
-    return {"pairwise_l2": pair, "mean_std": float(std.mean())}, std.astype(np.float32)
+    """Mean pairwise RMS distance between samples ([0, 1] units), per-pixel std map and its mean
+    (``textsr.metrics.sample_diversity``: memory linear in the number of samples)."""
+    from .metrics import sample_diversity
+
+    return sample_diversity(samples01)
 
 
 def explore(

@@ -24,6 +24,7 @@ only its GPU, so ``device="auto"`` picks it); jobs are dispatched to idle actors
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from collections import OrderedDict
@@ -59,6 +60,8 @@ class JobResult:
     seconds: float = 0.0
     error: str | None = None
     summary: list[str] = field(default_factory=list)
+    worker: int | None = None  # process id of the worker that ran it
+    model_loads: int | None = None  # models that worker had loaded so far (1 for any number of jobs of one model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,22 +222,24 @@ def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> J
     from .api import explore
     from .outdir import check_output_folder
 
+    who = {"worker": os.getpid(), "model_loads": None if cache is None else cache.loads}
     if not (force or job.overwrite) and (job.out / "results.json").exists():
-        return JobResult(str(job.out), "skipped")
+        return JobResult(str(job.out), "skipped", **who)
     t0 = time.perf_counter()
     try:
         check_output_folder(job.out, overwrite=True)  # the job owns its folder: a half-finished run is replaced
         kwargs = dict(job.kwargs)
         if cache is not None:
             kwargs["model"] = cache.get(kwargs.get("model", DEFAULT_MODEL), kwargs.get("device"), kwargs.get("dtype"))
+            who["model_loads"] = cache.loads
         result = explore(**kwargs)
         result.save(job.out, overwrite=True)
     except TextSRError as e:
-        return JobResult(str(job.out), "failed", time.perf_counter() - t0, str(e))
+        return JobResult(str(job.out), "failed", time.perf_counter() - t0, str(e), **who)
     except Exception as e:  # noqa: BLE001 - a batch reports every job's failure and goes on
         return JobResult(str(job.out), "failed", time.perf_counter() - t0,
-                         f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}")
-    return JobResult(str(job.out), "done", time.perf_counter() - t0, summary=result.summary())
+                         f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}", **who)
+    return JobResult(str(job.out), "done", time.perf_counter() - t0, summary=result.summary(), **who)
 
 
 def run_batch(jobs: Sequence[Job], *, use_ray: bool = False, address: str | None = None, gpus_per_job: float = 0.0,

@@ -250,19 +250,25 @@ def models(as_json):
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--ray", "use_ray", is_flag=True, help="Run jobs as Ray tasks (pip install 'textsr[cluster]').")
 @click.option("--address", help="Ray cluster address (default: start or join a local one; 'auto' for a cluster).")
-@click.option("--gpus-per-job", type=float, default=0.0, show_default=True)
-@click.option("--cpus-per-job", type=float, default=1.0, show_default=True)
+@click.option("--gpus-per-job", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs each Ray worker holds (1: one worker per GPU).")
+@click.option("--cpus-per-job", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Ray workers, each keeping its model loaded (default: as many as the cluster fits).")
 @click.option("--force", "--overwrite", "force", is_flag=True,
               help="Re-run jobs whose results.json exists, replacing their runs (only textsr's own files are removed).")
-def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
-    """Run every job of a JSON/JSONL MANIFEST (see README, "Cluster"); resumes by skipping finished jobs."""
+def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force):
+    """Run every job of a JSON/JSONL MANIFEST (see README, "Running on a cluster").
+
+    Resumes: a job whose folder holds results.json is skipped; a half-finished one is rerun. Each model
+    is loaded once per worker and reused across jobs."""
     from .batch import load_manifest, run_batch
     from .errors import TextSRError
 
     try:
         jobs = load_manifest(manifest)
         results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
-                            cpus_per_job=cpus_per_job, force=force)
+                            cpus_per_job=cpus_per_job, workers=workers, force=force)
     except TextSRError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)

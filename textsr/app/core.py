@@ -8,7 +8,9 @@ person at the page; ``present.py`` shows results, ``ui.py`` lays out the page an
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import secrets
 import tempfile
 import threading
@@ -186,13 +188,29 @@ def check_request_size(lr_hw: tuple[int, int], scale: int, samples: int, n_promp
             f"this server's limit of {limits.max_output_pixels:,}: use a smaller scale or a smaller input")
 
 
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def md_text(text: Any) -> str:
+    """``text`` as Markdown that shows it literally: every ASCII punctuation character is
+    backslash-escaped (CommonMark), so no tag, entity, link, emphasis, table pipe or math delimiter
+    survives; line breaks become spaces. Everything a person typed or uploaded goes through this
+    before it reaches a ``gr.Markdown``."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def html_text(text: Any) -> str:
+    """``text`` for places that render HTML (gradio's error pop-ups)."""
+    return html.escape(str(text), quote=True)
+
+
 def describe_input(lr: np.ndarray, scale: int | None, notes: Sequence[str] = ()) -> str:
     h, w = lr.shape[:2]
     out = f"Input: **{w}×{h}** pixels"
     if scale:
         out += f" · at ×{scale} the samples are **{w * scale}×{h * scale}**"
     for n in notes:
-        out += f"\n\n*note: {n}*"
+        out += f"\n\n*note: {md_text(n)}*"
     return out
 
 
@@ -213,8 +231,8 @@ def sweep_preview(prompts_text: str | None, template: str | None, values: str | 
     try:
         prompts = expand_prompts(parse_prompts(prompts_text), *_sweep_args(template, values))
     except UsageError as e:
-        return f"⚠ {e}"
-    shown = ", ".join(repr(p) if p else f"{NO_PROMPT} (unconditional)" for p in prompts)
+        return f"⚠ {md_text(e)}"
+    shown = ", ".join(md_text(repr(p)) if p else md_text(f"{NO_PROMPT} (unconditional)") for p in prompts)
     return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''}: {shown}"
 
 

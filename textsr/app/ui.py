@@ -62,15 +62,16 @@ def user_errors():
         raise
     except (TextSRError, ValueError) as e:  # the engine's ValueErrors are configuration errors with actionable text
         log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise gr.Error(str(e), title="Cannot run this", print_exception=False) from None
+        raise gr.Error(core.html_text(e), title="Cannot run this", print_exception=False) from None
     except MemoryError:
         raise gr.Error("out of memory: use fewer samples, fewer prompts or a smaller scale", title="Out of memory") from None
     except Exception as e:
         if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            raise gr.Error(f"out of GPU memory ({e}): use fewer samples or a smaller scale", title="Out of memory") from None
+            raise gr.Error(core.html_text(f"out of GPU memory ({e}): use fewer samples or a smaller scale"),
+                           title="Out of memory") from None
         log.exception("request failed")
-        raise gr.Error(f"internal error ({type(e).__name__}: {e}); the app is still running, "
-                       "please try again or report this", title="Internal error",
+        raise gr.Error(core.html_text(f"internal error ({type(e).__name__}: {e}); the app is still running, "
+                       "please try again or report this"), title="Internal error",
                        print_exception=False) from None
 
 
@@ -103,7 +104,7 @@ class Handlers:
         try:
             lr, notes = core.load_upload(image, self.limits)
         except TextSRError as e:
-            return f"⚠ {e}"
+            return f"⚠ {core.md_text(e)}"
         return core.describe_input(lr, int(scale) if scale else None, notes)
 
     def check_upload(self, image: str | None) -> None:
@@ -201,7 +202,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                  elem_classes=["pixelated"])
                 with gr.Row():
                     demo_btn = gr.Button("Use the demo scene", size="sm", variant="secondary", elem_id="demo-button")
-                info = gr.Markdown(elem_id="input-info")
+                info = gr.Markdown(elem_id="input-info", latex_delimiters=[])
                 prompts = gr.Textbox(label="Prompts (one per line)", lines=3, max_lines=10, elem_id="prompts",
                                      placeholder="a red circle\na crimson star\n(no prompt)",
                                      info="A line \"(no prompt)\" adds the unconditional row.")
@@ -209,7 +210,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                     template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template")
                     values = gr.Textbox(label="Values (comma-separated)", placeholder="circle, star, ring",
                                         elem_id="values")
-                preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview")
+                preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview", latex_delimiters=[])
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
                     solver = gr.Dropdown(list(SOLVERS), value="ddnm+", label="Solver", elem_id="solver", scale=2,
@@ -229,7 +230,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                            elem_id="operator")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
-                summary = gr.Markdown(elem_id="summary")
+                summary = gr.Markdown(elem_id="summary", latex_delimiters=[])
                 gallery = gr.Gallery(label="Samples (one row per prompt; caption: LR-PSNR and text score)",
                                      columns=4, format="png", height="auto", object_fit="contain",
                                      elem_id="sample-gallery", elem_classes=["pixelated", "captioned"], interactive=False)
@@ -246,7 +247,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                         elem_classes=["pixelated"], elem_id="cmp-down")
                     cmp_diff = gr.Image(label="|A(sample) − y|", format="png", height=180, interactive=False,
                                         elem_classes=["pixelated"], elem_id="cmp-diff")
-                cmp_text = gr.Markdown(elem_id="cmp-text")
+                cmp_text = gr.Markdown(elem_id="cmp-text", latex_delimiters=[])
                 download = gr.File(label="Download the result folder (zip: the CLI's --out)", interactive=False,
                                    elem_id="download")
 

@@ -126,7 +126,7 @@ def main() -> None:
     try:
         spec = build_tiny_if(root / "tiny_if")
         load_s = time_load(spec)
-        runs = [run_repeated(v, root, spec, args) for v in (("before-local", "after-local"),)][0]
+        runs = run_repeated(("before-local", "after-local"), root, spec, args)
         same = {"local": same_outputs(root, "before-local", "after-local", args.jobs)}
         if args.ray:
             import ray

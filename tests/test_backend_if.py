@@ -296,5 +296,5 @@ def test_cli_upscale_with_the_tiny_spec(tiny_spec, tmp_path):
     assert res.exit_code == 0, res.output
     assert any(out.rglob("*.png"))
     bad = CliRunner().invoke(main, ["upscale", str(img), "--scale", "6", "--model", str(tiny_spec), "-p", "x",
-                                    "-o", str(out), "-q"])
+                                    "-o", str(tmp_path / "out2"), "-q"])
     assert bad.exit_code == 2 and "multiple of 4" in bad.output

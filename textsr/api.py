@@ -346,12 +346,14 @@ def explore(
                                   len(stages)))
 
         xs = []
+        ran_steps: list[int] = []
         for b0 in range(0, samples, bs):
             res = run_cascade(stages, y_dev, scale, base_cfg, seeds[b0:b0 + bs], cond, sigma_y=sigma_y,
                               operator=lambda f, s: make_operator(operator, f, s), device=dev, dtype=work_dtype,
                               callback=cb)
             x = res.x if post is None else post(res.x, y_dev, final_op)
             xs.append(x.detach())
+            ran_steps = res.steps
         x = torch.cat(xs)
         psnr = lr_psnr(x, y_dev, final_op)  # the solver's consistency, before display clipping
         outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
@@ -375,12 +377,13 @@ def explore(
     if reference is not None:
         ref_metrics = reference_scores(reference, results)
     total = time.perf_counter() - t0
+    solver_rec = {**base_cfg.replace(**{k: v for k, v in solver_options.items() if k in base_cfg.to_dict()}).to_dict(),
+                  "per_stage": [{"stage": s.name, **(s.solver or base_cfg).to_dict()} for s in stages]}
+    notes.extend(record_steps_ran(solver_rec, ran_steps))
     settings = {
         "input": info,
         "model": backend.describe(),
-        "solver": {**base_cfg.replace(**{k: v for k, v in solver_options.items()
-                                         if k in base_cfg.to_dict()}).to_dict(),
-                   "per_stage": [{"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages]},
+        "solver": solver_rec,
         "operator": operator,
         "sigma_y": sigma_y,
         "seed": int(seed),
@@ -393,6 +396,20 @@ def explore(
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
     return Exploration(lr=arr, scale=scale, prompts=results, settings=settings, notes=notes, timings=timings,
                        reference=reference, reference_metrics=ref_metrics)
+
+
+def record_steps_ran(solver: dict, ran: list[int]) -> list[str]:
+    """Put the steps each stage ran into ``solver["per_stage"]`` (and the top-level ``steps``), keeping a
+    request the schedule could not honour as ``steps_requested``; returns a note for each."""
+    notes = []
+    for st, n in zip(solver["per_stage"], ran):
+        if st.get("steps") != n:
+            notes.append(f"stage {st['stage']}: {st.get('steps')} steps requested, but its schedule (and start) allow "
+                         f"{n}: ran {n}")
+            st["steps_requested"], st["steps"] = st.get("steps"), n
+    if notes and solver.get("steps") not in ran:
+        solver["steps_requested"], solver["steps"] = solver.get("steps"), max(ran)
+    return notes
 
 
 def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:

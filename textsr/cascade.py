@@ -55,6 +55,7 @@ class CascadeResult:
     x: torch.Tensor
     stage_outputs: list[torch.Tensor]
     operators: list[LinearOperator]
+    steps: list[int] = field(default_factory=list)  # denoising steps each stage ran (the schedule may clamp a request)
 
 
 def stage_seeds(seeds: Sequence[int], stage_index: int) -> list[int]:
@@ -82,7 +83,7 @@ def run_cascade(
     _, _, h, w = y.shape
     H, W = h * scale, w * scale
     prev: torch.Tensor | None = None
-    outputs, ops = [], []
+    outputs, ops, steps = [], [], []
     for k, st in enumerate(stages):
         if scale % st.divisor:
             raise ValueError(
@@ -101,4 +102,5 @@ def run_cascade(
         prev = res.x
         outputs.append(res.x)
         ops.append(op)
-    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops)
+        steps.append(len(res.timesteps))
+    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, steps=steps)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from .errors import UsageError
 
@@ -26,20 +29,19 @@ def _shown(value: Any) -> str:
 
 
 def integer(value: Any, name: str, *, lo: int | None = None, hi: int | None = None, hint: str = "") -> int:
-    """A whole number (int, numpy integer, or a float/str holding one) in [lo, hi]."""
+    """A whole number (int, numpy integer, or a float holding one) in [lo, hi]; a str is refused."""
     if isinstance(value, bool):
         ok = None
     elif isinstance(value, numbers.Integral):
         ok = int(value)
     elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
         ok = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        ok = int(value.strip())
     else:
         ok = None
     span = (f" from {lo} to {hi}" if hi is not None else f" >= {lo}") if lo is not None else ""
     if ok is None or (lo is not None and ok < lo) or (hi is not None and ok > hi):
-        raise UsageError(f"{name} must be a whole number{span}, got {_shown(value)}" + (f" ({hint})" if hint else ""))
+        kind = f" ({type(value).__name__})" if not isinstance(value, numbers.Real) or isinstance(value, bool) else ""
+        raise UsageError(f"{name} must be a whole number{span}, got {_shown(value)}{kind}" + (f" ({hint})" if hint else ""))
     return ok
 
 
@@ -138,3 +140,65 @@ def path_text(value: Any, name: str, what: str) -> str:
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise UsageError(f"{name} must be the path of {what} as a string, got {_shown(value)}")
     return value
+
+
+def image_array(value: Any) -> np.ndarray:
+    """An in-memory image -> float32 (H, W, C) in [0, 1], C = 1 or 3.
+
+    Accepted: numpy arrays (or nested lists) and torch tensors, (H, W), (H, W, C) or (C, H, W) with C = 1 or 3 (a
+    leading batch dimension of 1 is dropped); uint8 in 0..255 or floats in [0, 1]. Layout: a torch
+    tensor is channels-first when its first dimension is 1 or 3 (torch's convention), a numpy array is
+    channels-last when its last dimension is 1 or 3 (numpy's and PIL's), so the ambiguous (3, H, 3),
+    e.g. (3, 3, 3), is (C, H, W) for a tensor and (H, W, C) for an array.
+    """
+    tensor = _is_tensor(value)
+    if tensor:
+        arr = value.detach().cpu()
+        arr = arr.float().numpy() if arr.dtype.is_floating_point and arr.dtype != _torch().float64 else arr.numpy()
+    elif isinstance(value, np.ndarray):
+        arr = value
+    elif isinstance(value, (list, tuple)):
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # ragged
+            raise UsageError("image as nested lists must be rectangular, (H, W) or (H, W, C)") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise UsageError(f"image as nested lists must hold numbers, got {arr.dtype}")
+    else:
+        raise UsageError(f"image must be a path, a PIL image, a numpy array or a torch tensor; got {_shown(value)} "
+                         f"({type(value).__name__})")
+    shape = tuple(arr.shape)
+    if arr.ndim == 4 and shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3:
+        first, last = arr.shape[0] in (1, 3), arr.shape[2] in (1, 3)
+        if (tensor and first) or (not tensor and first and not last):
+            arr = arr.transpose(1, 2, 0)
+        elif not last:
+            arr = None
+    else:
+        arr = None
+    if arr is None:
+        raise UsageError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C = 1 or 3; got shape {shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise UsageError(f"the image is empty ({arr.shape[1]}x{arr.shape[0]} pixels; shape {shape}); pass a non-empty image")
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise UsageError(f"an image array must be uint8 (0-255) or float in [0, 1]; got dtype {arr.dtype}"
+                         + (" (convert integers with arr.astype(np.uint8))" if np.issubdtype(arr.dtype, np.integer) else ""))
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        raise UsageError("a float image must have finite values in [0, 1] (a [-1, 1] model tensor x: pass (x + 1) / 2)")
+    return np.ascontiguousarray(arr)
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.is_tensor(value)
+
+
+def _torch():
+    return sys.modules["torch"]

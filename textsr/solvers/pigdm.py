@@ -42,6 +42,7 @@ class PiGDMConfig(SolverConfig):
     scale: float = 1.0
     name = "pigdm"
     needs_grad = True
+    needs_svd = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

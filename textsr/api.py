@@ -184,7 +184,9 @@ def _as_array(image: Any, max_pixels: int) -> tuple[np.ndarray, InputInfo, list[
         li = load_image(image, max_pixels=max_pixels)
         h, w, c = li.array.shape
         return li.array, InputInfo(str(image), w, h, c), list(li.notes)
-    if hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
+    from PIL import Image
+
+    if isinstance(image, Image.Image):  # not duck-typed: a torch tensor has .mode and .size too
         from .io import pil_to_array
 
         arr, notes = pil_to_array(image)

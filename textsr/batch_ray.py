@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .batch import Job, JobResult, ModelCache, run_job
+from .batch_jobs import Job, JobResult, ModelCache, run_job
 from .errors import UsageError
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -36,37 +37,70 @@ def make_jobs(root: Path, spec: Path, n: int, steps: int, tag: str):
     return load_manifest(root / f"{tag}.jsonl")
 
 
-def old_run_job(job):
-    """``textsr.batch.run_job`` before issue 10: the model is loaded inside every ``explore`` call."""
+class LoadMeter:
+    """Counts ``load_model`` calls in this process and the seconds spent in them."""
+
+    def __init__(self):
+        import textsr.model_registry as reg
+
+        self.reg, self.real, self.calls, self.seconds = reg, reg.load_model, 0, 0.0
+
+    def __enter__(self):
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return self.real(*a, **k)
+            finally:
+                self.calls += 1
+                self.seconds += time.perf_counter() - t0
+
+        self.reg.load_model = timed
+        return self
+
+    def __exit__(self, *exc):
+        self.reg.load_model = self.real
+
+
+def old_run_job(job) -> tuple[int, float]:
+    """``textsr.batch.run_job`` before issue 10: the model is loaded inside every ``explore`` call.
+    Returns (load_model calls, seconds in them)."""
     from textsr.api import explore
 
-    t0 = time.perf_counter()
-    explore(**job.kwargs).save(job.out)
-    return time.perf_counter() - t0
+    with LoadMeter() as m:
+        explore(**job.kwargs).save(job.out)
+    return m.calls, m.seconds
 
 
 def run_variant(name: str, root: Path, spec: Path, args) -> dict:
     from textsr.batch import run_batch
 
     jobs = make_jobs(root, spec, args.jobs, args.steps, name)
-    t0 = time.perf_counter()
+    load_avg = os.getloadavg()[0]
+    t0, c0 = time.perf_counter(), time.process_time()
+    loads, load_s = 0, None
     if name == "before-local":
         for j in jobs:
-            old_run_job(j)
+            n, sec = old_run_job(j)
+            loads, load_s = loads + n, (load_s or 0.0) + sec
     elif name == "after-local":
-        res = run_batch(jobs)
+        with LoadMeter() as m:
+            res = run_batch(jobs)
         assert all(r.status == "done" for r in res), res
+        loads, load_s = m.calls, m.seconds
     elif name == "before-ray":
         import ray
 
         task = ray.remote(num_cpus=1)(old_run_job)
-        ray.get([task.remote(j) for j in jobs])
+        out = ray.get([task.remote(j) for j in jobs])
+        loads, load_s = sum(n for n, _ in out), sum(s for _, s in out)
     elif name == "after-ray":
         res = run_batch(jobs, use_ray=True, workers=args.workers)
         assert all(r.status == "done" for r in res), res
-    seconds = time.perf_counter() - t0
-    return {"variant": name, "jobs": len(jobs), "seconds": round(seconds, 2),
-            "jobs_per_minute": round(60 * len(jobs) / seconds, 1)}
+        loads = sum(max(r.model_loads for r in res if r.worker == w) for w in {r.worker for r in res})
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"variant": name, "jobs": len(jobs), "seconds": round(seconds, 2), "cpu_s_this_process": round(cpu, 2),
+            "jobs_per_minute": round(60 * len(jobs) / seconds, 1), "model_loads": loads,
+            "load_model_s": None if load_s is None else round(load_s, 2), "load_avg_1min_before": round(load_avg, 2)}
 
 
 def run_repeated(variants: tuple[str, ...], root: Path, spec: Path, args) -> list[dict]:
@@ -83,11 +117,15 @@ def run_repeated(variants: tuple[str, ...], root: Path, spec: Path, args) -> lis
 def summarize(runs: list[dict]) -> list[dict]:
     rows = []
     for v in dict.fromkeys(r["variant"] for r in runs):
-        secs = sorted(r["seconds"] for r in runs if r["variant"] == v)
-        med = float(np.median(secs))
-        n = runs[0]["jobs"]
+        mine = [r for r in runs if r["variant"] == v]
+        med = float(np.median([r["seconds"] for r in mine]))
+        n = mine[0]["jobs"]
+        loads = [r["load_model_s"] for r in mine if r["load_model_s"] is not None]
         rows.append({"variant": v, "jobs": n, "seconds": round(med, 2), "jobs_per_minute": round(60 * n / med, 1),
-                     "runs_s": secs})
+                     "cpu_s": float(np.median([r["cpu_s_this_process"] for r in mine])),
+                     "model_loads": mine[0]["model_loads"],
+                     "load_model_s": round(float(np.median(loads)), 2) if loads else None,
+                     "runs_s": sorted(r["seconds"] for r in mine)})
     return rows
 
 
@@ -143,9 +181,13 @@ def main() -> None:
 
     print(f"{args.jobs} jobs, tiny DeepFloyd IF (2 stages), 4x4 -> 32x32, 2 samples x {args.steps} steps per stage, CPU; "
           f"one load_model of it: {load_s:.2f} s")
-    print(f"{'variant':<14} {'seconds (median of ' + str(args.repeats) + ')':>24} {'jobs/min':>9}  all runs (s)")
+    print(f"medians of {args.repeats} alternating runs; cpu = this process's CPU seconds (the Ray variants "
+          "run in workers); loads = load_model calls, load s = seconds inside them")
+    print(f"{'variant':<14} {'wall s':>8} {'jobs/min':>9} {'cpu s':>7} {'loads':>6} {'load s':>7}  wall s of every run")
     for r in rows:
-        print(f"{r['variant']:<14} {r['seconds']:>24.2f} {r['jobs_per_minute']:>9.1f}  {r['runs_s']}")
+        ls = "-" if r["load_model_s"] is None else f"{r['load_model_s']:.2f}"
+        print(f"{r['variant']:<14} {r['seconds']:>8.2f} {r['jobs_per_minute']:>9.1f} {r['cpu_s']:>7.2f} "
+              f"{r['model_loads']:>6} {ls:>7}  {r['runs_s']}")
     print("same samples before and after:", same)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "runs": runs, "load_model_s": load_s, "same_samples": same,

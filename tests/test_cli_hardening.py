@@ -169,3 +169,42 @@ def test_seed_at_the_top_of_its_range_runs(tmp_path, img):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "o" / "results.json").read_text())
     assert [s["seed"] for s in doc["prompts"][0]["samples"]] == [2**32 - 1, 2**32]
+
+
+# ----------------------------------------------------------------------------- item 1 on real file systems
+
+
+def test_immutable_folder_is_refused_before_sampling(tmp_path, img, no_sampling):
+    """The issue's repro: chattr +i (even root cannot write there). Skipped where chattr is not allowed."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(ro)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here (needs root and a file system that supports it)")
+    try:
+        res = run(["upscale", img, "-x", 8, "-o", ro, *FAST])
+        assert res.exit_code == 2 and "cannot write to the output folder" in res.output
+    finally:
+        subprocess.run(["chattr", "-i", str(ro)], capture_output=True)
+
+
+def test_a_really_full_disk_keeps_the_samples(tmp_path, img):
+    """The issue's repro: a 64 KiB tmpfs as the output folder (16 KiB here). Skipped where mounting is not allowed."""
+    import subprocess
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)],
+                                                       capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        res = run(["upscale", img, "-x", 8, "-p", "a circle", "-p", "a star", "-o", full / "out", *FAST])
+        assert res.exit_code == 2 and "No space left on device" in res.output, res.output
+        rescued = Path(res.output.split("were written to ")[1].split(" instead")[0])
+        doc = json.loads((rescued / "results.json").read_text())
+        assert all((rescued / s["file"]).is_file() for p in doc["prompts"] for s in p["samples"])
+        shutil.rmtree(rescued)
+        assert tree(full) == set()
+    finally:
+        subprocess.run(["umount", str(full)], capture_output=True)

@@ -74,8 +74,8 @@ def test_full_disk_midway_keeps_the_run_in_a_fallback_folder(tmp_path, monkeypat
         import shutil
 
         shutil.rmtree(rescued)
-    # nothing of this run is left in the folder: no PNG without results.json, no temp file
-    assert not out.exists() or tree(out) == set()
+    # nothing of this run is left: no PNG without results.json, no temp file, not even the folder it made
+    assert not out.exists()
 
 
 def test_full_disk_keeps_foreign_files_and_leaves_no_partial_run(tmp_path, monkeypatch):
@@ -208,3 +208,12 @@ def test_results_json_is_written_last(tmp_path, monkeypatch, victim):
     with pytest.raises(Killed):
         write(tmp_path)
     assert not (tmp_path / "results.json").exists(), "a run killed before all its files marks itself complete"
+
+
+def test_check_output_folder_is_public(tmp_path):
+    import textsr
+
+    write(tmp_path / "o")
+    with pytest.raises(UsageError, match="already holds"):
+        textsr.check_output_folder(tmp_path / "o")
+    assert textsr.check_output_folder(tmp_path / "o", overwrite=True) == tmp_path / "o"

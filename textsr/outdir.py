@@ -238,8 +238,8 @@ def write_run(out: str | os.PathLike[str], files: Mapping[str, bytes], *, overwr
     if RESULTS not in files:
         raise ValueError("a run's files must include results.json (it marks the run complete)")
     check_output_folder(out, overwrite=overwrite)
+    made = _make_dirs(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             clear_run(out)
         else:
@@ -247,6 +247,11 @@ def write_run(out: str | os.PathLike[str], files: Mapping[str, bytes], *, overwr
                 f.unlink(missing_ok=True)
         return _write_all(out, files)
     except OSError as e:
+        for d in reversed(made):  # the folders this write created go again (when empty)
+            try:
+                d.rmdir()
+            except OSError:
+                pass
         if not rescue:
             raise
         why = f"{_why(e)}" + (f": {e.filename}" if getattr(e, "filename", None) else "")

@@ -137,6 +137,26 @@ def time_load(spec: Path) -> float:
     return time.perf_counter() - t0
 
 
+def first_use(root: Path, spec: Path, args) -> dict:
+    """Where the local difference goes beyond load_model: ``explore`` timed (CPU seconds of this process)
+    with a backend loaded just before it (untimed) against the same backend used a second time, on the
+    same job and seed, ``args.jobs`` times each."""
+    from textsr.api import explore
+    from textsr.model_registry import load_model
+
+    jobs = make_jobs(root, spec, 1, args.steps, "first-use")
+    kw = {k: v for k, v in jobs[0].kwargs.items() if k != "model"}
+    fresh, again = [], []
+    for _ in range(args.jobs):
+        backend = load_model(spec, device="cpu")
+        for bucket in (fresh, again):
+            c0 = time.process_time()
+            explore(model=backend, **kw)
+            bucket.append(time.process_time() - c0)
+    return {"explore_cpu_s_fresh_backend": round(float(np.median(fresh)), 3),
+            "explore_cpu_s_second_use": round(float(np.median(again)), 3), "n": args.jobs}
+
+
 def same_outputs(root: Path, a: str, b: str, n: int) -> bool:
     for i in range(n):
         for f in sorted((root / a / f"job{i}").rglob("sample-*.png")):
@@ -153,6 +173,8 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="also measure with Ray (needs textsr[cluster])")
     ap.add_argument("--workers", type=int, default=2, help="Ray workers for the 'after' variant")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each variant (alternating); the median is shown")
+    ap.add_argument("--first-use", action="store_true",
+                    help="also time explore on a just-loaded backend against its second use (CPU seconds)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/batch_throughput.json"))
     args = ap.parse_args()
 
@@ -166,6 +188,7 @@ def main() -> None:
         load_s = time_load(spec)
         runs = run_repeated(("before-local", "after-local"), root, spec, args)
         same = {"local": same_outputs(root, "before-local", "after-local", args.jobs)}
+        first = first_use(root, spec, args) if args.first_use else None
         if args.ray:
             import ray
 
@@ -189,8 +212,12 @@ def main() -> None:
         print(f"{r['variant']:<14} {r['seconds']:>8.2f} {r['jobs_per_minute']:>9.1f} {r['cpu_s']:>7.2f} "
               f"{r['model_loads']:>6} {ls:>7}  {r['runs_s']}")
     print("same samples before and after:", same)
+    if first:
+        print(f"explore CPU s (median of {first['n']}), same job and seed: just-loaded backend "
+              f"{first['explore_cpu_s_fresh_backend']:.3f}, its second use {first['explore_cpu_s_second_use']:.3f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"rows": rows, "runs": runs, "load_model_s": load_s, "same_samples": same,
+                                     "first_use": first,
                                      "args": {k: str(v) for k, v in vars(args).items()},
                                      "machine": {"python": platform.python_version(), "torch": torch.__version__,
                                                  "threads": torch.get_num_threads(), "cpu": platform.processor()}},

@@ -148,6 +148,7 @@ def test_random_command_lines_exit_0_or_2(lr_png, args):
         argv = ["upscale", str(lr_png), *(["-x", "8"] if "--scale" not in args else []),
                 *[a for k, v in SMALL_WORK.items() if k not in args for a in (k, v)], *args, "-o", str(out), "-q"]
         res = CliRunner().invoke(main, argv)
+        hypothesis.event(f"exit {res.exit_code}")  # --hypothesis-show-statistics shows how many ran through
         assert res.exception is None or isinstance(res.exception, SystemExit), (argv, repr(res.exception))
         assert res.exit_code in (0, 2), (argv, res.exit_code, res.output)
         assert "Traceback" not in res.output, (argv, res.output)
@@ -191,7 +192,9 @@ def _load_or_refuse(data: bytes, suffix: str) -> np.ndarray | None:
             li = load_image(p, max_pixels=4096)
         except InputImageError as e:
             assert str(e).strip()
+            hypothesis.event("refused")
             return None
+    hypothesis.event("loaded")
     a = li.array
     assert a.dtype == np.float32 and a.ndim == 3 and a.shape[2] == 3 and np.isfinite(a).all()
     assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0

@@ -173,6 +173,9 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="also measure with Ray (needs textsr[cluster])")
     ap.add_argument("--workers", type=int, default=2, help="Ray workers for the 'after' variant")
     ap.add_argument("--repeats", type=int, default=2, help="runs of each variant (alternating); the median is shown")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads in this process (1: no OpenMP spinning on a shared machine; Ray workers "
+                         "get OMP_NUM_THREADS from num_cpus)")
     ap.add_argument("--first-use", action="store_true",
                     help="also time explore on a just-loaded backend against its second use (CPU seconds)")
     ap.add_argument("--json", type=Path, default=Path("bench/results/batch_throughput.json"))
@@ -181,6 +184,8 @@ def main() -> None:
     import torch
 
     from textsr.testing.tiny_deepfloyd_if import build_tiny_if
+
+    torch.set_num_threads(args.threads)
 
     root = Path(tempfile.mkdtemp(prefix="textsr-bench-batch-"))
     try:

@@ -9,9 +9,11 @@
   ``class_labels = noise_level``.
 * One T5 encoder (from the stage-I pipeline) encodes the prompt once for both stages (max 77 tokens,
   IF's limit); no caption cleaning (so no bs4/ftfy).
-* Both UNets predict eps with learned variance (``out_channels = 2C``): the adapter keeps the eps
-  channels.  Deviation from IF's sampler: the solvers step with their own (DDIM/DDNM) noise, not IF's
-  learned DDPM posterior variance.
+* Both UNets predict eps with learned variance (``out_channels = 2C``): the adapter reports the
+  variance channels (of the text branch under CFG, as IF's pipelines do) as ``Prediction.v =
+  (model_var + 1) / 2``, which the ``step_kind="ddpm"`` solvers use as IF's own sampler does (the
+  learned-range DDPM posterior); the other step kinds ignore it.
+* Prompts are lowercased and stripped before T5, as ``IFPipeline`` does (``clean_caption=False``).
 * Classifier-free guidance is batched into one UNet call ``[uncond; text]``:
   ``eps = eps_u + w (eps_text - eps_u)`` (defaults w = 7 for stage I, 4 for stage II).
 * The scheduler's dynamic thresholding (Imagen; diffusers ``DDPMScheduler._threshold_sample``) is applied
@@ -242,6 +244,7 @@ class IFBackend(Backend):
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise UsageError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        prompts = tuple(p.lower().strip() for p in prompts)  # IFPipeline's _text_preprocessing
         if prompts in self._prompt_cache:
             return self._prompt_cache[prompts]
         self._residency.activate("text_encoder")

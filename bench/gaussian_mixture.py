@@ -13,6 +13,7 @@ y), against the single-stage result.
 
     python bench/gaussian_mixture.py --quick            # d = 8 at 100 steps + Table 2 at CFG 1
     python bench/gaussian_mixture.py --json results.json  # everything
+    python bench/gaussian_mixture.py --tables 1 --ds 8,80 --only "ddpm step" --jobs 1  # the ddpm-step rows
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ TABLE1_METHODS = [
     Method("DPS zeta=1.0", "dps", (("zeta", 1.0),)),
     Method("PiGDM (tweedie, safeguard)", "pigdm"),
     Method("PiGDM (nvlabs weighting)", "pigdm", (("weighting", "nvlabs"),)),
+    # the DDPM posterior step (beta_tilde: these priors have no learned variance), the paper code's step
+    Method("DDNM (ddpm step)", "ddnm", (("step_kind", "ddpm"),)),
+    Method("DDNM+ (ddpm step)", "ddnm+", (("step_kind", "ddpm"),)),
+    Method("DPS zeta=0.3 (ddpm step)", "dps", (("zeta", 0.3), ("step_kind", "ddpm"))),
+    Method("DPS zeta=1.0 (ddpm step)", "dps", (("zeta", 1.0), ("step_kind", "ddpm"))),
 ]
 TEXT_METHODS = [
     Method("DDNM", "ddnm"),

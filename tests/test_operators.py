@@ -548,3 +548,13 @@ def test_cuda_matches_cpu(dtype):
             got = f(inp.cuda())
             assert got.device.type == "cuda" and got.dtype == dtype
             assert_close(got.cpu(), f(inp), dtype, "cuda vs cpu")
+
+
+def test_cli_and_app_offer_every_operator():
+    from textsr.cli import OPERATOR_CHOICES
+
+    assert sorted(OPERATOR_CHOICES) == sorted(OPERATORS)
+    pytest.importorskip("gradio")
+    from textsr.app.ui import OPERATORS as APP_OPERATORS
+
+    assert sorted(APP_OPERATORS) == sorted(OPERATORS)

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 SOLVER_CHOICES = ["ddnm", "ddnm+", "dps", "pigdm", "plain"]
+OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS (no torch import for --help)
 
 
 def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
@@ -129,8 +130,9 @@ def _common_options(f):
         click.option("--seed", type=int, default=0, show_default=True, help="Sample k uses seed+k."),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
                      show_default=True, help="Output folder."),
-        click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True,
-                     help="Downsampling model A."),
+        click.option("--operator", type=click.Choice(OPERATOR_CHOICES), default="avgpool", show_default=True,
+                     help="Downsampling model A: avgpool (block mean), bicubic (PIL / torch antialias), "
+                          "bicubic-reflect (MATLAB imresize, SR benchmarks' LR images)."),
         click.option("--sigma-y", type=float, default=0.0, show_default=True,
                      help="Noise std of the LR image in [-1,1] units (half the [0,1] value)."),
         click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's)."),

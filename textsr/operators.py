@@ -395,8 +395,9 @@ class BicubicReflect(Separable):
     differ.  ``factor = 1`` is the identity.
 
     Pseudo-inverse as :class:`Separable` with the relative cutoff 3e-2 (DDRM's threshold); the smallest
-    1-D singular value is at least 0.5 of the largest for every factor up to 32 (``bench/operators.py``),
-    so nothing is truncated at that cutoff and ``A A+ = I`` up to float rounding.
+    1-D singular value is at least 0.688 of the largest for every factor up to 32 and LR lengths 1..64
+    (``bench/operators.py``), so nothing is truncated at that cutoff: ``A+`` is the exact pseudo-inverse,
+    and ``PSNR(A A+ y, y)`` is 146-154 dB in float32 at factors 4-32 on 256 px.
     """
 
     name = "bicubic-reflect"

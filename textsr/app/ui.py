@@ -18,7 +18,7 @@ from . import core, present  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
-OPERATORS = ["avgpool", "bicubic"]
+OPERATORS = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
 TITLE = "textsr · explorable super-resolution"
 STD_LABEL = "Uncertainty: std across samples"

@@ -33,7 +33,8 @@ import torch
 from textsr.cascade import Stage, run_cascade
 from textsr.denoiser import ClassifierFreeGuidance
 from textsr.denoiser import Prediction
-from textsr.gaussian_mixture import DiagCov, GaussianMixture, IsoCov, MixtureDenoiser, lowres_condition, mcgdiff_problem, posterior
+from textsr.gaussian_mixture import (DiagCov, GaussianMixture, IsoCov, MixtureDenoiser, lowres_condition, mcgdiff_problem,
+                                     posterior, push_forward)
 from textsr.metrics import mean_ci, sliced_wasserstein
 from textsr.operators import AvgPool
 from textsr.schedule import NoiseSchedule
@@ -264,7 +265,7 @@ def run_text_cascade(tp: TextProblem, cfg, w: float, k: int, n: int) -> torch.Te
     """Stage I: 4x4 push-forward prior (CFG w) with the solver against y (operator A_2); stage II: the
     exact conditional p(x | pool_2(x) = x_I, tag) with the solver against y (operator A_4)."""
     pool = AvgPool(2, (1, SIDE, SIDE))
-    lo = tp.prior.push_forward(pool)
+    lo = push_forward(tp.prior, pool)
     st1 = Stage("I", ClassifierFreeGuidance(MixtureDenoiser(lo, SCHED), w, null_cond=None), divisor=2, channels=1, solver=cfg)
     st2 = Stage("II", MixtureDenoiser(tp.prior, SCHED), divisor=1, channels=1, solver=cfg,
                 condition=lowres_condition(tp.prior, pool, 0.0))

@@ -38,9 +38,9 @@ from textsr.cascade import Stage, run_cascade  # noqa: E402
 from textsr.denoiser import Prediction  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.schedule import NoiseSchedule  # noqa: E402
-from textsr.solvers import make_config  # noqa: E402
+from textsr.solvers import make_config, solver_names  # noqa: E402
 
-SOLVERS = ("plain", "ddnm", "ddnm+", "dps", "pigdm")
+SOLVERS = tuple(solver_names())
 TEXT_DIM = 4096  # T5-v1.1-XXL
 
 

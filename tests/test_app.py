@@ -165,7 +165,7 @@ def test_sweep_random_seed_and_progress(app, tmp_path):
     out = h.run(str(lr_image(tmp_path / "lr.png")), "", "a {shape} on blue", "circle, star, ring", "stub", "ddnm",
                 8, 2, 0, True, STEPS, "bicubic", progress=Recorder())
     assert len(out[0]) == 3 * 2 and out[0][2][1].startswith("a star on blue")
-    assert out[5] != 0 or out[6].settings["seed"] == out[5]  # the random seed is reported back
+    assert out[5] != 0 or out[6].settings.seed == out[5]  # the random seed is reported back
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0 and any("prompt 3/3" in (d or "") for _, d in seen)
     assert core.sweep_preview("x", "a {shape}", "circle,star") == "3 prompts: 'x', 'a circle', 'a star'"

@@ -351,8 +351,8 @@ def test_explore_api_with_the_tiny_spec(tiny_spec):
     for r in out.prompts:
         assert r.samples.shape == (2, LR * SCALE, LR * SCALE, 3)
         assert all(math.isfinite(p) and p > 25 for p in r.lr_psnr)
-    assert out.settings["model"]["backend"] == "deepfloyd-if"
-    assert [s["steps"] for s in out.settings["solver"]["per_stage"]] == [3, 3]
+    assert out.settings.model["backend"] == "deepfloyd-if"
+    assert [s["steps"] for s in out.settings.stages] == [3, 3]
 
 
 def test_cli_upscale_with_the_tiny_spec(tiny_spec, tmp_path):

@@ -9,6 +9,7 @@ pytest.importorskip("transformers")
 
 from textsr.testing.tiny_clip import build_tiny_clip  # noqa: E402
 from textsr.denoiser import Prediction  # noqa: E402
+from textsr.backends.hf_common import load_clip_model  # noqa: E402
 from textsr.guidance import CLIPGuidance, ClipModel, GuidedCond, clip_energy  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.schedule import NoiseSchedule  # noqa: E402
@@ -18,7 +19,7 @@ from textsr.schedule import NoiseSchedule  # noqa: E402
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     path = build_tiny_clip(tmp_path_factory.mktemp("clip"))
-    return ClipModel.from_pretrained(str(path), device=torch.device("cpu"), dtype=torch.float32, offline=True)
+    return load_clip_model(str(path), device=torch.device("cpu"), dtype=torch.float32, offline=True)
 
 
 class ToyDenoiser:

@@ -4,7 +4,7 @@
 load lazily so that ``import textsr`` and ``textsr --help`` stay fast.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["explore", "Exploration", "__version__"]
 

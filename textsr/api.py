@@ -1,156 +1,66 @@
 """The one entry point that the CLI, the web app and the batch runner call.
 
 ``explore(image, prompts, scale=..., model=..., solver=..., samples=..., seed=...)`` returns an
-``Exploration``: samples per prompt with their seeds, per-sample metrics, per-prompt uncertainty maps,
-timings and every setting; ``.save(directory)`` writes the output folder (see README, "Outputs").
-Nothing here knows about terminals or web pages.
+``Exploration`` (``textsr.exploration``): samples per prompt with their seeds, per-sample metrics,
+per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` writes the output folder
+(see README, "Outputs").  Nothing here knows about terminals or web pages.
+
+``explore`` runs in named phases, each a function below:
+
+1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
+2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
+3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
+4. ``sample_prompt`` for each prompt: the backend's cascade, then the per-sample metrics;
+5. ``collect_settings``: the resolved settings of the run (``ExploreSettings``).
 """
 
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from . import __version__
 from .errors import UsageError
+from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
+
+__all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "expand_prompts", "explore"]
 
 MAX_SAMPLES = 256
 
 
-@dataclass
-class Progress:
-    """Progress of a run: prompt ``prompt_index`` of ``prompts``, stage name, step of total."""
+# ------------------------------------------------------------------------------------------------
+# phase 1: inputs
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExploreRequest:
+    """The checked arguments of one ``explore`` call (see ``explore`` for their meaning)."""
 
-    prompt_index: int
-    prompts: int
-    prompt: str
-    stage: str
-    step: int
-    total: int
-    stage_index: int = 0
-    stages: int = 1
-
-
-@dataclass
-class PromptResult:
-    prompt: str
-    samples: np.ndarray  # (K, H, W, C) in [0, 1]
-    seeds: list[int]
-    lr_psnr: list[float]
-    text_scores: list[float | None]
-    std_map: np.ndarray  # (H, W): per-pixel std across samples (mean over channels), [0, 1] units
-    diversity: dict
-    seconds: float
-    tags: list[str] | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def text_consistency(self) -> float | None:
-        vals = [s for s in self.text_scores if s is not None]
-        return float(np.mean(vals)) if vals else None
-
-
-@dataclass
-class Exploration:
-    """Everything one exploration produced; ``save`` writes it, ``summary`` one line per prompt."""
-
-    lr: np.ndarray  # (h, w, C) in [0, 1]
+    image: Any
+    prompts: list[str]
     scale: int
-    prompts: list[PromptResult]
-    settings: dict
-    notes: list[str]
-    timings: dict
-    reference: np.ndarray | None = None  # HR original in simulation mode
-    reference_metrics: dict | None = None
+    model: Any
+    solver: str  # the registry name
+    samples: int
+    seed: int
+    operator: str
+    sigma_y: float
+    solver_options: dict
+    model_options: dict
+    device: str | None
+    dtype: str | None
+    simulate: bool
+    batch_size: int
+    max_pixels: int
 
     @property
-    def output_size(self) -> tuple[int, int]:
-        return self.lr.shape[0] * self.scale, self.lr.shape[1] * self.scale
-
-    def results_dict(self) -> dict:
-        s = self.settings
-        out = {
-            "textsr_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "input": {**s["input"], "notes": list(self.notes)},
-            "scale": self.scale,
-            "output_size": list(self.output_size),
-            "model": s["model"],
-            "solver": s["solver"],
-            "operator": s["operator"],
-            "sigma_y": s["sigma_y"],
-            "seed": s["seed"],
-            "samples_per_prompt": s["samples"],
-            "model_options": s["model_options"],
-            "device": s["device"],
-            "dtype": s["dtype"],
-            "library_versions": library_versions(),
-            "timings": self.timings,
-            "prompts": [],
-        }
-        for i, p in enumerate(self.prompts):
-            entry = {
-                "prompt": p.prompt,
-                "label": p.prompt or "(no prompt)",
-                "diversity": p.diversity,
-                "text_consistency": p.text_consistency,
-                "seconds": round(p.seconds, 3),
-                "samples": [
-                    {"index": k, "seed": p.seeds[k], "lr_psnr": p.lr_psnr[k],
-                     "text_score": p.text_scores[k]}
-                    for k in range(len(p.seeds))
-                ],
-            }
-            if p.tags is not None:
-                entry["tags"] = p.tags
-            if p.extra:
-                entry["exact"] = p.extra
-            out["prompts"].append(entry)
-        if self.reference_metrics is not None:
-            out["reference"] = self.reference_metrics
-        return out
-
-    def save(self, directory: str | Path) -> dict:
-        """Write input/baselines/samples/std maps/grid/results.json/index.html (atomically)."""
-        from .report import write_outputs
-
-        samples = {p.prompt or "(no prompt)": list(p.samples) for p in self.prompts}
-        std_maps = {p.prompt or "(no prompt)": p.std_map for p in self.prompts}
-        return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
-                             results=self.results_dict(), scale=self.scale, notes=[])
-
-    def summary(self) -> list[str]:
-        lines = []
-        for p in self.prompts:
-            tc = "n/a" if p.text_consistency is None else f"{p.text_consistency:.2f}"
-            extra = f", SW {p.extra['sw']:.3f} (floor {p.extra['sw_floor']:.3f})" if "sw" in p.extra else ""
-            if "shapes" in p.extra:
-                got = ", ".join(f"{k} {v}" for k, v in sorted(p.extra["shapes"].items()))
-                want = ", ".join(f"{k} {v:.2f}" for k, v in sorted(p.extra.get("posterior_shapes", {}).items()))
-                extra += f"; shapes: {got} (exact posterior: {want})"
-            lines.append(f"{(p.prompt or '(no prompt)')!r}: text consistency {tc}, LR-PSNR min "
-                         f"{min(p.lr_psnr):.1f} dB, diversity {p.diversity['pairwise_l2']:.3f}{extra}")
-        return lines
-
-
-def library_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("numpy", "diffusers", "transformers", "pillow"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    def seeds(self) -> list[int]:
+        """Sample k uses ``seed + k`` (its own generator: a batch item equals the same seed alone)."""
+        return [self.seed + k for k in range(self.samples)]
 
 
 def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = None,
@@ -180,20 +90,84 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
     return out
 
 
-def _as_array(image: Any, max_pixels: int) -> tuple[np.ndarray, dict, list[str]]:
+def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str,
+                 samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
+                 operator: str, sigma_y: float, steps: int | None, solver_options: dict | None,
+                 model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
+                 batch_size: int | None, max_pixels: int) -> ExploreRequest:
+    """Phase 1: validate every argument before any model loads or any sampling starts."""
+    from .operators import OPERATORS
+    from .solver_registry import canonical_name
+
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 32:
+        raise UsageError(f"scale must be an integer from 2 to 32, got {scale!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
+    if not math.isfinite(sigma_y) or sigma_y < 0:
+        raise UsageError(f"sigma_y must be >= 0 (in [-1, 1] units), got {sigma_y}")
+    if operator not in OPERATORS:
+        raise UsageError(f"unknown operator {operator!r}; choose one of {', '.join(sorted(OPERATORS))}")
+    try:
+        solver = canonical_name(solver)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    solver_options = dict(solver_options or {})
+    if steps is not None:
+        solver_options["steps"] = int(steps)
+    return ExploreRequest(
+        image=image, prompts=expand_prompts(prompts, template, values), scale=scale, model=model, solver=solver,
+        samples=samples, seed=int(seed), operator=operator, sigma_y=float(sigma_y), solver_options=solver_options,
+        model_options=dict(model_options or {}), device=device, dtype=dtype, simulate=bool(simulate),
+        batch_size=batch_size or samples, max_pixels=max_pixels)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 2: the model
+# ------------------------------------------------------------------------------------------------
+def resolve_backend(req: ExploreRequest) -> Any:
+    """Phase 2: ``req.model`` as a loaded ``Backend`` (an already loaded one is used as is)."""
+    from .backends.base import Backend
+    from .device import resolve_device, resolve_dtype
+    from .model_registry import load_model
+
+    if isinstance(req.model, Backend):
+        return req.model
+    dev = resolve_device(req.device)
+    return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 3: the measurement
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    """The LR input in model space: ``y = A x + sigma_y n`` with ``A = operator`` (the final one)."""
+
+    lr: np.ndarray  # (h, w, C) in [0, 1]: what the model explains (after prepare_input / simulation)
+    y: torch.Tensor  # (1, C, h, w) in [-1, 1], on the backend's device in its work dtype
+    operator: Any  # LinearOperator from the output size to the LR size
+    input: InputInfo
+    notes: list[str] = field(default_factory=list)
+    reference: np.ndarray | None = None  # the HR original (simulation mode)
+
+    @property
+    def lr_hw(self) -> tuple[int, int]:
+        return self.lr.shape[0], self.lr.shape[1]
+
+
+def _as_array(image: Any, max_pixels: int) -> tuple[np.ndarray, InputInfo, list[str]]:
     """Image input -> (h, w, C) float32 in [0, 1], input description, notes."""
     if isinstance(image, (str, Path)):
         from .io import load_image
 
         li = load_image(image, max_pixels=max_pixels)
-        info = {"path": str(image), "width": li.array.shape[1], "height": li.array.shape[0],
-                "channels": li.array.shape[2]}
-        return li.array, info, list(li.notes)
+        h, w, c = li.array.shape
+        return li.array, InputInfo(str(image), w, h, c), list(li.notes)
     if hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
         from .io import pil_to_array
 
         arr, notes = pil_to_array(image)
-        return arr, {"path": None, "width": arr.shape[1], "height": arr.shape[0], "channels": arr.shape[2]}, notes
+        return arr, InputInfo(None, arr.shape[1], arr.shape[0], arr.shape[2]), notes
     arr = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -204,7 +178,7 @@ def _as_array(image: Any, max_pixels: int) -> tuple[np.ndarray, dict, list[str]]
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
         raise UsageError("a float image array must have finite values in [0, 1]")
-    return arr, {"path": None, "width": arr.shape[1], "height": arr.shape[0], "channels": arr.shape[2]}, []
+    return arr, InputInfo(None, arr.shape[1], arr.shape[0], arr.shape[2]), []
 
 
 def _fit_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarray:
@@ -219,11 +193,55 @@ def _fit_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarra
     raise UsageError(f"cannot feed a {arr.shape[2]}-channel image to a {channels}-channel model")
 
 
+def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndarray:
+    """Simulation mode: the HR original -> its LR image by ``req.operator`` (+ ``sigma_y`` noise)."""
+    from .io import check_scale
+    from .operators import make_operator
+
+    h, w = arr.shape[:2]
+    check_scale(h, w, req.scale)
+    x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
+    y = make_operator(req.operator, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    if req.sigma_y > 0:
+        gen = torch.Generator().manual_seed(req.seed + 10_007)
+        y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
+    lr = ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
+    notes.append(f"simulation: the input was downsampled {req.scale}x ({req.operator}) to {lr.shape[1]}x{lr.shape[0]}"
+                 + (f" with noise sigma_y={req.sigma_y}" if req.sigma_y > 0 else ""))
+    return lr
+
+
+def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
+    """Phase 3: read the image, fit it to the model (channels, size), check the size, build ``y`` and
+    the final operator ``A`` (output size -> LR size)."""
+    from .operators import make_operator
+
+    arr, info, notes = _as_array(req.image, req.max_pixels)
+    arr = _fit_channels(arr, backend.channels, notes)
+    reference = None
+    if req.simulate:
+        reference = arr
+        arr = _simulate(arr, req, notes)
+    else:
+        arr, more = backend.prepare_input(arr, req.scale)
+        notes.extend(more)
+    h, w = arr.shape[:2]
+    backend.check_size((h, w), req.scale)
+    notes.extend(backend.input_notes((h, w), req.scale))
+    y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
+    operator = make_operator(req.operator, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
+                       notes=notes, reference=reference)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 4: sampling, per prompt
+# ------------------------------------------------------------------------------------------------
 def lr_psnr(x: torch.Tensor, y: torch.Tensor, operator) -> list[float]:
     """PSNR between A x and y on [0, 1] images, per sample (inf when exact)."""
-    from .metrics import lr_psnr as _lr_psnr
+    from .metrics import lr_psnr as psnr
 
-    return [float(v) for v in _lr_psnr(x.to(torch.float64), y.to(torch.float64), operator).tolist()]
+    return [float(v) for v in psnr(x.to(torch.float64), y.to(torch.float64), operator).tolist()]
 
 
 def diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -239,6 +257,86 @@ def diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
     return {"pairwise_l2": pair, "mean_std": float(std.mean())}, std.astype(np.float32)
 
 
+def _progress_callback(callback: Callable[[Progress], None] | None, stages: list, index: int, total: int,
+                       prompt: str) -> Callable | None:
+    """The solver loop's ``StepInfo`` -> ``Progress`` for the caller."""
+    if callback is None:
+        return None
+    names = [s.name for s in stages]
+
+    def cb(info) -> None:
+        k = names.index(info.stage) if info.stage in names else 0
+        callback(Progress(index, total, prompt, info.stage, info.index + 1, info.total, k, len(stages)))
+
+    return cb
+
+
+def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
+                  index: int, prompt: str, callback: Callable[[Progress], None] | None = None) -> PromptResult:
+    """Phase 4: ``req.samples`` samples for one prompt (in batches of ``req.batch_size``), then the
+    per-sample metrics.  Adds notes to ``meas.notes``."""
+    from .cascade import run_cascade
+    from .operators import make_operator
+
+    t0 = time.perf_counter()
+    cond = backend.encode_prompt(prompt)
+    meas.notes.extend(backend.prompt_notes(prompt))
+    cb = _progress_callback(callback, stages, index, len(req.prompts), prompt)
+    seeds = req.seeds
+    xs = []
+    for b0 in range(0, req.samples, req.batch_size):
+        res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
+                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator, f, s),
+                          device=backend.device, dtype=backend.work_dtype, callback=cb)
+        xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
+    x = torch.cat(xs)
+    psnr = lr_psnr(x, meas.y, meas.operator)  # the solver's consistency, before display clipping
+    outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
+    if outside:
+        meas.notes.append(f"prompt {prompt!r}: {outside} of {req.samples} samples had values outside the image "
+                          "range; the PNGs are clipped (LR-PSNR is measured before clipping)")
+    x = x.clamp(-1, 1)
+    scores = backend.text_scores(x, prompt)
+    text = [None] * req.samples if scores is None else [float(s) for s in scores.tolist()]
+    samples01 = ((x.to(torch.float32).cpu().permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1)
+    div, std = diversity(samples01)
+    extra = backend.exact_metrics(x, meas.y, meas.operator, prompt, req.sigma_y)
+    return PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - t0,
+                        backend.prompt_tags(prompt), extra)
+
+
+# ------------------------------------------------------------------------------------------------
+# phase 5: settings
+# ------------------------------------------------------------------------------------------------
+def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stages: list,
+                     base_cfg: Any) -> ExploreSettings:
+    """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config."""
+    known = base_cfg.to_dict()
+    solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
+    per_stage = tuple({"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages)
+    return ExploreSettings(
+        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator,
+        sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""))
+
+
+def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:
+    """PSNR/SSIM of every sample against the HR original (simulation mode)."""
+    from .metrics import ssim
+
+    out: dict[str, list] = {"psnr": [], "ssim": []}
+    ref = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
+    for r in results:
+        xs = torch.from_numpy(r.samples).permute(0, 3, 1, 2).double()
+        mse = ((xs - ref) ** 2).flatten(1).mean(1).clamp(min=1e-20)
+        out["psnr"].append([float(v) for v in (10 * torch.log10(1 / mse)).tolist()])
+        out["ssim"].append([float(v) for v in ssim(xs * 2 - 1, ref * 2 - 1).tolist()])
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the entry point
+# ------------------------------------------------------------------------------------------------
 def explore(
     image: Any,
     prompts: Sequence[str] | str | None = None,
@@ -267,144 +365,28 @@ def explore(
     image: a path, PIL image, (H, W[, C]) array in [0, 1] (uint8 accepted) or tensor. With
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
+    model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
     sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value).
     steps: shorthand for ``solver_options["steps"]`` (applies to every stage).
     """
-    from .cascade import run_cascade
-    from .device import resolve_device, resolve_dtype
-    from .model_registry import load_model
-    from .operators import make_operator
-    from .solvers import make_config
+    from .solver_registry import make_config
 
     t0 = time.perf_counter()
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 32:
-        raise UsageError(f"scale must be an integer from 2 to 32, got {scale!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
-        raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
-    if not math.isfinite(sigma_y) or sigma_y < 0:
-        raise UsageError(f"sigma_y must be >= 0 (in [-1, 1] units), got {sigma_y}")
-    prompt_list = expand_prompts(prompts, template, values)
-    solver_options = dict(solver_options or {})
-    if steps is not None:
-        solver_options["steps"] = int(steps)
-    try:
-        base_cfg = make_config(solver)  # validate the name early; the fallback for stages without a config
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    dev = resolve_device(device)
-    backend = load_model(model, device=dev, dtype=resolve_dtype(dtype, dev)) if not hasattr(model, "build_stages") else model
+    req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
+                       template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
+                       solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
+                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels)
+    backend = resolve_backend(req)
     t_loaded = time.perf_counter()
-
-    arr, info, notes = _as_array(image, max_pixels)
-    arr = _fit_channels(arr, backend.channels, notes)
-    reference = None
-    if simulate:
-        from .io import check_scale
-
-        h, w = arr.shape[:2]
-        check_scale(h, w, scale)
-        reference = arr
-        x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-        op_hr = make_operator(operator, scale, tuple(x_hr.shape[1:]))
-        y = op_hr.A(x_hr)
-        if sigma_y > 0:
-            gen = torch.Generator().manual_seed(int(seed) + 10_007)
-            y = y + sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
-        arr = ((y[0].permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1).astype(np.float32)
-        notes.append(f"simulation: the input was downsampled {scale}x ({operator}) to {arr.shape[1]}x{arr.shape[0]}"
-                     + (f" with noise sigma_y={sigma_y}" if sigma_y > 0 else ""))
-    prep = getattr(backend, "prepare_input", None)
-    if prep is not None and not simulate:
-        arr, more = prep(arr, scale)
-        notes.extend(more)
-    h, w = arr.shape[:2]
-    backend.check_size((h, w), scale)
-    y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    if simulate:
-        y = y.clamp(-1, 1)
-    notes.extend(getattr(backend, "input_notes", lambda hw, s: [])((h, w), scale))
-    work_dtype = torch.float64 if getattr(backend, "exact", False) else torch.float32
-    y_dev = y.to(dev, work_dtype)
-    shape = (backend.channels, h * scale, w * scale)
-    final_op = make_operator(operator, scale, shape)
-    seeds = [int(seed) + k for k in range(samples)]
-    bs = batch_size or samples
-    # the stages do not depend on the prompt (its conditioning is passed to run_cascade)
-    stages = backend.build_stages(solver, solver_options, dict(model_options or {}))
-    stage_names = [s.name for s in stages]
-    post = getattr(backend, "postprocess", None)
-
-    results: list[PromptResult] = []
-    for pi, prompt in enumerate(prompt_list):
-        tp = time.perf_counter()
-        cond = backend.encode_prompt(prompt)
-        notes.extend(getattr(backend, "prompt_notes", lambda p: [])(prompt))
-
-        def cb(info, pi=pi, prompt=prompt):
-            if callback is not None:
-                k = stage_names.index(info.stage) if info.stage in stage_names else 0
-                callback(Progress(pi, len(prompt_list), prompt, info.stage, info.index + 1, info.total, k,
-                                  len(stages)))
-
-        xs = []
-        for b0 in range(0, samples, bs):
-            res = run_cascade(stages, y_dev, scale, base_cfg, seeds[b0:b0 + bs], cond, sigma_y=sigma_y,
-                              operator=lambda f, s: make_operator(operator, f, s), device=dev, dtype=work_dtype,
-                              callback=cb)
-            x = res.x if post is None else post(res.x, y_dev, final_op)
-            xs.append(x.detach())
-        x = torch.cat(xs)
-        psnr = lr_psnr(x, y_dev, final_op)  # the solver's consistency, before display clipping
-        outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
-        if outside:
-            notes.append(f"prompt {prompt!r}: {outside} of {samples} samples had values outside the image range; "
-                         "the PNGs are clipped (LR-PSNR is measured before clipping)")
-        x = x.clamp(-1, 1)
-        scores = backend.text_scores(x, prompt)
-        text = [None] * samples if scores is None else [float(s) for s in scores.tolist()]
-        samples01 = ((x.to(torch.float32).cpu().permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1)
-        div, std = diversity(samples01)
-        extra = {}
-        exact = getattr(backend, "exact_metrics", None)
-        if exact is not None:
-            extra = exact(x, y_dev, final_op, prompt, sigma_y)
-        tags = getattr(backend, "prompt_tags", lambda p: None)(prompt)
-        results.append(PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - tp,
-                                    tags, extra))
-
-    ref_metrics = None
-    if reference is not None:
-        ref_metrics = reference_scores(reference, results)
-    total = time.perf_counter() - t0
-    settings = {
-        "input": info,
-        "model": backend.describe(),
-        "solver": {**base_cfg.replace(**{k: v for k, v in solver_options.items()
-                                         if k in base_cfg.to_dict()}).to_dict(),
-                   "per_stage": [{"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages]},
-        "operator": operator,
-        "sigma_y": sigma_y,
-        "seed": int(seed),
-        "samples": samples,
-        "model_options": dict(model_options or {}),
-        "device": str(dev),
-        "dtype": str(getattr(backend, "dtype", work_dtype)).replace("torch.", ""),
-    }
-    timings = {"total_s": round(total, 3), "load_s": round(t_loaded - t0, 3),
+    meas = build_measurement(req, backend)
+    # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
+    stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
+    base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+    results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
+               for i, p in enumerate(req.prompts)]
+    settings = collect_settings(req, backend, meas, stages, base_cfg)
+    timings = {"total_s": round(time.perf_counter() - t0, 3), "load_s": round(t_loaded - t0, 3),
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
-    return Exploration(lr=arr, scale=scale, prompts=results, settings=settings, notes=notes, timings=timings,
-                       reference=reference, reference_metrics=ref_metrics)
-
-
-def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:
-    """PSNR/SSIM of every sample against the HR original (simulation mode)."""
-    from .metrics import ssim
-
-    out = {"psnr": [], "ssim": []}
-    ref = torch.from_numpy(reference).permute(2, 0, 1)[None].double()
-    for r in results:
-        xs = torch.from_numpy(r.samples).permute(0, 3, 1, 2).double()
-        mse = ((xs - ref) ** 2).flatten(1).mean(1).clamp(min=1e-20)
-        out["psnr"].append([float(v) for v in (10 * torch.log10(1 / mse)).tolist()])
-        out["ssim"].append([float(v) for v in ssim(xs * 2 - 1, ref * 2 - 1).tolist()])
-    return out
+    return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,
+                       timings=timings, reference=meas.reference,
+                       reference_metrics=None if meas.reference is None else reference_scores(meas.reference, results))

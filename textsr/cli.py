@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
-SOLVER_CHOICES = ["ddnm", "ddnm+", "dps", "pigdm", "plain"]
+from .solver_registry import solver_names  # torch-free: the names only
+
+SOLVER_CHOICES = solver_names()
 OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS (no torch import for --help)
 
 
@@ -163,7 +165,7 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     if travel:
         sopts["travel_length"], sopts["travel_repeat"] = travel
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver.lower(), samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
+                solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
                 solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
                 batch_size=batch_size, max_pixels=max_pixels)
 

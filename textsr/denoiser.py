@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -61,13 +61,18 @@ def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float) -> torch.Ten
     return (x_t - math.sqrt(abar_t) * x0) / math.sqrt(1.0 - abar_t)
 
 
+C_contra = TypeVar("C_contra", contravariant=True)
+
+
 @runtime_checkable
-class Denoiser(Protocol):
-    """A (possibly conditional) denoiser on a VP schedule."""
+class Denoiser(Protocol[C_contra]):
+    """A (possibly conditional) denoiser on a VP schedule, generic in its condition type: an
+    ``IFUNetDenoiser`` is a ``Denoiser[IFText | IFSRCond]``, an exact mixture denoiser a
+    ``Denoiser[str | tuple[str, ...] | ...]``; ``cond=None`` is the unconditional model."""
 
     schedule: NoiseSchedule
 
-    def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction: ...
+    def __call__(self, x_t: torch.Tensor, t: int, cond: C_contra | None = None) -> Prediction: ...
 
 
 @dataclass

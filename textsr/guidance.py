@@ -86,22 +86,6 @@ class ClipModel:
             if m is not None:
                 m.eval().requires_grad_(False)
 
-    # -- loading --------------------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, source: Any, *, device: torch.device, dtype: torch.dtype, offline: bool,
-                        what: str = "CLIP model") -> "ClipModel":
-        """A transformers CLIP checkpoint (e.g. ``openai/clip-vit-base-patch32``): model, tokenizer and
-        the image processor's size/mean/std (OpenAI's constants if it has no processor config)."""
-        from transformers import CLIPModel, CLIPTokenizer
-
-        from .backends.hf_common import load_pretrained, resolve_source
-
-        src = resolve_source(source, what)
-        model = load_pretrained(CLIPModel, src, offline=offline, what=what, dtype=dtype).to(device)
-        tok = load_pretrained(CLIPTokenizer, src, offline=offline, what=f"{what} tokenizer")
-        size, mean, std = image_preprocessing(src, offline, model.config.vision_config.image_size)
-        return cls(tokenizer=tok, clip_model=model, image_size=size, mean=mean, std=std)
-
     # -- properties -----------------------------------------------------------------------------
     def _any_model(self) -> Any:
         return next(m for m in (self.clip_model, self.vision_model, self.text_model) if m is not None)
@@ -189,28 +173,6 @@ class ClipModel:
         if not prompt:
             return None
         return self.similarity(x, self.text_features(prompt)).clamp(min=0.0)
-
-
-def image_preprocessing(src: tuple[str, str | None], offline: bool, default_size: int,
-                        subfolder: str | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
-    """(size, mean, std) for CLIP's input: the size is the vision tower's ``image_size`` (``default_size``:
-    CLIP needs exactly that), mean/std from a CLIPImageProcessor config next to the weights, or OpenAI's
-    published constants if there is none."""
-    from transformers import CLIPImageProcessor
-
-    from .backends.hf_common import join_subfolder
-
-    path, base = src
-    sub = join_subfolder(base, subfolder)
-    try:
-        proc = CLIPImageProcessor.from_pretrained(path, local_files_only=offline,
-                                                  **({"subfolder": sub} if sub else {}))
-    except (OSError, ValueError):  # no preprocessor_config.json: CLIP's published constants apply
-        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
-    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
-        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    return default_size, tuple(float(m) for m in mean), tuple(float(v) for v in std)
 
 
 def _rows(v: torch.Tensor, B: int) -> torch.Tensor:

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import hub
-from .backends.hub import HubSource
+from . import hub
+from .hub import HubSource
 from .errors import ModelNotFoundError, UsageError
 
 SPEC_FILE = "textsr_model.json"

@@ -117,8 +117,10 @@ class ModelPool:
             return backend
 
     def _load(self, name: str) -> Any:
+        from ..backends.base import Backend
+
         entry = self._entries[name]
-        if hasattr(entry, "build_stages"):
+        if isinstance(entry, Backend):
             return entry
         if callable(entry):
             return entry()
@@ -263,12 +265,14 @@ class Request:
 def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callable | None = None):
     """Run ``explore`` for a request; returns the ``Exploration`` (with the input's notes added)."""
     from ..api import expand_prompts, explore
-    from ..solvers import SOLVERS
+    from ..solvers import canonical_name
 
     prompts = expand_prompts(parse_prompts(req.prompts_text), *_sweep_args(req.template, req.values))
     check_request_size(req.lr.shape[:2], req.scale, req.samples, len(prompts), limits)
-    if req.solver not in SOLVERS:
-        raise UsageError(f"unknown solver {req.solver!r}; choose one of: {', '.join(SOLVERS)}")
+    try:
+        canonical_name(req.solver)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     if req.steps is not None and not 1 <= req.steps <= limits.max_steps:
         raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
     backend = pool.get(req.model)

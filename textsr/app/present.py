@@ -90,9 +90,9 @@ def summary_markdown(result, seed: int, seconds: float) -> str:
                     f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |")
     k = len(result.prompts[0].seeds) if result.prompts else 0
     h, w = result.output_size
-    model = result.settings["model"].get("name", "?")
-    solver = result.settings["solver"]
-    stages = solver.get("per_stage") or [solver]
+    model = result.settings.model.get("name", "?")
+    solver = result.settings.solver
+    stages = result.settings.stages or [solver]
     steps = "+".join(str(st.get("steps", "?")) for st in stages)
     head = (f"**Done in {seconds:.1f} s** · {len(result.prompts)} prompt(s) × {k} samples · {w}×{h} · "
             f"model `{model}` · solver `{solver.get('solver', '?')}`, {steps} steps · seeds {seed}–{seed + k - 1}")
@@ -123,12 +123,12 @@ def compare(result, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
     i, j = locate(result, index)
     p = result.prompts[i]
     x = torch.from_numpy(np.ascontiguousarray(p.samples[j])).permute(2, 0, 1)[None].double() * 2 - 1
-    op = make_operator(result.settings["operator"], result.scale, tuple(x.shape[1:]))
+    op = make_operator(result.settings.operator, result.scale, tuple(x.shape[1:]))
     ax = ((op.A(x)[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
     diff = np.abs(ax - result.lr.astype(np.float32))
     diff_map = colorize(diff.mean(axis=2), vmin=0.0, vmax=DIFF_SCALE)
     text = (f"**{p.prompt or NO_PROMPT}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
-            f"`{result.settings['operator']}` ×{result.scale} it differs from the input by at most "
+            f"`{result.settings.operator}` ×{result.scale} it differs from the input by at most "
             f"**{diff.max():.2g}** (mean {diff.mean():.2g}; [0, 1] units) · LR-PSNR {fmt_psnr(p.lr_psnr[j])} dB · "
             f"text score {fmt_score(p.text_scores[j])}. Difference colours: 0 (dark) to {DIFF_SCALE} (yellow).")
     return enlarge(to_uint8(result.lr)), enlarge(to_uint8(ax)), enlarge(diff_map), text

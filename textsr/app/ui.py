@@ -189,7 +189,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
     workdir = present.Workdir(cache_root=get_upload_folder())
     atexit.register(workdir.close)
     h = Handlers(pool, limits, workdir)
-    from ..solvers import SOLVERS
+    from ..solvers import solver_names
 
     with private_cache(workdir), gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(INTRO)
@@ -212,7 +212,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                 preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview")
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
-                    solver = gr.Dropdown(list(SOLVERS), value="ddnm+", label="Solver", elem_id="solver", scale=2,
+                    solver = gr.Dropdown(solver_names(), value="ddnm+", label="Solver", elem_id="solver", scale=2,
                                          min_width=100)
                 with gr.Row():
                     scale = gr.Dropdown(SCALES, value=8, label="Scale (×)", elem_id="scale")

@@ -1,52 +1,107 @@
-"""What every model backend provides to ``explore``: stages (Denoisers) plus text handling.
+"""The Backend contract: everything ``textsr.explore`` asks of a model, in the order it asks.
 
 A backend turns a model (exact Gaussian mixture, DeepFloyd IF, Karlo, a pixel UNet + CLIP, a latent
-model) into a list of cascade ``Stage``s.  Solvers and the explore API never branch on a model name.
+model) into a list of cascade ``Stage``s (Denoisers + solver configs) plus text handling.  Solvers and
+``explore`` never branch on a model's name: what differs between models is a hook below.
+
+Per run, ``explore`` calls:
+
+1. ``prepare_input(arr, scale)``: adapt the LR image to what the model can take (default: unchanged);
+2. ``check_size(lr_hw, scale)``: refuse sizes the model cannot produce, naming sizes that work;
+3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none);
+4. ``build_stages(solver, solver_options, options)``: the cascade, once per run;
+
+then per prompt:
+
+5. ``encode_prompt(prompt)`` -> the condition ``C`` the stages' Denoisers take; ``prompt_notes(prompt)``;
+6. after sampling: ``postprocess(x, y, operator)`` (default: unchanged), ``text_scores(x, prompt)``
+   (default: none), ``exact_metrics(...)`` (default: none), ``prompt_tags(prompt)`` (default: none);
+
+and ``describe()`` for results.json.  Attributes: ``info`` (registry entry), ``channels``,
+``device``/``dtype`` (where the weights run), ``exact`` (solver arithmetic in float64: exact worlds).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Generic, Sequence, TypeVar
 
+import numpy as np
 import torch
 
 from ..cascade import Stage
 from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
+from ..operators import LinearOperator
 
 __all__ = ["Backend", "ModelInfo", "check_options"]
 
+C = TypeVar("C")  # the condition type a backend's Denoisers take (what ``encode_prompt`` returns)
 
-class Backend(ABC):
-    """A loaded model, ready to sample.
 
-    ``channels``: image channels; ``divisors``: each stage's size divisor relative to the final size;
-    ``device``/``dtype``: where the model runs.
-    """
+class Backend(ABC, Generic[C]):
+    """A loaded model, ready to sample (see the module docstring for the order of the hooks)."""
 
     info: ModelInfo
     channels: int = 3
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    exact: bool = False
+
+    @property
+    def work_dtype(self) -> torch.dtype:
+        """The dtype of the solver's arithmetic (``y``, ``x_t``, operators): float64 for exact worlds,
+        float32 otherwise (the weights may run in ``dtype``; Denoisers cast)."""
+        return torch.float64 if self.exact else torch.float32
+
+    # -- the input ------------------------------------------------------------------------------
+    def prepare_input(self, arr: np.ndarray, scale: int) -> tuple[np.ndarray, list[str]]:
+        """The LR image ``(h, w, C)`` in [0, 1] as the model will see it, plus notes saying what was
+        changed.  Not called in simulation mode (the input is then made by textsr's own operator)."""
+        return arr, []
 
     @abstractmethod
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
         """Raise ``InputImageError`` naming the sizes that work if (LR size, scale) is not supported."""
 
-    @abstractmethod
-    def encode_prompt(self, prompt: str) -> Any:
-        """Text conditioning for ``prompt`` (``""`` = unconditional)."""
+    def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
+        """Remarks about this input for the user (e.g. outside the training size).  Pure: no state."""
+        return []
 
+    # -- the cascade ----------------------------------------------------------------------------
     @abstractmethod
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         """The cascade for one run: each stage with its Denoiser (guidance wrappers applied) and its
         solver config (the backend's per-stage defaults overridden by ``solver_options``).
         ``options``: backend options (guidance scales, CLIP guidance, unCLIP lambda ...); unknown keys
-        raise ``UsageError`` naming the known ones."""
+        and solvers the model cannot run raise ``UsageError`` naming what works."""
+
+    # -- text -----------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_prompt(self, prompt: str) -> C:
+        """Text conditioning for ``prompt`` (``""`` = unconditional), passed to every stage."""
+
+    def prompt_notes(self, prompt: str) -> list[str]:
+        """What the user should know about how ``prompt`` was understood.  Pure: no state."""
+        return []
+
+    def prompt_tags(self, prompt: str) -> list[str] | None:
+        """Tags the prompt selects, for worlds that have them (results.json); None otherwise."""
+        return None
+
+    # -- after sampling -------------------------------------------------------------------------
+    def postprocess(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+        """Final samples (the last stage's output) -> images in [-1, 1] model space at the output size;
+        e.g. latent models decode and project onto ``A x = y``.  Default: unchanged."""
+        return x
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
         """Per-sample text consistency in [0, 1] for final images ``x`` in [-1, 1] (None if unknown)."""
         return None
+
+    def exact_metrics(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator, prompt: str,
+                      sigma_y: float) -> dict:
+        """Metrics against the exact posterior, for worlds that have one (results.json ``exact``)."""
+        return {}
 
     def describe(self) -> dict:
         return {"name": self.info.name, "backend": self.info.backend, "device": str(self.device),
@@ -59,3 +114,8 @@ def check_options(options: dict, known: Sequence[str], what: str) -> None:
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise UsageError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+
+
+def is_backend(obj: Any) -> bool:
+    """Whether ``obj`` is a loaded backend (``explore`` also takes a model name or folder)."""
+    return isinstance(obj, Backend)

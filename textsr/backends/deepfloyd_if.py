@@ -37,8 +37,8 @@ from ..cascade import Stage
 from ..errors import InputImageError, UsageError
 from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
-from ..solvers import Noise, make_config
-from . import hub
+from ..solvers import Noise, canonical_name
+from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
@@ -265,7 +265,7 @@ class IFBackend(Backend):
         options ``steps``/``warm_start`` < the user's solver options (flat: every stage; nested under a
         stage name, e.g. ``{"stage_2": {"steps": 20}}``: that stage)."""
         try:
-            name = make_config(solver).name
+            name = canonical_name(solver)
         except ValueError as e:
             raise UsageError(str(e)) from e
         user = dict(solver_options or {})

@@ -21,8 +21,9 @@ import torch
 
 from ..denoiser import Prediction, eps_from_x0
 from ..errors import ModelNotFoundError, UsageError
+from ..guidance import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipModel
 from ..schedule import NoiseSchedule
-from ..solvers import SolverConfig, make_config
+from ..solvers import SolverConfig, canonical_name, make_config
 
 Source = tuple[str, str | None]
 
@@ -183,10 +184,10 @@ def stage_solver_config(solver: str, stage: str, stage_defaults: Mapping[str, Ma
     specific = solver_options.get(stage, {})
     if not isinstance(specific, Mapping):
         specific = {}
-    key = solver.lower().replace("_", "").replace("plus", "+")
-    opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
     try:
-        return make_config(solver, **opts)
+        key = canonical_name(solver)
+        opts = {**dict(stage_defaults.get(key, {})), **common, **dict(specific)}
+        return make_config(key, **opts)
     except (ValueError, TypeError) as e:
         raise UsageError(f"solver options for stage {stage!r}: {e}") from e
 
@@ -225,3 +226,37 @@ def merge_options(known: dict[str, Any], spec_defaults: Mapping[str, Any] | None
     check_options(spec_defaults, list(known), f"{what} (model spec defaults)")
     check_options(dict(options), list(known), what)
     return {**known, **spec_defaults, **dict(options)}
+
+
+# -- CLIP ---------------------------------------------------------------------------------------------
+def load_clip_model(source: Any, *, device: torch.device, dtype: torch.dtype, offline: bool,
+                    what: str = "CLIP model") -> ClipModel:
+    """A transformers CLIP checkpoint (e.g. ``openai/clip-vit-base-patch32``) as a ``ClipModel``: model,
+    tokenizer and the image processor's size/mean/std (OpenAI's constants if it has no processor config)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    src = resolve_source(source, what)
+    model = load_pretrained(CLIPModel, src, offline=offline, what=what, dtype=dtype).to(device)
+    tok = load_pretrained(CLIPTokenizer, src, offline=offline, what=f"{what} tokenizer")
+    size, mean, std = image_preprocessing(src, offline, model.config.vision_config.image_size)
+    return ClipModel(tokenizer=tok, clip_model=model, image_size=size, mean=mean, std=std)
+
+
+def image_preprocessing(src: tuple[str, str | None], offline: bool, default_size: int,
+                        subfolder: str | None = None) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(size, mean, std) for CLIP's input: the size is the vision tower's ``image_size`` (``default_size``:
+    CLIP needs exactly that), mean/std from a CLIPImageProcessor config next to the weights, or OpenAI's
+    published constants if there is none."""
+    from transformers import CLIPImageProcessor
+
+    path, base = src
+    sub = join_subfolder(base, subfolder)
+    try:
+        proc = CLIPImageProcessor.from_pretrained(path, local_files_only=offline,
+                                                  **({"subfolder": sub} if sub else {}))
+    except (OSError, ValueError):  # no preprocessor_config.json: CLIP's published constants apply
+        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    mean, std = getattr(proc, "image_mean", None), getattr(proc, "image_std", None)
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return default_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return default_size, tuple(float(m) for m in mean), tuple(float(v) for v in std)

@@ -26,14 +26,14 @@ import torch
 from ..cascade import Stage
 from ..denoiser import Prediction
 from ..errors import InputImageError, UsageError
-from ..guidance import ClipModel, image_preprocessing
+from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, int_option, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, image_preprocessing, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
-from .latent import PROJECTING_SOLVERS, SUPPORTED_SOLVERS, LatentOperator, ProjectingLatentDenoiser, decode_and_project
+from .latent import LatentOperator, ProjectingLatentDenoiser, decode_and_project, latent_solver
 from .latent import SOLVER_DEFAULTS as LATENT_SOLVER_DEFAULTS
 from .unclip import KarloText, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
 
@@ -173,13 +173,10 @@ class KandinskyBackend(Backend):
         lam = float_option(o, "unclip_lambda", lo=0.0, hi=1.0)
         if o["unclip_norm"] not in ("prior", "mix"):
             raise UsageError(f"option unclip_norm must be 'prior' or 'mix', got {o['unclip_norm']!r}")
-        key = solver.lower().replace("_", "").replace("plus", "+")
-        if key not in SUPPORTED_SOLVERS:
-            raise UsageError(f"solver {solver!r} needs a linear operator's SVD, which a latent model does not have; "
-                             f"use one of {', '.join(SUPPORTED_SOLVERS)} (experimental backend)")
+        projected = latent_solver(solver).projects
         check_stage_option_keys(solver_options, (STAGE,))
         den = KandinskyDenoiser(self.unet, self.schedule, self.adapter, guidance, lam, o["unclip_norm"])
-        codec, projected, e_neg = self.codec, key in PROJECTING_SOLVERS, self.zero_embedding()
+        codec, e_neg = self.codec, self.zero_embedding()
 
         def condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> KandinskyCond:
             if not isinstance(cond, KarloText):

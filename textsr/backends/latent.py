@@ -34,14 +34,13 @@ from ..errors import InputImageError, UsageError
 from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
+from ..solvers import SolverConfig, config_class, solver_classes
 from .base import Backend, ModelInfo, check_options
 from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, load_pretrained, merge_options,
                         noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
 
 BACKEND = "latent"
 STAGE = "latent"
-PROJECTING_SOLVERS = ("ddnm", "ddnm+")
-SUPPORTED_SOLVERS = ("plain", "ddnm", "ddnm+", "dps")
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "guidance_scale": 7.5,  # SD's usual CFG; a starting point for SR
@@ -219,6 +218,20 @@ def decode_and_project(codec: Any, z: torch.Tensor, y: torch.Tensor, operator: L
 # ------------------------------------------------------------------------------------------------
 # backend
 # ------------------------------------------------------------------------------------------------
+def latent_solver(solver: str) -> type[SolverConfig]:
+    """The config class of ``solver`` if it can run on latents (it must not need A's singular values,
+    which ``A(z) = A_pix(D(z))`` does not have); a ``UsageError`` listing the ones that can otherwise."""
+    try:
+        cls = config_class(solver)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if cls.needs_svd:
+        ok = [n for n, c in solver_classes().items() if not c.needs_svd]
+        raise UsageError(f"solver {solver!r} needs a linear operator's SVD, which a latent model does not have; "
+                         f"use one of {', '.join(ok)} (experimental backend)")
+    return cls
+
+
 class LatentBackend(Backend):
     """EXPERIMENTAL: one latent stage + ``postprocess`` (decode + exact pixel projection)."""
 
@@ -268,14 +281,11 @@ class LatentBackend(Backend):
         guidance = float_option(o, "guidance_scale", lo=0.0)
         if not isinstance(o["negative_prompt"], str):
             raise UsageError(f"option negative_prompt must be a string, got {o['negative_prompt']!r}")
-        key = solver.lower().replace("_", "").replace("plus", "+")
-        if key not in SUPPORTED_SOLVERS:
-            raise UsageError(f"solver {solver!r} needs a linear operator's SVD, which a latent model does not have; "
-                             f"use one of {', '.join(SUPPORTED_SOLVERS)} (experimental backend)")
+        projected = latent_solver(solver).projects
         check_stage_option_keys(solver_options, (STAGE,))
         null = self._hidden(o["negative_prompt"]) if o["negative_prompt"] else None
         den = LatentDenoiser(self.unet, self.schedule, self.adapter, guidance, null)
-        codec, projected = self.codec, key in PROJECTING_SOLVERS
+        codec = self.codec
 
         def bind(op: LinearOperator, y: torch.Tensor):
             lop = LatentOperator(op, codec, projected=projected)

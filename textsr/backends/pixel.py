@@ -34,7 +34,7 @@ from ..guidance import CLIPGuidance, ClipModel, GuidedCond
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, has_subfolder, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, has_subfolder, load_clip_model, load_pretrained,
                         merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         timestep_tensor)
 
@@ -169,7 +169,7 @@ def _load_with_fallback(cls: Any, src: tuple[str, str | None], sub: str, markers
 
 
 def load_clip(entry: Any, *, device: torch.device, dtype: torch.dtype, offline: bool) -> ClipModel:
-    return ClipModel.from_pretrained(entry, device=device, dtype=dtype, offline=offline, what="CLIP model")
+    return load_clip_model(entry, device=device, dtype=dtype, offline=offline, what="CLIP model")
 
 
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> PixelBackend:

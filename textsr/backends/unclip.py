@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from ..cascade import Stage
 from ..denoiser import Prediction
 from ..errors import InputImageError, UsageError
-from ..guidance import ClipModel, image_preprocessing
+from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo
-from .hf_common import (ModelOutputAdapter, spec_stages, float_option, has_subfolder, int_option, load_pretrained,
+from .hf_common import (ModelOutputAdapter, spec_stages, float_option, has_subfolder, image_preprocessing, int_option, load_pretrained,
                         merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         check_stage_option_keys, timestep_tensor)
 

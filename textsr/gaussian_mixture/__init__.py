@@ -8,7 +8,7 @@ Build a prior, get its exact denoiser, its exact posterior and an exact cascade:
     post = posterior(prior, AvgPool(4, (3, 64, 64)), y, sigma_y, tags="red")
     xs = post.sample(16, generator)                 # Matheron's rule, exact
     den(x_t, t, cond=post.mixture())               # exact posterior score
-    lo = prior.push_forward(AvgPool(4, (3, 64, 64)))                     # stage-I prior
+    lo = push_forward(prior, AvgPool(4, (3, 64, 64)))                   # stage-I prior
     cond = lowres_conditional(prior, AvgPool(4, (3, 64, 64)), x_lo)      # stage II, one per x_lo
 """
 

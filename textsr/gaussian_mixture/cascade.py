@@ -28,7 +28,8 @@ from ..operators import LinearOperator
 from .covariance import DiagCov, FullCov
 from .lowrank import LowRankCov
 from .mixture import GaussianMixture, MixtureBatch
-from .posterior import MAX_DENSE_M, _A, _At, equal_singular_values, posterior
+from .flat import apply_A, apply_At
+from .posterior import MAX_DENSE_M, equal_singular_values, posterior
 
 
 def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> GaussianMixture:
@@ -37,11 +38,11 @@ def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> Gaussian
         raise ValueError(f"operator acts on {operator.in_shape}, mixture has event shape {mixture.event_shape}")
     cov = mixture.cov
     K, m = mixture.K, math.prod(operator.out_shape)
-    mu = _A(operator, mixture.mu)
+    mu = apply_A(operator, mixture.mu)
     c = equal_singular_values(operator)
     if isinstance(cov, LowRankCov) and cov.projector is None and c is not None:
         r = cov.r
-        Ut = _A(operator, cov.Ut.reshape(K * r, -1)).reshape(K, r, m) if r else cov.Ut.new_zeros(K, 0, m)
+        Ut = apply_A(operator, cov.Ut.reshape(K * r, -1)).reshape(K, r, m) if r else cov.Ut.new_zeros(K, 0, m)
         new = cov._new(Ut, c * cov.s2, cov.range_var)  # same family (IsoCov stays IsoCov)
     else:
         if m > MAX_DENSE_M:
@@ -50,12 +51,12 @@ def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> Gaussian
                 "use a low-rank + isotropic prior and an operator with M M^T = c I (AvgPool)"
             )
         if isinstance(cov, DiagCov):
-            Ad = _At(operator, torch.eye(m, dtype=cov.dtype, device=cov.device))  # (m, d)
+            Ad = apply_At(operator, torch.eye(m, dtype=cov.dtype, device=cov.device))  # (m, d)
             new = FullCov((Ad * cov.var[:, None, :]) @ Ad.T)
         else:
             S = cov.dense()  # (K, d, d)
-            MS = _A(operator, S)  # rows of S mapped: (K, d, m) = (M S)^T
-            new = FullCov(_A(operator, MS.transpose(1, 2)))  # (K, m, m) = M S M^T
+            MS = apply_A(operator, S)  # rows of S mapped: (K, d, m) = (M S)^T
+            new = FullCov(apply_A(operator, MS.transpose(1, 2)))  # (K, m, m) = M S M^T
     return GaussianMixture._raw(mixture.log_weights, mu, new, mixture.tags, tuple(operator.out_shape))
 
 

@@ -100,7 +100,7 @@ class Covariance(ABC):
         return f"{type(self).__name__}(K={self.K}, d={self.d}, dtype={self.dtype})"
 
 
-def _check_abar(abar: float) -> float:
+def check_abar(abar: float) -> float:
     abar = float(abar)
     if not 0.0 < abar <= 1.0:
         raise ValueError(f"abar must lie in (0, 1], got {abar}")
@@ -152,7 +152,7 @@ class FullCov(Covariance):
         return self._root
 
     def diffuse(self, abar: float) -> "FullCov":
-        abar = _check_abar(abar)
+        abar = check_abar(abar)
         eye = torch.eye(self.d, dtype=self.dtype, device=self.device)
         return FullCov(abar * self.mat + (1.0 - abar) * eye)
 
@@ -200,7 +200,7 @@ class DiagCov(Covariance):
     device = property(lambda self: self.var.device)
 
     def diffuse(self, abar: float) -> "DiagCov":
-        abar = _check_abar(abar)
+        abar = check_abar(abar)
         return DiagCov(abar * self.var + (1.0 - abar))
 
     def matvec(self, v):

@@ -23,7 +23,7 @@ import torch
 
 from ..denoiser import Prediction
 from ..schedule import NoiseSchedule
-from .mixture import GaussianMixture, _MixtureOps, as_tagset
+from .mixture import GaussianMixture, MixtureOps, as_tagset
 from .posterior import Posterior
 
 
@@ -34,21 +34,21 @@ class MixtureDenoiser:
     """
 
     def __init__(self, mixture: GaussianMixture, schedule: NoiseSchedule):
-        if not isinstance(mixture, _MixtureOps):
+        if not isinstance(mixture, MixtureOps):
             raise TypeError(f"MixtureDenoiser needs a GaussianMixture or MixtureBatch, got {type(mixture).__name__}")
         self.mixture = mixture
         self.schedule = schedule
-        self._by_tags: dict[frozenset[str], _MixtureOps] = {}
+        self._by_tags: dict[frozenset[str], MixtureOps] = {}
 
-    def resolve(self, cond: Any) -> _MixtureOps | list[_MixtureOps]:
+    def resolve(self, cond: Any) -> MixtureOps | list[MixtureOps]:
         """The distribution (or per-item list) that ``cond`` names."""
         if cond is None:
             return self.mixture
-        if isinstance(cond, _MixtureOps):
+        if isinstance(cond, MixtureOps):
             return cond
         if isinstance(cond, Posterior):
             return cond.mixture()
-        if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, _MixtureOps) for c in cond):
+        if isinstance(cond, (list, tuple)) and cond and all(isinstance(c, MixtureOps) for c in cond):
             return list(cond)
         if isinstance(cond, str) or (isinstance(cond, (list, tuple, set, frozenset))
                                       and all(isinstance(c, str) for c in cond)):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .covariance import CHUNK, Covariance, _check_abar, chunks, randn
+from .covariance import CHUNK, Covariance, check_abar, chunks, randn
 from .projector import Projector
 
 
@@ -106,7 +106,7 @@ class LowRankCov(Covariance):
 
     # -- the Covariance interface -----------------------------------------------------------------
     def diffuse(self, abar: float) -> "LowRankCov":
-        abar = _check_abar(abar)
+        abar = check_abar(abar)
         g = None if self._grams is None else {k: abar * v for k, v in self._grams.items()}
         return self._new(math.sqrt(abar) * self.Ut, abar * self.s2 + (1 - abar),
                          abar * self.range_var + (1 - abar), g)

@@ -35,7 +35,7 @@ def as_tagset(tags) -> frozenset[str]:
     return out
 
 
-class _MixtureOps:
+class MixtureOps:
     """Shared exact-score machinery; subclasses set cov, means, _logw (Bm, K), event_shape, tags."""
 
     cov: Covariance
@@ -142,7 +142,7 @@ class _MixtureOps:
         return torch.tensor(idx, dtype=torch.long, device=self.device)
 
 
-class GaussianMixture(_MixtureOps):
+class GaussianMixture(MixtureOps):
     """``p(x) = sum_i w_i N(mu_i, Sigma_i)`` on flat vectors of ``d = prod(event_shape)``.
 
     weights: ``(K,)`` non-negative (renormalised); means: ``(K, d)`` or ``(K, *event_shape)``;
@@ -217,12 +217,6 @@ class GaussianMixture(_MixtureOps):
         x = x.reshape(n, *self.event_shape)
         return (x, idx) if return_components else x
 
-    def push_forward(self, operator) -> "GaussianMixture":
-        """The mixture of ``M x`` (see ``textsr.gaussian_mixture.cascade.push_forward``)."""
-        from .cascade import push_forward
-
-        return push_forward(self, operator)
-
     def to(self, device=None, dtype=None) -> "GaussianMixture":
         cv = dict(device=device, dtype=dtype)
         return GaussianMixture._raw(self._logw[0].to(**cv), self.mu.to(**cv), self.cov.to(**cv), self.tags,
@@ -232,7 +226,7 @@ class GaussianMixture(_MixtureOps):
         return f"GaussianMixture(K={self.K}, event_shape={self.event_shape}, cov={self.cov!r})"
 
 
-class MixtureBatch(_MixtureOps):
+class MixtureBatch(MixtureOps):
     """One Gaussian mixture per batch item, sharing the covariances: item b is
     ``sum_i w_bi N(m_bi, Sigma_i)`` with ``m_bi`` given by ``Means``.  ``Bm = 1`` broadcasts to any batch.
     Built by ``posterior(...).mixture()`` and ``lowres_conditional``; a ``MixtureDenoiser`` takes it as

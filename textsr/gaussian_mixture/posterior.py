@@ -28,6 +28,7 @@ import torch
 
 from ..operators import LinearOperator
 from .covariance import CHUNK, Covariance, FullCov, chunks, randn
+from .flat import apply_A, apply_At
 from .lowrank import LowRankCov, ProjectedCov
 from .projector import NullProjector
 from .mixture import GaussianMixture, MixtureBatch
@@ -45,24 +46,6 @@ def _flat_y(operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
     if tuple(y.shape[1:]) != out and not (y.ndim == 2 and y.shape[1] == math.prod(out)):
         raise ValueError(f"y must have shape (B, {', '.join(map(str, out))}) or {out}, got {tuple(y.shape)}")
     return y.reshape(y.shape[0], -1)
-
-
-def _A(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
-    """A on flat rows ``(n, d) -> (n, m)``, chunked."""
-    d = math.prod(op.in_shape)
-    flat = x.reshape(-1, d)
-    out = [op.A(flat[s].reshape(-1, *op.in_shape)).reshape(s.stop - s.start, -1)
-           for s in chunks(flat.shape[0], 4 * CHUNK)]
-    return torch.cat(out).reshape(*x.shape[:-1], -1)
-
-
-def _At(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
-    """A^T on flat rows ``(n, m) -> (n, d)``, chunked."""
-    m = math.prod(op.out_shape)
-    flat = v.reshape(-1, m)
-    out = [op.At(flat[s].reshape(-1, *op.out_shape)).reshape(s.stop - s.start, -1)
-           for s in chunks(flat.shape[0], 4 * CHUNK)]
-    return torch.cat(out).reshape(*v.shape[:-1], -1)
 
 
 def equal_singular_values(operator: LinearOperator, rtol: float = 1e-6) -> float | None:
@@ -93,7 +76,7 @@ class _LowRankSolver:
                     "posterior needs A A^T's eigenbasis; use an operator with A A^T = c I (AvgPool) or smaller images"
                 )
             eye = torch.eye(m, dtype=torch.float64, device=cov.device)
-            AAt = _A(op, _At(op, eye))
+            AAt = apply_A(op, apply_At(op, eye))
             lam, E = torch.linalg.eigh(0.5 * (AAt + AAt.T))
             self.lam, self.E = lam.clamp(min=0), E.to(cov.dtype)
         else:
@@ -104,8 +87,8 @@ class _LowRankSolver:
                 "G = sigma_y^2 I + A Sigma A^T is singular: a noiseless posterior (sigma_y = 0) needs an operator "
                 "of full row rank and components with s2 > 0"
             )
-        self.Bt = self._rot(_A(op, cov.Ut.reshape(K * r, d))).reshape(K, r, m) if r else None  # (K, r, m)
-        self.Amu = self._rot(_A(op, mu))  # (K, m)
+        self.Bt = self._rot(apply_A(op, cov.Ut.reshape(K * r, d))).reshape(K, r, m) if r else None  # (K, r, m)
+        self.Amu = self._rot(apply_A(op, mu))  # (K, m)
         self.Dc = self.D.to(cov.dtype)
         if r:
             BD = self.Bt / self.Dc[:, None, :]
@@ -162,7 +145,7 @@ class _DenseSolver:
                 "use a low-rank + isotropic prior (LowRankIsoCov/IsoCov) for large images"
             )
         eye = torch.eye(m, dtype=cov.dtype, device=cov.device)
-        self.Ad = _At(op, eye)  # (m, d): row j is A^T e_j, i.e. A itself
+        self.Ad = apply_At(op, eye)  # (m, d): row j is A^T e_j, i.e. A itself
         self.Sd = cov.dense()
         self.SAt = self.Sd @ self.Ad.T  # (K, d, m) = Sigma_i A^T
         G = self.Ad @ self.SAt + sigma_y**2 * eye
@@ -233,8 +216,8 @@ class Posterior:
         bidx = torch.arange(n, device=prior.device) if B > 1 else torch.zeros(n, dtype=torch.long, device=prior.device)
         x = prior.mu[kidx] + prior.cov.sample(kidx, generator)  # x ~ N(mu_i, Sigma_i)
         e = self.sigma_y * randn((n, self.y.shape[1]), generator, x)  # e ~ N(0, sigma_y^2 I)
-        v = self.y[bidx] - _A(op, x) - e
-        x = x + prior.cov.matvec_idx(_At(op, self._solver.solve(v, kidx)), kidx)  # + Sigma A^T G^{-1} v
+        v = self.y[bidx] - apply_A(op, x) - e
+        x = x + prior.cov.matvec_idx(apply_At(op, self._solver.solve(v, kidx)), kidx)  # + Sigma A^T G^{-1} v
         x = x.reshape(n, *prior.event_shape)
         return (x, kidx) if return_components else x
 
@@ -292,11 +275,11 @@ class Posterior:
         rho = s * sig2 / g
         beta = s / g
         ar = torch.arange(K, device=prior.device)
-        mu_p = prior.mu + cov.matvec_idx(_At(op, sol.solve(-sol.Amu, ar)), ar)
-        base = _At(op, self.y)  # (B, d)
+        mu_p = prior.mu + cov.matvec_idx(apply_At(op, sol.solve(-sol.Amu, ar)), ar)
+        base = apply_At(op, self.y)  # (B, d)
         if r:
             Bt = sol.Bt  # (K, r, m)
-            RUt = _At(op, Bt.reshape(K * r, -1)).reshape(K, r, d) / c
+            RUt = apply_At(op, Bt.reshape(K * r, -1)).reshape(K, r, d) / c
             Xt = s[:, None, None] * (cov.Ut - RUt) + rho[:, None, None] * RUt
             URU = Bt @ Bt.transpose(1, 2) / c
             Mmat = s[:, None, None] ** 2 * torch.eye(r, dtype=s.dtype, device=s.device) + (s - rho)[:, None, None] * URU

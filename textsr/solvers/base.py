@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Sequence
 
 import torch
 
@@ -108,8 +108,11 @@ class SolverConfig:
     skip: int = 0
     init: Literal["noise", "pinv"] = "noise"
 
-    name = "base"
-    needs_grad = False
+    # -- what the solver is and needs (class-level; backends and the CLI derive compatibility from it)
+    name: ClassVar[str] = "base"  # the registry name
+    needs_grad: ClassVar[bool] = False  # differentiates through the denoiser (DPS, PiGDM)
+    needs_svd: ClassVar[bool] = False  # always needs A's singular values (operator.spectral): PiGDM
+    projects: ClassVar[bool] = False  # projects x0_hat onto A x = y itself (DDNM family)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:

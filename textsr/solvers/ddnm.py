@@ -46,6 +46,7 @@ class DDNMConfig(SolverConfig):
     """Reference defaults: 100 steps, eta = 0.85 (DDNM parameterisation), no time-travel."""
 
     name = "ddnm"
+    projects = True
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class DDNMPlusConfig(SolverConfig):
 
     mode: Literal["svd", "simplified"] = "svd"
     name = "ddnm+"
+    projects = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

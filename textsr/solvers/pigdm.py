@@ -53,6 +53,7 @@ class PiGDMConfig(SolverConfig):
     zeta: float = 0.5
     name = "pigdm"
     needs_grad = True
+    needs_svd = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -11,7 +11,7 @@ import torch
 from ..denoiser import Denoiser
 from ..schedule import NoiseSchedule, travel_schedule
 from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
-from .registry import step_function
+from ..solver_registry import step_function
 
 
 @dataclass

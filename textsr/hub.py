@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import urlparse
 
-from ..errors import ModelNotFoundError
+from .errors import ModelNotFoundError
 
 _TRUE = {"1", "true", "yes", "on"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+")

@@ -64,6 +64,8 @@ TABLE1_METHODS = [
     Method("PiGDM (nvlabs weighting)", "pigdm", (("weighting", "nvlabs"),)),
     # the DDPM posterior step (beta_tilde: these priors have no learned variance), the paper code's step
     Method("DDNM (ddpm step)", "ddnm", (("step_kind", "ddpm"),)),
+    # the same variance as the ddpm step, written with the network's eps instead of x_t: isolates the mean
+    Method("DDNM (ddim step, eta=1)", "ddnm", (("step_kind", "ddim"), ("eta", 1.0))),
     Method("DDNM+ (ddpm step)", "ddnm+", (("step_kind", "ddpm"),)),
     Method("DPS zeta=0.3 (ddpm step)", "dps", (("zeta", 0.3), ("step_kind", "ddpm"))),
     Method("DPS zeta=1.0 (ddpm step)", "dps", (("zeta", 1.0), ("step_kind", "ddpm"))),

@@ -9,6 +9,7 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
 2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
+   ``apply_preset``: the preset (``textsr.presets``), if any, merged under the explicit options;
 3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
 4. ``sample_prompt`` for each prompt: the backend's cascade, then the per-sample metrics;
 5. ``collect_settings``: the resolved settings of the run (``ExploreSettings``).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,7 +48,7 @@ class ExploreRequest:
     solver: str  # the registry name
     samples: int
     seed: int
-    operator: str
+    operator: str | None  # None: the preset's (after apply_preset), else avgpool
     sigma_y: float
     solver_options: dict
     model_options: dict
@@ -56,6 +57,7 @@ class ExploreRequest:
     simulate: bool
     batch_size: int
     max_pixels: int
+    preset: str | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -92,11 +94,13 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
 
 def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str,
                  samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
-                 operator: str, sigma_y: float, steps: int | None, solver_options: dict | None,
+                 operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
                  model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
-                 batch_size: int | None, max_pixels: int) -> ExploreRequest:
-    """Phase 1: validate every argument before any model loads or any sampling starts."""
+                 batch_size: int | None, max_pixels: int, preset: str | None = None) -> ExploreRequest:
+    """Phase 1: validate every argument before any model loads or any sampling starts (a preset is
+    checked against the model's backend from its spec, without loading it)."""
     from .operators import OPERATORS
+    from .presets import check_preset
     from .solver_registry import canonical_name
 
     if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 32:
@@ -105,8 +109,10 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
         raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
     if not math.isfinite(sigma_y) or sigma_y < 0:
         raise UsageError(f"sigma_y must be >= 0 (in [-1, 1] units), got {sigma_y}")
-    if operator not in OPERATORS:
+    if operator is not None and operator not in OPERATORS:
         raise UsageError(f"unknown operator {operator!r}; choose one of {', '.join(sorted(OPERATORS))}")
+    if preset is not None:
+        check_preset(preset, model_backend(model))
     try:
         solver = canonical_name(solver)
     except ValueError as e:
@@ -118,7 +124,18 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
         image=image, prompts=expand_prompts(prompts, template, values), scale=scale, model=model, solver=solver,
         samples=samples, seed=int(seed), operator=operator, sigma_y=float(sigma_y), solver_options=solver_options,
         model_options=dict(model_options or {}), device=device, dtype=dtype, simulate=bool(simulate),
-        batch_size=batch_size or samples, max_pixels=max_pixels)
+        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset)
+
+
+def model_backend(model: Any) -> str:
+    """The backend kind (``"deepfloyd-if"`` ...) of a loaded backend, registry name, folder or spec,
+    read from its spec (no weights loaded)."""
+    from .backends.base import Backend
+    from .model_registry import resolve_spec
+
+    if isinstance(model, Backend):
+        return model.info.backend
+    return str(resolve_spec(model)["backend"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -134,6 +151,17 @@ def resolve_backend(req: ExploreRequest) -> Any:
         return req.model
     dev = resolve_device(req.device)
     return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+
+
+def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
+    """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
+    under the explicit ones, for this backend's stages (``textsr.presets``)."""
+    from .presets import STAGE_KEYS, resolve_preset
+
+    r = resolve_preset(req.preset, backend=backend.info.backend, solver=req.solver, operator=req.operator,
+                       solver_options=req.solver_options, model_options=req.model_options,
+                       stages=tuple(getattr(backend, "stage_names", STAGE_KEYS)))
+    return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,11 +341,12 @@ def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stage
     """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config."""
     known = base_cfg.to_dict()
     solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
-    per_stage = tuple({"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages)
+    per_stage = tuple({"stage": s.name, **(s.solver.to_dict() if s.solver else {}),
+                       **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
     return ExploreSettings(
         input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator,
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""))
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
 
 
 def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:
@@ -348,7 +377,7 @@ def explore(
     seed: int = 0,
     template: str | None = None,
     values: Sequence[str] | str | None = None,
-    operator: str = "avgpool",
+    operator: str | None = None,
     sigma_y: float = 0.0,
     steps: int | None = None,
     solver_options: dict | None = None,
@@ -358,6 +387,7 @@ def explore(
     simulate: bool = False,
     batch_size: int | None = None,
     max_pixels: int = 4_000_000,
+    preset: str | None = None,
     callback: Callable[[Progress], None] | None = None,
 ) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
@@ -366,8 +396,12 @@ def explore(
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
     model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
+    operator: the downsampling operator A (``avgpool``, ``bicubic``, ``bicubic-reflect``); None: the
+    preset's, else ``avgpool``.
     sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value).
     steps: shorthand for ``solver_options["steps"]`` (applies to every stage).
+    preset: named settings (``"paper"``: the text-guided SR paper's DeepFloyd IF setting, see
+    ``textsr.presets``); explicit arguments override it; results.json records it and what it resolved to.
     """
     from .solver_registry import make_config
 
@@ -375,8 +409,9 @@ def explore(
     req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
                        template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
                        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
-                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels)
+                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset)
     backend = resolve_backend(req)
+    req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
     meas = build_measurement(req, backend)
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)

@@ -4,7 +4,7 @@ A manifest is a JSON list or a JSONL file of jobs; each job is the keyword argum
 ``textsr.explore`` plus ``"out"`` (its output folder)::
 
     {"image": "faces/001.png", "prompts": ["an elderly woman"], "scale": 16, "model": "deepfloyd-if",
-     "samples": 8, "seed": 0, "out": "results/001"}
+     "samples": 8, "seed": 0, "out": "results/001", "preset": "paper"}
 
 Relative paths are relative to the manifest.  Every job builds the same ``explore`` call the CLI
 builds, and writes its folder atomically; a job whose ``results.json`` exists is skipped unless
@@ -25,7 +25,7 @@ from .errors import TextSRError, UsageError
 
 JOB_KEYS = {"image", "prompts", "scale", "model", "solver", "samples", "seed", "template", "values", "operator",
             "sigma_y", "steps", "solver_options", "model_options", "device", "dtype", "simulate", "batch_size",
-            "max_pixels"}
+            "max_pixels", "preset"}
 
 
 @dataclass

@@ -206,6 +206,10 @@ class IFBackend(Backend):
     def stage_divisors(self) -> tuple[int, ...]:
         return (4, 1) if self.stage_2 is not None else (1,)
 
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGE_KEYS[: len(self.stage_divisors)]
+
     def output_multiple(self) -> int:
         """Output sides must be multiples of this."""
         if self.stage_2 is None:
@@ -269,7 +273,7 @@ class IFBackend(Backend):
         except ValueError as e:
             raise UsageError(str(e)) from e
         user = dict(solver_options or {})
-        names = STAGE_KEYS[: len(self.stage_divisors)]
+        names = self.stage_names
         check_stage_option_keys(user, names)
         given = [set(k for k, v in user.items() if not isinstance(v, Mapping)) | set(user.get(n, {})) for n in names]
         if opts.steps is not None and any("steps" in g for g in given):
@@ -306,7 +310,7 @@ class IFBackend(Backend):
                 cond_fn = partial(self._condition_stage_2, noise_level=opts.noise_level)
             stages.append(Stage(name=key, denoiser=den, divisor=self.stage_divisors[k], channels=self.channels,
                                 condition=cond_fn, solver=cfgs[k],
-                                extra={"guidance_scale": opts.guidance_scale[k],
+                                extra={"guidance_scale": opts.guidance_scale[k], "thresholding": opts.thresholding,
                                        **({"noise_level": opts.noise_level} if k == 1 else {})}))
         return stages
 

@@ -82,6 +82,34 @@ def time_steps(step, den, problem, cfg, cond, steps: int, batch: int, size: int)
     return times[0], times[len(times) // 2]
 
 
+def best_of(fn, repeat: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def changed_operations(op, batch: int, size: int, repeat: int) -> list[tuple[str, float]]:
+    """The two changed operations alone (fastest of ``repeat``): thresholding one x0_hat batch, and the
+    DDNM+ svd noise term (the noise projected twice vs once)."""
+    g = torch.Generator().manual_seed(0)
+    x0 = 1.3 * torch.randn(batch, 3, size, size, generator=g)
+    n = torch.randn(batch, 3, size, size, generator=g)
+    sigma, gamma = 0.6, lambda s: torch.sqrt(torch.clamp(0.36 - (0.1 / s) ** 2, min=0.0))  # noqa: E731
+    keep = lambda s: 1.0 - gamma(s) / sigma  # noqa: E731
+    with torch.no_grad():
+        return [
+            ("threshold x0_hat: torch.quantile", best_of(lambda: threshold_with_quantile(x0, 0.95, 1.0), repeat)),
+            ("threshold x0_hat: kthvalue", best_of(lambda: dynamic_threshold(x0, 0.95, 1.0), repeat)),
+            ("DDNM+ noise term: project_null + spectral", best_of(
+                lambda: sigma * op.project_null(n) + op.spectral(n, gamma), repeat)),
+            ("DDNM+ noise term: one spectral", best_of(lambda: sigma * n - op.spectral(sigma * n, keep), repeat)),
+        ]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
@@ -118,6 +146,11 @@ def main(argv=None) -> None:
     run("DDNM+ svd sigma_y=0.05, noise projected once (after)", ddnm_plus_step, dynamic_threshold, "ddnm+", 0.05)
     run("DDNM+ svd sigma_y=0.05, ddpm step, learned variance", ddnm_plus_step, dynamic_threshold, "ddnm+", 0.05,
         step_kind="ddpm")
+    print(f"\nthe changed operations alone, batch {args.batch}, {args.size} px (ms, fastest of 200)")
+    print("| operation | ms |\n|---|---|")
+    for label, sec in changed_operations(op, args.batch, args.size, 200):
+        recs.append({"operation": label, "seconds_min": sec, "batch": args.batch, "size": args.size})
+        print(f"| {label} | {1000 * sec:.1f} |")
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:

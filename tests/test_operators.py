@@ -558,3 +558,18 @@ def test_cli_and_app_offer_every_operator():
     from textsr.app.ui import OPERATORS as APP_OPERATORS
 
     assert sorted(APP_OPERATORS) == sorted(OPERATORS)
+
+
+@pytest.mark.parametrize("f,h,w", [(3, 27, 36), (4, 64, 48), (8, 64, 64)])
+def test_bicubic_and_avgpool_make_the_lr_images_of_pil(f, h, w):
+    """What the README's operator table says: PIL's bicubic resize makes Bicubic's LR image and
+    Image.reduce AvgPool's (float images, so no 8-bit rounding: to float32 precision)."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.random.default_rng(f).random((h, w)).astype(np.float32)
+    img = Image.fromarray(x, mode="F")
+    t = torch.from_numpy(x)[None, None].double()
+    pil_bicubic = np.asarray(img.resize((w // f, h // f), Image.BICUBIC))
+    assert np.abs(pil_bicubic - Bicubic(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6
+    assert np.abs(np.asarray(img.reduce(f)) - AvgPool(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6

@@ -1,7 +1,7 @@
 """Denoiser -> Denoiser guidance wrappers (they stack) and a small differentiable CLIP helper.
 
 * ``ClassifierFreeGuidance`` lives in ``textsr.denoiser`` and is re-exported here.
-* ``CLIPGuidance`` (ALGORITHMS.md, "Text guidance" 2): steers an unconditional (or class-conditional)
+* ``CLIPGuidance`` (docs/method.md, "CLIP guidance"): steers an unconditional (or class-conditional)
   prior toward a prompt with the CLIP energy ``E(x0) = 1 - cos(f_img(resize_normalise(x0_hat)), f_txt)``.
   The wrapper changes the ``Prediction`` the solver sees: ``x0_hat <- x0_hat - step`` and ``eps``
   recomputed to match, so the solver's own data-consistency projection (DDNM) still comes *after* the

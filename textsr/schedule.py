@@ -1,7 +1,7 @@
 """Variance-preserving noise schedules, timestep spacing, time-travel and the DDPM posterior of a strided pair
 (the diffusion steps themselves are in ``solvers.step``).
 
-Notation follows ALGORITHMS.md: ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
+Notation follows docs/method.md ("Notation"): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
 Timesteps are integer indices into ``alphas_cumprod`` (0 .. T-1); the index ``-1`` stands for the
 clean image (``abar_{-1} = 1``), so the last step of every sampler is a step to ``t = -1``.
 """

@@ -1,4 +1,5 @@
-"""DeepFloyd IF as a cascade of Denoisers (ALGORITHMS.md, "Multi-stage (cascaded) text-to-image models").
+"""DeepFloyd IF as a cascade of Denoisers (docs/method.md, "Cascades";
+the paper's own loop: docs/paper-if-loop.md).
 
 * Stage I (IF-I-XL/L/M): text -> image at 1/4 of the output size (64 px for 256 px); its operator is the
   downsampler by ``scale / 4`` (identity at x4).
@@ -42,6 +43,7 @@ from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
+from .options import number
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -114,7 +116,7 @@ class IFOptions:
         if o.get("steps") is not None:
             o["steps"] = _pair(o["steps"], "steps", int)
         if o.get("warm_start") is not None:
-            o["warm_start"] = float(o["warm_start"])
+            o["warm_start"] = number(o["warm_start"], "warm_start")
         return cls(**o)
 
 

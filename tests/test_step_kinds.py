@@ -108,7 +108,7 @@ def test_ddpm_without_learned_variance_is_ddim_at_eta_1(solver):
 
 def test_ddpm_step_keeps_the_prior_variance_where_eta_085_under_disperses():
     """No measurement (A's range empty of information: y = 0 through AvgPool on N(0, I)): the null-space
-    variance with the DDPM step is 1 (the ddnm step at eta = 0.85 gives ~0.72, ALGORITHMS.md pitfall)."""
+    variance with the DDPM step is 1 (the ddnm step at eta = 0.85 gives ~0.72, docs/pitfalls.md, "DDNM's eta = 0.85 step under-disperses")."""
     op = ops.AvgPool(4, (1, 8, 8))
     den = GaussianDenoiser(LINEAR, c=1.0)
     y = torch.zeros(1, 1, 2, 2, dtype=F64)

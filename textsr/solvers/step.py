@@ -5,7 +5,7 @@ Every kind is written as one Gaussian transition around the solver's clean estim
 
     x_s = a x0 + m + sigma n,     n of unit variance per element
 
-* ``"ddnm"`` (DDNM's parameterisation, ALGORITHMS.md): ``a = sqrt(abar_s)``, ``m = 0``,
+* ``"ddnm"`` (DDNM's parameterisation, docs/method.md, "The sampling loop"): ``a = sqrt(abar_s)``, ``m = 0``,
   ``sigma = sqrt(1 - abar_s)``, ``n = eta z + sqrt(1 - eta^2) eps``.
 * ``"ddim"`` (Song et al. 2021, eq. 12; eta = 1 is DDPM's ancestral step with ``beta_tilde``):
   ``a = sqrt(abar_s)``, ``m = 0``, ``sigma = sqrt(1 - abar_s)``,

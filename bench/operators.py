@@ -124,7 +124,8 @@ def border_difference_table() -> list[dict]:
     x = torch.cat([power_law_field(4, HR, 1.5, g), rendered_shapes(4, HR, g)])
     for f in FACTORS:
         d = (BicubicReflect(f, (3, HR, HR)).A(x) - Bicubic(f, (3, HR, HR)).A(x)).abs()
-        rows.append({"factor": f, "max_abs_diff": d.max().item(), "max_abs_diff_interior": d[..., 2:-2, 2:-2].max().item()})
+        rows.append({"factor": f, "max_abs_diff": d.max().item(),
+                     "max_abs_diff_interior": d[..., 2:-2, 2:-2].max().item()})
     return rows
 
 

@@ -32,7 +32,8 @@ def main(argv=None) -> None:
     lr = (0.25 + 0.5 * torch.rand(4, 4, 3, generator=torch.Generator().manual_seed(3))).numpy()  # 4x4 -> 32x32 (x8)
     recs = []
     print(f"preset paper on the tiny IF, x8 (4x4 -> 32x32), {args.samples} samples, sigma_y = 0")
-    print("| solver | steps (stage I, II) | first t of stage I | LR-PSNR min / max (dB) | seconds |\n|---|---|---|---|---|")
+    print("| solver | steps (stage I, II) | first t of stage I | LR-PSNR min / max (dB) | seconds |")
+    print("|---|---|---|---|---|")
     for solver in ("ddnm", "ddnm+", "dps", "pigdm", "plain"):
         t0 = time.perf_counter()
         out = explore(lr, ["a photo of a cat"], scale=8, model=str(spec), solver=solver, samples=args.samples,
@@ -46,7 +47,8 @@ def main(argv=None) -> None:
                      "lr_psnr": psnr, "seconds": sec, "operator": out.settings.operator})
         print(f"| {solver} | {st[0]['steps']} (skip {st[0]['skip']}), {st[1]['steps']} | {first} | "
               f"{min(psnr):.1f} / {max(psnr):.1f} | {sec:.1f} |")
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    machine = platform.processor() or platform.machine()
+    print(f"\n{machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(recs, f, indent=1)

@@ -151,7 +151,8 @@ def main(argv=None) -> None:
     for label, sec in changed_operations(op, args.batch, args.size, 200):
         recs.append({"operation": label, "seconds_min": sec, "batch": args.batch, "size": args.size})
         print(f"| {label} | {1000 * sec:.1f} |")
-    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    machine = platform.processor() or platform.machine()
+    print(f"\n{machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(recs, f, indent=1)

@@ -522,7 +522,8 @@ def test_non_dividing_factor_says_what_to_crop_to(name):
 
 
 def test_unknown_operator_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown operator 'lanczos'; known operators: avgpool, bicubic, bicubic-reflect"):
+    with pytest.raises(ValueError,
+                       match=r"unknown operator 'lanczos'; known operators: avgpool, bicubic, bicubic-reflect"):
         make_operator("lanczos", 4, (3, 64, 64))
 
 

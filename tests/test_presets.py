@@ -72,7 +72,8 @@ def test_unknown_preset_and_other_backends_are_usage_errors():
     with pytest.raises(UsageError, match="unknown preset 'papr'; choose one of paper"):
         check_preset("papr")
     for backend in ("builtin-shapes", "unclip", "latent", "kandinsky", "pixel", "gaussian-mixture"):
-        with pytest.raises(UsageError, match=f"preset 'paper' is for deepfloyd-if models .*; this model is a '{backend}'"):
+        with pytest.raises(UsageError,
+                           match=f"preset 'paper' is for deepfloyd-if models .*; this model is a '{backend}'"):
             resolve_preset("paper", backend=backend, solver="ddnm", operator=None, solver_options={}, model_options={})
     assert set(PRESETS["paper"].solver_options) == {"plain", "ddnm", "ddnm+", "dps", "pigdm"}
 
@@ -103,7 +104,8 @@ def test_explore_records_the_preset_and_every_stage(tiny_spec, lr_image, tmp_pat
     assert (s1["stage"], s1["steps"], s1["step_kind"], s1["init"], s1["weighting"], s1["zeta"]) == \
         ("stage_1", 4, "ddpm", "pinv", "official", 0.5)
     assert s1["start"] == pytest.approx(0.6) and s1["skip"] == 0
-    assert (s2["steps"], s2["step_kind"], s2["init"], s2["start"], s2["weighting"]) == (4, "ddpm", "noise", 1.0, "official")
+    assert (s2["steps"], s2["step_kind"], s2["init"], s2["start"], s2["weighting"]) == \
+        (4, "ddpm", "noise", 1.0, "official")
     assert s1["model_options"] == {"guidance_scale": 5.0, "thresholding": True}
     assert s2["model_options"] == {"guidance_scale": 3.0, "thresholding": True, "noise_level": 250}
     assert schema_errors(res) == []
@@ -116,7 +118,8 @@ def test_explore_refuses_the_preset_for_other_models_before_loading(lr_image, mo
     from textsr import api, explore
 
     monkeypatch.setattr(api, "resolve_backend", lambda req: pytest.fail("the model was loaded"))
-    with pytest.raises(UsageError, match="preset 'paper' is for deepfloyd-if models .*; this model is a 'shapes' model"):
+    with pytest.raises(UsageError,
+                       match="preset 'paper' is for deepfloyd-if models .*; this model is a 'shapes' model"):
         explore(lr_image, ["a red circle"], scale=SCALE, model="builtin-shapes", preset="paper")
     with pytest.raises(UsageError, match="unknown preset"):
         explore(lr_image, ["a red circle"], scale=SCALE, model="builtin-shapes", preset="fast")
@@ -135,7 +138,8 @@ def lr_png(tmp_path_factory):
     from PIL import Image
 
     path = tmp_path_factory.mktemp("lr") / "lr.png"
-    Image.fromarray((64 + 128 * torch.rand(LR, LR, 3, generator=torch.Generator().manual_seed(0))).byte().numpy()).save(path)
+    pixels = 64 + 128 * torch.rand(LR, LR, 3, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.byte().numpy()).save(path)
     return path
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 from textsr import operators as ops
 from textsr.denoiser import Prediction
 from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem
@@ -15,7 +16,6 @@ from textsr.solvers import Noise, Problem, make_config, sample
 from textsr.solvers.ddnm import ddnm_plus_step
 from textsr.solvers.sample import solver_timesteps
 from textsr.solvers.step import transition
-from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 
 F64 = torch.float64
 LINEAR, COSINE = NoiseSchedule.linear(), NoiseSchedule.cosine()
@@ -108,7 +108,8 @@ def test_ddpm_without_learned_variance_is_ddim_at_eta_1(solver):
 
 def test_ddpm_step_keeps_the_prior_variance_where_eta_085_under_disperses():
     """No measurement (A's range empty of information: y = 0 through AvgPool on N(0, I)): the null-space
-    variance with the DDPM step is 1 (the ddnm step at eta = 0.85 gives ~0.72, docs/pitfalls.md, "DDNM's eta = 0.85 step under-disperses")."""
+    variance with the DDPM step is 1 (the ddnm step at eta = 0.85 gives ~0.72,
+    docs/pitfalls.md, "DDNM's eta = 0.85 step under-disperses")."""
     op = ops.AvgPool(4, (1, 8, 8))
     den = GaussianDenoiser(LINEAR, c=1.0)
     y = torch.zeros(1, 1, 2, 2, dtype=F64)

@@ -136,7 +136,8 @@ def _common_options(f):
                      show_default=True, help="Output folder."),
         click.option("--operator", type=click.Choice(OPERATOR_CHOICES),
                      help="Downsampling model A: avgpool (block mean; the default), bicubic (PIL / torch "
-                          "antialias), bicubic-reflect (MATLAB imresize, SR benchmarks' LR images; the paper preset's)."),
+                          "antialias), bicubic-reflect (MATLAB imresize, SR benchmarks' LR images; the paper "
+                          "preset's)."),
         click.option("--preset", type=click.Choice(PRESET_CHOICES),
                      help="Named settings: paper = the text-guided SR paper's DeepFloyd IF setting (see README); "
                           "explicit options override it."),
@@ -170,7 +171,8 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     if travel:
         sopts["travel_length"], sopts["travel_repeat"] = travel
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y, steps=steps,
+                solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y,
+                steps=steps,
                 solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
                 batch_size=batch_size, max_pixels=max_pixels)
 

@@ -38,7 +38,6 @@ from .base import Noise, Problem, SolverConfig, StepResult
 from .dps import detached, per_sample_norm
 from .step import diffusion_step
 
-
 WEIGHTINGS = ("tweedie", "nvlabs", "literal", "official")
 
 
@@ -58,11 +57,13 @@ class PiGDMConfig(SolverConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"PiGDM weighting must be one of {', '.join(map(repr, WEIGHTINGS))}, got {self.weighting!r}")
+            known = ", ".join(map(repr, WEIGHTINGS))
+            raise ValueError(f"PiGDM weighting must be one of {known}, got {self.weighting!r}")
         if not math.isfinite(self.scale) or self.scale < 0:
             raise ValueError(f"PiGDM guidance scale must be >= 0, got {self.scale}")
         if not math.isfinite(self.zeta) or self.zeta < 0:
-            raise ValueError(f"PiGDM step size zeta (weighting='official') must be a finite number >= 0, got {self.zeta}")
+            raise ValueError(f"PiGDM step size zeta (weighting='official') must be a finite number >= 0, "
+                             f"got {self.zeta}")
 
 
 def _weighted_norm(problem: Problem, resid: torch.Tensor, r2: float) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch
 
 from ..denoiser import Denoiser
 from ..schedule import NoiseSchedule, travel_schedule
-from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
 from ..solver_registry import step_function
+from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
 
 
 @dataclass

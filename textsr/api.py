@@ -60,6 +60,13 @@ class ExploreRequest:
     preset: str | None = None
 
     @property
+    def operator_name(self) -> str:
+        """The operator's name once ``apply_preset`` has resolved it."""
+        if self.operator is None:
+            raise RuntimeError("the operator is resolved by apply_preset (phase 2b) before it is used")
+        return self.operator
+
+    @property
     def seeds(self) -> list[int]:
         """Sample k uses ``seed + k`` (its own generator: a batch item equals the same seed alone)."""
         return [self.seed + k for k in range(self.samples)]
@@ -229,7 +236,7 @@ def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndar
     h, w = arr.shape[:2]
     check_scale(h, w, req.scale)
     x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-    y = make_operator(req.operator, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    y = make_operator(req.operator_name, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
     if req.sigma_y > 0:
         gen = torch.Generator().manual_seed(req.seed + 10_007)
         y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -257,7 +264,7 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
     backend.check_size((h, w), req.scale)
     notes.extend(backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    operator = make_operator(req.operator, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
                        notes=notes, reference=reference)
 
@@ -314,7 +321,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     xs = []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
-                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator, f, s),
+                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
     x = torch.cat(xs)
@@ -344,7 +351,7 @@ def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stage
     per_stage = tuple({"stage": s.name, **(s.solver.to_dict() if s.solver else {}),
                        **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
     return ExploreSettings(
-        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator,
+        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
         device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
 

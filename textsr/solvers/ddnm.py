@@ -114,7 +114,7 @@ def ddnm_plus_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t
     x0 = x0_hat - A.spectral(r, lam_fn)
     x_s = a * x0 + tr.m
     if tr.n is not None:
-        n = tr.noise()  # sigma n: std sigma everywhere, then gamma_i along v_i (projected once)
+        n = tr.sigma * tr.n  # sigma n: std sigma everywhere, then gamma_i along v_i (projected once)
         x_s = x_s + n - A.spectral(n, keep_fn)
     return StepResult(x_next=x_s, x0_hat=x0_hat, x0=x0)
 

@@ -92,9 +92,9 @@ def pigdm_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_nex
             v = A.spectral(A.A_pinv(resid), lambda s: s**2 / (r2 * s**2 + sigma_y**2))
         (g,) = torch.autograd.grad((v * pred.x0).sum(), x_in)  # vector-Jacobian product, eq. 8
     g = cfg.scale * g
-    x0_hat, eps, v = pred.x0.detach(), pred.eps.detach(), detached(pred.v)
+    x0_hat, eps, v_model = pred.x0.detach(), pred.eps.detach(), detached(pred.v)
     if cfg.weighting != "tweedie":
-        x_s = diffusion_step(x0_hat, x_t, eps, v, abar_t, abar_s, cfg, noise)
+        x_s = diffusion_step(x0_hat, x_t, eps, v_model, abar_t, abar_s, cfg, noise)
         return StepResult(x_next=x_s + math.sqrt(abar_s * abar_t) * g, x0_hat=x0_hat, x0=x0_hat)
     delta = (1.0 - abar_t) / math.sqrt(abar_t) * g  # Tweedie: E[x0 | x_t, y] - E[x0 | x_t]
     if cfg.safeguard:
@@ -109,7 +109,7 @@ def pigdm_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_nex
             alpha = torch.where(bad, alpha / 2, alpha)
         delta = alpha.view(shape) * delta
     x0 = x0_hat + delta
-    x_s = diffusion_step(x0, x_t, eps_from_x0(x_t, x0, abar_t), v, abar_t, abar_s, cfg, noise)
+    x_s = diffusion_step(x0, x_t, eps_from_x0(x_t, x0, abar_t), v_model, abar_t, abar_s, cfg, noise)
     return StepResult(x_next=x_s, x0_hat=x0_hat, x0=x0)
 
 

@@ -73,7 +73,7 @@ def transition(x_t: torch.Tensor, eps: torch.Tensor, v: torch.Tensor | None, aba
             return Transition(a=a, m=0.0, sigma=0.0, n=None)
         c = cfg.eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(max(1 - abar_t / abar_s, 0.0))
         n = math.sqrt(max(1 - abar_s - c**2, 0.0)) * eps
-        if c > 0:
+        if c > 0 and z is not None:  # z is drawn whenever eta > 0
             n = n + c * z
         return Transition(a=a, m=0.0, sigma=sigma, n=n / sigma)
     raise ValueError(f"unknown step_kind {kind!r}")

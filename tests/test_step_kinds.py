@@ -315,9 +315,9 @@ def test_skip_form_first_timestep(n, k, first, count):
     assert ts == COSINE.timesteps(n)[k:]
 
 
-@pytest.mark.parametrize("steps,start", [(250, 0.6), (100, 0.6), (250, 0.3), (7, 0.5), (1000, 0.25), (30, 1.0)])
+@pytest.mark.parametrize("steps,start", [(250, 0.6), (100, 0.6), (250, 0.3), (7, 0.5), (1000, 0.25), (30, 0.99)])
 def test_start_form_begins_within_one_stride_of_the_documented_start(steps, start):
-    """start = f: the first timestep lies within one stride (t_start + 1) / steps below t_start =
+    """start = f < 1: the first timestep lies within one stride (t_start + 1) / steps below t_start =
     round(f T) - 1, and `steps` steps run (250 steps from 0.6 used to begin at t = 498)."""
     ts = solver_timesteps(COSINE, make_config("ddnm", steps=steps, start=start))
     t_start = round(start * 1000) - 1
@@ -327,9 +327,13 @@ def test_start_form_begins_within_one_stride_of_the_documented_start(steps, star
         assert ts[0] == 597
 
 
-def test_uniform_grid_is_the_ddim_reference_when_steps_divide():
+def test_uniform_grid_is_the_ddim_reference_on_the_whole_schedule():
+    """start = 1: DDIM's range(0, T, T // steps) (unchanged), for any number of steps; a late start with
+    steps dividing t_start + 1 gives the same integer-stride grid."""
     assert COSINE.timesteps(100)[:3] == [990, 980, 970]
     assert COSINE.timesteps(250)[:2] == [996, 992]
+    assert COSINE.timesteps(6) == [830, 664, 498, 332, 166, 0]
+    assert solver_timesteps(COSINE, make_config("ddnm", steps=30)) == list(range(0, 1000, 33))[:30][::-1]
     assert COSINE.timesteps(50, t_start=599) == list(range(588, -1, -12))
 
 

@@ -163,11 +163,11 @@ def resolve_backend(req: ExploreRequest) -> Any:
 def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
     """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
     under the explicit ones, for this backend's stages (``textsr.presets``)."""
-    from .presets import STAGE_KEYS, resolve_preset
+    from .presets import resolve_preset
 
-    r = resolve_preset(req.preset, backend=backend.info.backend, solver=req.solver, operator=req.operator,
+    r = resolve_preset(req.preset, backend=backend.describe()["backend"], solver=req.solver, operator=req.operator,
                        solver_options=req.solver_options, model_options=req.model_options,
-                       stages=tuple(getattr(backend, "stage_names", STAGE_KEYS)))
+                       stages=backend.stage_names)
     return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
 
 

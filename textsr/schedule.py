@@ -77,13 +77,13 @@ class NoiseSchedule:
     def timesteps(self, steps: int, spacing: Spacing = "uniform", t_start: int | None = None) -> list[int]:
         """``steps`` decreasing timesteps from ``t_start`` (default T-1) toward 0.
 
-        With ``n = t_start + 1``: ``uniform``: ``floor(i n / steps)`` for ``i < steps``, reversed: DDIM's
-        ``range(0, n, n // steps)`` whenever ``steps`` divides ``n`` (990, 980, ..., 0 for 100 of 1000), and
-        otherwise still within one stride ``n / steps`` of ``t_start`` (an integer stride ``n // steps``
-        would start up to ``steps`` strides lower: 498 instead of ~599 for 250 steps from 599);
-        ``leading``: diffusers' integer stride ``n // steps`` (starts lower when ``steps`` does not divide
-        ``n``); ``trailing``: diffusers' spacing anchored at ``t_start``; ``linspace``: evenly spaced
-        including both ends.
+        With ``n = t_start + 1``: ``uniform``: on the whole schedule DDIM's ``range(0, T, T // steps)``
+        reversed (990, 980, ..., 0 for 100 of 1000; = ``leading``); from a later ``t_start``, ``floor(i n /
+        steps)`` for ``i < steps``, reversed: the same grid whenever ``steps`` divides ``n``, and otherwise
+        still a first timestep within one stride ``n / steps`` of ``t_start`` (an integer stride
+        ``n // steps`` would start up to ``steps`` strides lower: 498 instead of ~599 for 250 steps from
+        599); ``leading``: diffusers' integer stride ``n // steps``; ``trailing``: diffusers' spacing
+        anchored at ``t_start``; ``linspace``: evenly spaced including both ends.
         """
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -95,8 +95,10 @@ class NoiseSchedule:
         n = top + 1
         if spacing == "linspace":
             ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long().tolist()
-        elif spacing == "uniform":
-            # DDIM / DDNM reference range(0, n, n // steps) when steps divides n (990, ..., 0 for 100 of 1000)
+        elif spacing == "uniform" and top == self.T - 1:
+            # DDIM / DDNM reference: range(0, T, T // steps), e.g. 990, 980, ..., 0 for 100 of 1000
+            ts = [i * (n // steps) for i in range(steps)][::-1]
+        elif spacing == "uniform":  # a late start: the first timestep within one stride n / steps of t_start
             ts = [i * n // steps for i in range(steps)][::-1]
         elif spacing == "leading":
             stride = n // steps

@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 STAMP_BASE := $(VENV)/.base-installed
 STAMP_TEST := $(VENV)/.test-installed
+STAMP_QUALITY := $(VENV)/.quality-installed
 
-.PHONY: demo test test-all browser bench app clean
+.PHONY: demo test test-all quality browser bench app clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +21,10 @@ $(STAMP_BASE): $(BIN)/python pyproject.toml constraints.txt
 
 $(STAMP_TEST): $(STAMP_BASE)
 	$(PIP) -q -e ".[test]"
+	touch $@
+
+$(STAMP_QUALITY): $(STAMP_BASE)
+	$(PIP) -q -e ".[quality]"
 	touch $@
 
 # Browser tests use the system Chromium (Playwright's own browser download cannot work offline).
@@ -37,6 +42,10 @@ test: $(STAMP_TEST) browser
 
 test-all: $(STAMP_TEST) browser
 	$(BIN)/python -m pytest -q -n 2 --runslow tests
+
+# lint (ruff: pycodestyle, pyflakes, import order, bugbear, pyupgrade) and type check (mypy); settings in pyproject.toml
+quality: $(STAMP_QUALITY)
+	@status=0; $(BIN)/ruff check . || status=1; $(BIN)/mypy || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

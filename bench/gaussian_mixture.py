@@ -1,4 +1,4 @@
-"""Solvers against exact posteriors in Gaussian-mixture worlds (ALGORITHMS.md, "Evaluation").
+"""Solvers against exact posteriors in Gaussian-mixture worlds (docs/method.md, "Evaluation").
 
 Table 1: the MCGdiff protocol (Cardoso et al. 2024): SW to the exact posterior, mean and 95% CI over
 problems, for d in {8, 80, 800} x dy in {1, 2, 4}, at 20 and 100 steps, with the noise floor (two
@@ -13,6 +13,7 @@ y), against the single-stage result.
 
     python bench/gaussian_mixture.py --quick            # d = 8 at 100 steps + Table 2 at CFG 1
     python bench/gaussian_mixture.py --json results.json  # everything
+    python bench/gaussian_mixture.py --tables 1 --ds 8,80 --only "ddpm step" --jobs 1  # the ddpm-step rows
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ TABLE1_METHODS = [
     Method("DPS zeta=1.0", "dps", (("zeta", 1.0),)),
     Method("PiGDM (tweedie, safeguard)", "pigdm"),
     Method("PiGDM (nvlabs weighting)", "pigdm", (("weighting", "nvlabs"),)),
+    # the DDPM posterior step (beta_tilde: these priors have no learned variance), the paper code's step
+    Method("DDNM (ddpm step)", "ddnm", (("step_kind", "ddpm"),)),
+    # the same variance as the ddpm step, written with the network's eps instead of x_t: isolates the mean
+    Method("DDNM (ddim step, eta=1)", "ddnm", (("step_kind", "ddim"), ("eta", 1.0))),
+    Method("DDNM+ (ddpm step)", "ddnm+", (("step_kind", "ddpm"),)),
+    Method("DPS zeta=0.3 (ddpm step)", "dps", (("zeta", 0.3), ("step_kind", "ddpm"))),
+    Method("DPS zeta=1.0 (ddpm step)", "dps", (("zeta", 1.0), ("step_kind", "ddpm"))),
 ]
 TEXT_METHODS = [
     Method("DDNM", "ddnm"),
@@ -232,6 +240,17 @@ def table23(cfgs, steps: int, n_problems: int, n_samples: int, cascade: bool, me
         floors.append(sw(refs[-1], post.sample(n_samples, g), k))
     floor = mean_ci(floors)[0]
     print(f"  text world: SW noise floor {floor:.4f}", file=sys.stderr)
+    # the reference row: a second set of exact text-posterior draws scored like the solvers' samples
+    exact_rows = []
+    for k, tp in enumerate(probs):
+        post = posterior(tp.prior, tp.op, tp.y, SIGMA_Y, tags=tp.tag)
+        x = post.sample(n_samples, torch.Generator().manual_seed(30_000 + k)).reshape(n_samples, 1, SIDE, SIDE)
+        exact_rows.append(text_metrics(x, tp, refs[k], k))
+    s = _summary(exact_rows)
+    recs.append(record(table="3" if cascade else "2", solver="exact text posterior", steps=None, d=SIDE * SIDE, dy=4,
+                       cfg=1.0, sw=s["sw"][0], sw_ci=[s["sw"][1], s["sw"][2]], noise_floor=floor,
+                       lr_psnr=s["lr_psnr"][0], text_consistency=s["text_consistency"][0],
+                       diversity_ratio=s["diversity_ratio"][0], seconds=0.0))
     for m in methods:
         for w in cfgs:
             t0 = time.perf_counter()

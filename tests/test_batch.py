@@ -157,6 +157,7 @@ BAD_JOBS = [
     ({"model_options": [1]}, "model_options must be a dict"),
     ({"solver_options": "eta=1"}, "solver_options must be a dict"),
     ({"operator": "nearest"}, "operator must be one of avgpool, bicubic"),
+    ({"preset": "fast"}, "preset must be one of"),
     ({"simulate": "yes"}, "simulate must be true or false"),
     ({"overwrite": 1}, "overwrite must be true or false"),
     ({"model": 7}, "model must be a string"),

@@ -49,3 +49,21 @@ def test_builtin_world_bench_runs():
     bw = _load("builtin_world")
     recs = bw.run([8], samples=2, steps=5, solver="ddnm+")
     assert len(recs) == 2 * len(bw.SCENES)
+
+
+def test_gaussian_mixture_text_tables_have_the_exact_reference_row(tmp_path):
+    gm = _load("gaussian_mixture")
+    recs = gm.table23((1.0,), 4, n_problems=1, n_samples=64, cascade=False, methods=gm.TEXT_METHODS[:1])
+    exact = next(r for r in recs if r["solver"] == "exact text posterior")
+    # two exact draws: the SW is the noise floor itself and the spreads agree
+    assert exact["text_consistency"] == 1.0 and 0.5 < exact["diversity_ratio"] < 2.0
+    assert exact["sw"] < 3 * exact["noise_floor"] and 40 < exact["lr_psnr"] < 55
+
+
+def test_mcgdiff_problems_prints_the_problem_behind_the_readme(capsys):
+    # README, "Reading the tables": problem k = 0 at d = 8, dy = 2 has singular values 0.741 and 0.0045
+    # with sigma_y 0.433
+    _load("mcgdiff_problems").main(["--dys", "2", "--problems", "1"])
+    out = capsys.readouterr().out
+    assert "| 0 | 0.7412, 0.0045 | 0.4326 | 0.0103 |" in out
+    assert "mixture weights of problem k identical in every (d, dy) cell: True" in out

@@ -9,6 +9,7 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
 2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
+   ``apply_preset``: the preset (``textsr.presets``), if any, merged under the explicit options;
 3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
 4. ``sample_prompt`` for each prompt: the backend's cascade, then the per-sample metrics;
 5. ``collect_settings``: the resolved settings of the run (``ExploreSettings``).
@@ -17,7 +18,7 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,7 +48,7 @@ class ExploreRequest:
     solver: str  # the registry name
     samples: int
     seed: int
-    operator: str
+    operator: str | None  # None: the preset's (after apply_preset), else avgpool
     sigma_y: float
     solver_options: dict
     model_options: dict
@@ -56,6 +57,14 @@ class ExploreRequest:
     simulate: bool
     batch_size: int
     max_pixels: int
+    preset: str | None = None
+
+    @property
+    def operator_name(self) -> str:
+        """The operator's name once ``apply_preset`` has resolved it."""
+        if self.operator is None:
+            raise RuntimeError("the operator is resolved by apply_preset (phase 2b) before it is used")
+        return self.operator
 
     @property
     def seeds(self) -> list[int]:
@@ -92,13 +101,15 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
 
 def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str,
                  samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
-                 operator: str, sigma_y: float, steps: int | None, solver_options: dict | None,
+                 operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
                  model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
-                 batch_size: int | None, max_pixels: int) -> ExploreRequest:
+                 batch_size: int | None, max_pixels: int, preset: str | None = None) -> ExploreRequest:
     """Phase 1: validate every argument before any model loads or any sampling starts; each check is
-    ``textsr.validate``'s, shared with the CLI and batch manifests. The image is read here too (an
-    unreadable file or a bad array fails before the model loads): ``req.image``."""
+    ``textsr.validate``'s, shared with the CLI and batch manifests (a preset is checked against the
+    model's backend from its spec, without loading it). The image is read here too (an unreadable file
+    or a bad array fails before the model loads): ``req.image``."""
     from .operators import OPERATORS
+    from .presets import check_preset
     from .solver_registry import canonical_name
 
     scale = validate.scale(scale)
@@ -113,12 +124,15 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
     values = validate.sweep_values(values)
     solver_options = validate.options(solver_options, "solver_options")
     model_options = validate.options(model_options, "model_options")
-    operator = validate.choice(operator, "operator", sorted(OPERATORS))
+    if operator is not None:  # None: the preset's, else avgpool
+        operator = validate.choice(operator, "operator", sorted(OPERATORS))
     simulate = validate.flag(simulate, "simulate")
     _check_model(model)
     for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"), ("dtype", dtype, "float32, float16 or auto")):
         if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
             raise UsageError(f"{name} must be a string ({kinds}) or None, got {v!r}")
+    if preset is not None:
+        check_preset(validate.text(preset, "preset"), model_backend(model))
     try:
         solver = canonical_name(solver)
     except ValueError as e:
@@ -128,9 +142,20 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
     arr, info, notes = _as_array(image, max_pixels)  # read and checked now, before the model loads
     return ExploreRequest(
         image=(arr, info, tuple(notes)), prompts=expand_prompts(prompt_list, template, values), scale=scale,
-        model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, solver_options=solver_options,
-        model_options=model_options, device=device, dtype=dtype, simulate=simulate,
-        batch_size=batch_size or samples, max_pixels=max_pixels)
+        model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y,
+        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype, simulate=simulate,
+        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset)
+
+
+def model_backend(model: Any) -> str:
+    """The backend kind (``"deepfloyd-if"`` ...) of a loaded backend, registry name, folder or spec,
+    read from its spec (no weights loaded)."""
+    from .backends.base import Backend
+    from .model_registry import resolve_spec
+
+    if isinstance(model, Backend):
+        return model.info.backend
+    return str(resolve_spec(model)["backend"])
 
 
 def _check_model(model: Any) -> None:
@@ -154,6 +179,17 @@ def resolve_backend(req: ExploreRequest) -> Any:
         return req.model
     dev = resolve_device(req.device)
     return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+
+
+def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
+    """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
+    under the explicit ones, for this backend's stages (``textsr.presets``)."""
+    from .presets import resolve_preset
+
+    r = resolve_preset(req.preset, backend=backend.describe()["backend"], solver=req.solver, operator=req.operator,
+                       solver_options=req.solver_options, model_options=req.model_options,
+                       stages=backend.stage_names)
+    return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +254,7 @@ def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndar
     h, w = arr.shape[:2]
     check_scale(h, w, req.scale)
     x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-    y = make_operator(req.operator, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    y = make_operator(req.operator_name, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
     if req.sigma_y > 0:
         gen = torch.Generator().manual_seed(req.seed + 10_007)
         y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -246,7 +282,7 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
     backend.check_size((h, w), req.scale)
     notes.extend(backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    operator = make_operator(req.operator, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
                        notes=notes, reference=reference)
 
@@ -298,7 +334,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     xs = []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
-                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator, f, s),
+                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
     steps_ran = tuple(res.steps)
@@ -328,12 +364,13 @@ def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stage
     ``steps_requested`` and noted in ``meas.notes``)."""
     known = base_cfg.to_dict()
     solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
-    per_stage = tuple({"stage": s.name, **(s.solver or base_cfg).to_dict()} for s in stages)
+    per_stage = tuple({"stage": s.name, **(s.solver or base_cfg).to_dict(),
+                       **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
     meas.notes.extend(record_steps_ran(solver, per_stage, steps_ran))
     return ExploreSettings(
-        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator,
+        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""))
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
 
 
 def record_steps_ran(solver: dict, per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
@@ -378,7 +415,7 @@ def explore(
     seed: int = 0,
     template: str | None = None,
     values: Sequence[str] | str | None = None,
-    operator: str = "avgpool",
+    operator: str | None = None,
     sigma_y: float = 0.0,
     steps: int | None = None,
     solver_options: dict | None = None,
@@ -388,6 +425,7 @@ def explore(
     simulate: bool = False,
     batch_size: int | None = None,
     max_pixels: int = 4_000_000,
+    preset: str | None = None,
     callback: Callable[[Progress], None] | None = None,
 ) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
@@ -398,10 +436,14 @@ def explore(
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
     model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
+    operator: the downsampling operator A (``avgpool``, ``bicubic``, ``bicubic-reflect``); None: the
+    preset's, else ``avgpool``.
     sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value), 0 to 2.
     seed: 0 to 2**32 - 1; sample k uses ``seed + k``.
     steps: shorthand for ``solver_options["steps"]`` (applies to every stage); a stage whose schedule
     allows fewer runs fewer, and results.json records what ran.
+    preset: named settings (``"paper"``: the text-guided SR paper's DeepFloyd IF setting, see
+    ``textsr.presets``); explicit arguments override it; results.json records it and what it resolved to.
     Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
     from .solver_registry import make_config
@@ -410,8 +452,9 @@ def explore(
     req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
                        template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
                        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
-                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels)
+                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset)
     backend = resolve_backend(req)
+    req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
     meas = build_measurement(req, backend)
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)

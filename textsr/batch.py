@@ -4,7 +4,7 @@ A manifest is a JSON list or a JSONL file of jobs; each job is the keyword argum
 ``textsr.explore`` plus ``"out"`` (its output folder) and optionally ``"overwrite"``::
 
     {"image": "faces/001.png", "prompts": ["an elderly woman"], "scale": 16, "model": "deepfloyd-if",
-     "samples": 8, "seed": 0, "out": "results/001"}
+     "samples": 8, "seed": 0, "out": "results/001", "preset": "paper"}
 
 Relative paths are relative to the manifest. Every field is checked when the manifest is read
 (``textsr.validate``, the checks ``explore`` and the CLI use), and two jobs may not share an output
@@ -35,7 +35,7 @@ __all__ = ["Job", "JobResult", "ModelCache", "load_manifest", "run_batch", "run_
 
 JOB_KEYS = {"image", "prompts", "scale", "model", "solver", "samples", "seed", "template", "values", "operator",
             "sigma_y", "steps", "solver_options", "model_options", "device", "dtype", "simulate", "batch_size",
-            "max_pixels"}
+            "max_pixels", "preset"}
 EXTRA_KEYS = {"out", "overwrite"}
 
 
@@ -130,7 +130,9 @@ def _job(item: Any, base: Path) -> Job:
 
 
 def _check_fields(kw: dict) -> None:
-    from .solvers import SOLVERS
+    from .operators import OPERATORS
+    from .presets import preset_names
+    from .solver_registry import SOLVERS
 
     checks = {
         "scale": validate.scale, "samples": validate.samples, "seed": validate.seed, "sigma_y": validate.sigma_y,
@@ -139,7 +141,8 @@ def _check_fields(kw: dict) -> None:
         "template": lambda v: validate.text(v, "template"),
         "model": lambda v: validate.text(v, "model", optional=False),
         "solver": lambda v: validate.choice(v, "solver", list(SOLVERS)),
-        "operator": lambda v: validate.choice(v, "operator", ["avgpool", "bicubic"]),
+        "operator": lambda v: validate.choice(v, "operator", sorted(OPERATORS)),
+        "preset": lambda v: validate.choice(v, "preset", list(preset_names())),
         "solver_options": lambda v: validate.options(v, "solver_options"),
         "model_options": lambda v: validate.options(v, "model_options"),
         "device": lambda v: validate.text(v, "device"), "dtype": lambda v: validate.text(v, "dtype"),

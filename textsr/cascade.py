@@ -1,5 +1,5 @@
 """Multi-stage (cascaded) sampling: every stage runs a solver against the *same* LR image ``y`` with
-its own operator (ALGORITHMS.md, "Multi-stage models").
+its own operator (docs/method.md, "Cascades").
 
 For a final size H x W and a stage whose output is ``H/d x W/d`` the stage operator is the
 downsampler by ``scale / d`` (identity when that is 1).  A stage may condition on the previous

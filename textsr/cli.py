@@ -15,9 +15,12 @@ from pathlib import Path
 import click
 
 from . import validate
+from .presets import preset_names  # torch-free
 from .solver_registry import solver_names  # torch-free: the names only
 
 SOLVER_CHOICES = solver_names()
+OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS (no torch import for --help)
+PRESET_CHOICES = preset_names()
 
 
 def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
@@ -155,8 +158,13 @@ def _common_options(f):
                      show_default=True, help="Output folder (refused if it holds another run, unless --overwrite)."),
         click.option("--overwrite", is_flag=True,
                      help="Replace the run already in the output folder (only textsr's own files are removed)."),
-        click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True,
-                     help="Downsampling model A."),
+        click.option("--operator", type=click.Choice(OPERATOR_CHOICES),
+                     help="Downsampling model A: avgpool (block mean; the default), bicubic (PIL / torch "
+                          "antialias), bicubic-reflect (MATLAB imresize, SR benchmarks' LR images; the paper "
+                          "preset's)."),
+        click.option("--preset", type=click.Choice(PRESET_CHOICES),
+                     help="Named settings: paper = the text-guided SR paper's DeepFloyd IF setting (see README); "
+                          "explicit options override it."),
         click.option("--sigma-y", type=float, default=0.0, show_default=True, callback=_checked(lambda v: validate.sigma_y(v)),
                      help="Noise std of the LR image in [-1,1] units (half the [0,1] value), 0 to 2."),
         click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's).",
@@ -181,8 +189,8 @@ def _common_options(f):
     return f
 
 
-def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, sigma_y, steps,
-                  eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels) -> dict:
+def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, preset, sigma_y,
+                  steps, eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels) -> dict:
     sopts = _parse_kv(solver_opts, "--solver-option")
     for k, v in (("eta", eta), ("zeta", zeta)):
         if v is not None:
@@ -190,7 +198,8 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     if travel:
         sopts["travel_length"], sopts["travel_repeat"] = travel
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
+                solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y,
+                steps=steps,
                 solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
                 batch_size=batch_size, max_pixels=max_pixels)
 

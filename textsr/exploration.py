@@ -44,8 +44,9 @@ class ExploreSettings:
     """Every setting a run used, resolved (defaults filled in): what ``results.json`` records.
 
     solver: the base solver config (``SolverConfig.to_dict``); stages: per cascade stage, its name and
-    the solver config it actually ran with (backend per-stage defaults and user options applied).
-    sigma_y is in [-1, 1] units.
+    the solver config it actually ran with (backend per-stage defaults, the preset and user options
+    applied) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
+    preset: the preset's name (None: none).  sigma_y is in [-1, 1] units.
     """
 
     input: InputInfo
@@ -59,6 +60,7 @@ class ExploreSettings:
     model_options: dict
     device: str
     dtype: str
+    preset: str | None = None
 
     def solver_dict(self) -> dict:
         """The ``solver`` entry of results.json: the base config plus ``per_stage``."""
@@ -145,6 +147,7 @@ class Exploration:
             "output_size": list(self.output_size),
             "model": s.model,
             "solver": s.solver_dict(),
+            "preset": s.preset,
             "operator": s.operator,
             "sigma_y": s.sigma_y,
             "seed": s.seed,

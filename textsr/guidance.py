@@ -1,7 +1,7 @@
 """Denoiser -> Denoiser guidance wrappers (they stack) and a small differentiable CLIP helper.
 
 * ``ClassifierFreeGuidance`` lives in ``textsr.denoiser`` and is re-exported here.
-* ``CLIPGuidance`` (ALGORITHMS.md, "Text guidance" 2): steers an unconditional (or class-conditional)
+* ``CLIPGuidance`` (docs/method.md, "CLIP guidance"): steers an unconditional (or class-conditional)
   prior toward a prompt with the CLIP energy ``E(x0) = 1 - cos(f_img(resize_normalise(x0_hat)), f_txt)``.
   The wrapper changes the ``Prediction`` the solver sees: ``x0_hat <- x0_hat - step`` and ``eps``
   recomputed to match, so the solver's own data-consistency projection (DDNM) still comes *after* the
@@ -277,9 +277,9 @@ class CLIPGuidance:
                 energy = clip_energy(self.clip, pred.x0, text)
                 (g,) = torch.autograd.grad(energy.sum(), leaf, retain_graph=outer_grad)
             if not outer_grad:
-                pred = Prediction(pred.x0.detach(), pred.eps.detach())
+                pred = Prediction(pred.x0.detach(), pred.eps.detach(), None if pred.v is None else pred.v.detach())
         step = self.step(g.detach(), abar_t)
-        return Prediction.from_x0(x_t, pred.x0 - step.to(pred.x0.dtype), abar_t)
+        return Prediction.from_x0(x_t, pred.x0 - step.to(pred.x0.dtype), abar_t, v=pred.v)
 
     def step(self, g: torch.Tensor, abar_t: float) -> torch.Tensor:
         op = self._operator()

@@ -50,7 +50,7 @@ def lr_psnr(x_hat: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> t
     """LR consistency: per-sample PSNR between ``A x_hat`` and ``y`` (both [-1, 1]; PSNR on [0, 1]).
 
     Compare with the exact posterior's own LR-PSNR: a value far above it at sigma_y > 0 means the sampler
-    copies the measurement noise (ALGORITHMS.md, Pitfalls)."""
+    copies the measurement noise (docs/pitfalls.md, "LR-PSNR above the exact posterior's")."""
     return psnr(operator.A(x_hat), y.to(x_hat))
 
 

@@ -276,8 +276,9 @@ class Request:
     samples: int
     seed: int
     steps: int | None = None
-    operator: str = "avgpool"
+    operator: str | None = None  # None: the preset's, else avgpool
     sigma_y: float = 0.0
+    preset: str | None = None
 
 
 def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callable | None = None):
@@ -295,7 +296,8 @@ def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callabl
         raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
     backend = pool.get(req.model)
     result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=req.solver, samples=req.samples,
-                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, callback=callback)
+                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, preset=req.preset,
+                     callback=callback)
     result.notes[:0] = list(req.notes)
     return result
 

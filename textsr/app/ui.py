@@ -14,11 +14,14 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version che
 import gradio as gr  # noqa: E402
 
 from ..errors import TextSRError  # noqa: E402
+from ..presets import preset_names  # noqa: E402
 from . import core, present  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
-OPERATORS = ["avgpool", "bicubic"]
+OPERATORS = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS
+DEFAULT = "default"  # operator: the preset's, else avgpool
+NO_PRESET = "none"
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
 TITLE = "textsr · explorable super-resolution"
 STD_LABEL = "Uncertainty: std across samples"
@@ -126,7 +129,7 @@ class Handlers:
                 d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
+            operator, preset=NO_PRESET, progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
@@ -136,7 +139,9 @@ class Handlers:
             req = core.Request(lr=lr, notes=notes, prompts_text=prompts or "", template=template, values=values,
                                model=str(model), solver=str(solver), scale=_int(scale, "scale"),
                                samples=_int(samples, "samples"), seed=used_seed,
-                               steps=_int(steps, "steps") or None, operator=str(operator or "avgpool"))
+                               steps=_int(steps, "steps") or None,
+                               operator=None if operator in (None, "", DEFAULT) else str(operator),
+                               preset=None if preset in (None, "", NO_PRESET) else str(preset))
             progress(0.0, desc=f"loading {req.model}")
 
             def on_step(p):
@@ -226,8 +231,11 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Number(0, precision=0, minimum=0, maximum=limits.max_steps,
                                       label="Steps per stage (0 = the model's default)", elem_id="steps")
-                    operator = gr.Dropdown(OPERATORS, value="avgpool", label="Downsampling operator A",
-                                           elem_id="operator")
+                    operator = gr.Dropdown([DEFAULT] + OPERATORS, value=DEFAULT, label="Downsampling operator A",
+                                           info="default: the preset's, else avgpool", elem_id="operator")
+                    preset = gr.Dropdown([NO_PRESET] + preset_names(), value=NO_PRESET, label="Preset",
+                                         info="paper: the paper's DeepFloyd IF setting (DeepFloyd IF models only)",
+                                         elem_id="preset")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
                 summary = gr.Markdown(elem_id="summary", latex_delimiters=[])
@@ -261,7 +269,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
         run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator],
+                              steps, operator, preset],
                       [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
                       api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
                       ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,

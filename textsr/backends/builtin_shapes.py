@@ -15,8 +15,9 @@ world explains it with shapes (said in the notes).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from ..cascade import Stage
 from ..errors import InputImageError, UsageError
 from ..schedule import NoiseSchedule
 from ..solvers import make_config
-from .base import Backend, ModelInfo, check_options
+from .base import Backend, ModelInfo
+from .options import BackendOptions, flag, number
 
 SIZE = 64
 INFO = ModelInfo(
@@ -38,7 +40,20 @@ INFO = ModelInfo(
     license="Apache-2.0 (part of textsr)",
     notes="exact score and exact posterior: text consistency and SW to the posterior are measurable",
 )
-OPTIONS = ("cascade", "sigma_aug")
+
+
+@dataclass(frozen=True)
+class ShapesOptions(BackendOptions):
+    """cascade (true): sample 16 px then 64 px, like the real cascades (false: 64 px directly);
+    sigma_aug (0): stage II conditions on the stage-I image noised with this std (0: the exact image)."""
+
+    what: ClassVar[str] = "builtin-shapes"
+    cascade: bool = True
+    sigma_aug: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.set("cascade", flag(self.cascade, "cascade"))
+        self.set("sigma_aug", number(self.sigma_aug, "sigma_aug", lo=0.0))
 
 
 class ShapesBackend(Backend):
@@ -133,9 +148,8 @@ class ShapesBackend(Backend):
         from ..gaussian_mixture.cascade import lowres_condition
         from ..operators import AvgPool
 
-        check_options(options, OPTIONS, "builtin-shapes")
-        cascade = bool(options.get("cascade", True))
-        sigma_aug = float(options.get("sigma_aug", 0.0))
+        o = ShapesOptions.from_dict(options)
+        cascade, sigma_aug = o.cascade, o.sigma_aug
         try:
             cfg = make_config(solver, **solver_options)
         except ValueError as e:

@@ -162,6 +162,16 @@ class ModelOutputAdapter:
         )
         return Prediction.from_eps(x_t, eps, abar_t, transform)
 
+    def guided(self, x_t: torch.Tensor, out: torch.Tensor, abar_t: float, guidance: float) -> Prediction:
+        """The prediction from one batched network call: ``out`` holds the outputs for ``[uncond; cond]``
+        stacked along the batch (or for ``cond`` alone when it has ``x_t``'s batch size, as at guidance
+        1).  Extra (learned-variance) channels are dropped; classifier-free guidance acts on eps."""
+        out = self.split(out)
+        if out.shape[0] == x_t.shape[0]:
+            return self.prediction(x_t, self.to_eps(x_t, out, abar_t), abar_t)
+        e_u, e_c = (self.to_eps(x_t, o, abar_t) for o in out.chunk(2))
+        return self.prediction(x_t, e_u + guidance * (e_c - e_u), abar_t)  # eps = eps_u + w (eps_c - eps_u)
+
 
 def scheduler_clip(scheduler_config: Mapping[str, Any]) -> float | None:
     if scheduler_config.get("clip_sample", False):
@@ -197,35 +207,6 @@ def check_stage_option_keys(solver_options: Mapping[str, Any], stage_names: tupl
     for k, v in solver_options.items():
         if isinstance(v, Mapping) and k not in stage_names:
             raise UsageError(f"per-stage solver options {k!r}: no such stage; stages are {list(stage_names)}")
-
-
-def float_option(options: Mapping[str, Any], key: str, *, lo: float | None = None, hi: float | None = None) -> float:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise UsageError(f"option {key} must be a number, got {v!r}")
-    v = float(v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
-        raise UsageError(f"option {key} must lie in {rng}, got {v}")
-    return v
-
-
-def int_option(options: Mapping[str, Any], key: str, *, lo: int = 1) -> int:
-    v = options[key]
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise UsageError(f"option {key} must be an integer >= {lo}, got {v!r}")
-    return v
-
-
-def merge_options(known: dict[str, Any], spec_defaults: Mapping[str, Any] | None, options: Mapping[str, Any],
-                  what: str) -> dict[str, Any]:
-    """Backend defaults < the model spec's ``defaults`` < the caller's options; unknown keys -> UsageError."""
-    from .base import check_options
-
-    spec_defaults = dict(spec_defaults or {})
-    check_options(spec_defaults, list(known), f"{what} (model spec defaults)")
-    check_options(dict(options), list(known), what)
-    return {**known, **spec_defaults, **dict(options)}
 
 
 # -- CLIP ---------------------------------------------------------------------------------------------

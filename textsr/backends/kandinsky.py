@@ -7,7 +7,8 @@ It combines the two other model families' machinery:
   ``e = lambda * e_img(up(y)) + (1 - lambda) * e_prior(text)``; the prior repository's own CLIP vision
   tower gives ``e_img``, so ``unclip_lambda`` works without extra downloads.  The text reaches the image
   only through this embedding (the decoder UNet takes no text);
-* the **latent** handling of ``textsr.backends.latent``: the solver sees a ``LatentOperator``
+* the **latent** handling of ``textsr.backends.latent_base`` (shared with Stable Diffusion, through
+  ``LatentBackendBase``): the solver sees a ``LatentOperator``
   (``A(z) = A_pix(D(z))``, D = the MoVQ decoder without quantisation); DDNM-family solvers get
   decode-project-encode inside the denoiser; DPS differentiates through the MoVQ decoder; PiGDM is not
   available; ``postprocess`` decodes and applies the exact pixel projection.
@@ -19,36 +20,43 @@ an all-zero image (``guidance_scale`` 4); the learned-variance channels are drop
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from ..cascade import Stage
 from ..denoiser import Prediction
-from ..errors import InputImageError, UsageError
+from ..errors import UsageError
 from ..guidance import ClipModel
-from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
-from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, image_preprocessing, int_option, load_pretrained,
-                        merge_options, noise_schedule, resolve_source, stage_solver_config, timestep_tensor)
-from .latent import LatentOperator, ProjectingLatentDenoiser, decode_and_project, latent_solver
-from .latent import SOLVER_DEFAULTS as LATENT_SOLVER_DEFAULTS
-from .unclip import KarloText, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
+from .base import ModelInfo
+from .hf_common import (
+    ModelOutputAdapter,
+    image_preprocessing,
+    load_pretrained,
+    noise_schedule,
+    resolve_source,
+    spec_stages,
+    timestep_tensor,
+)
+from .latent_base import LatentBackendBase
+from .options import LoadOptions, number
+from .unclip import KarloText, PriorOptions, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
 
 BACKEND = "kandinsky"
-STAGE = "latent"
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "guidance_scale": 4.0,  # Kandinsky 2.2 decoder default
-    "prior_guidance": 4.0,
-    "prior_steps": 25,
-    "unclip_lambda": 0.0,
-    "unclip_norm": "prior",
-}
 
-SOLVER_DEFAULTS = LATENT_SOLVER_DEFAULTS  # the same latent-space solvers and defaults as Stable Diffusion
+@dataclass(frozen=True)
+class KandinskyOptions(PriorOptions):
+    """Kandinsky 2.2's sampling options: guidance_scale (4, the decoder's CFG) and the prior's and
+    embedding averaging's, as Karlo's (``PriorOptions``)."""
+
+    what: ClassVar[str] = "kandinsky"
+    guidance_scale: float = 4.0  # Kandinsky 2.2 decoder default
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.set("guidance_scale", number(self.guidance_scale, "guidance_scale", lo=0.0))
 
 
 @dataclass
@@ -96,7 +104,9 @@ class KandinskyDenoiser:
     def embedding(self, e_prior: torch.Tensor) -> torch.Tensor:
         return mix_embeddings(e_prior, self.e_img, self.lam, self.norm)
 
-    def __call__(self, x_t: torch.Tensor, t: int, cond: KandinskyCond) -> Prediction:
+    def __call__(self, x_t: torch.Tensor, t: int, cond: KandinskyCond | None = None) -> Prediction:
+        if not isinstance(cond, KandinskyCond):
+            raise UsageError("the Kandinsky decoder needs the prior's embeddings (the stage's condition)")
         B = x_t.shape[0]
         dt = self.unet.dtype
         e = self.embedding(cond.e_prior).expand(B, -1)
@@ -106,21 +116,15 @@ class KandinskyDenoiser:
             emb, n = torch.cat([cond.e_neg.expand(B, -1), e]), 2
         out = self.unet(torch.cat([x_t] * n).to(dt), timestep_tensor(t, n * B, x_t.device), encoder_hidden_states=None,
                         added_cond_kwargs={"image_embeds": emb.to(dt)}).sample
-        out = self.adapter.split(out)  # learned variance dropped
-        abar = self.schedule.abar(t)
-        if n == 1:
-            eps = self.adapter.to_eps(x_t, out, abar)
-        else:
-            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
-            eps = e_u + self.guidance * (e_c - e_u)
-        return self.adapter.prediction(x_t, eps, abar)
+        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)  # learned variance dropped
 
 
-class KandinskyBackend(Backend):
+class KandinskyBackend(LatentBackendBase[KarloText]):
     """EXPERIMENTAL Kandinsky 2.2: prior (text -> CLIP image embedding, averaged with the LR image's) ->
     latent decoder with the solver on MoVQ latents -> ``postprocess`` (decode + exact pixel projection)."""
 
-    channels = 3
+    options_class = KandinskyOptions
+    model_label = "Kandinsky 2.2"
 
     def __init__(self, *, info: ModelInfo, tokenizer: Any, text_encoder: Any, image_encoder: Any, prior: Any,
                  prior_scheduler: Any, unet: Any, movq: Any, scheduler: Any, image_mean=None, image_std=None,
@@ -138,19 +142,13 @@ class KandinskyBackend(Backend):
                                           int(unet.config.in_channels), None)
         self.clip = ClipModel(tokenizer=tokenizer, text_model=text_encoder, vision_model=image_encoder,
                               image_size=int(image_encoder.config.image_size),
-                              **({"mean": image_mean} if image_mean else {}), **({"std": image_std} if image_std else {}))
-        self.defaults = merge_options(DEFAULT_OPTIONS, defaults, {}, "kandinsky")
+                              **({"mean": image_mean} if image_mean else {}),
+                              **({"std": image_std} if image_std else {}))
+        self.defaults = dict(defaults or {})
+        self.parse_options({})  # the model spec's defaults are checked when the model loads
 
-    def multiple(self) -> int:
-        return self.codec.factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
-
-    def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
-        h, w = lr_hw
-        H, W, m = h * scale, w * scale, self.multiple()
-        if H % m or W % m:
-            raise InputImageError(f"LR {h}x{w} at x{scale} gives {H}x{W}; Kandinsky 2.2 needs output sides that are "
-                                  f"multiples of {m} (MoVQ x{self.codec.factor} times the UNet's downsampling); it "
-                                  "was trained at 512-768 px")
+    def training_size_hint(self, scale: int) -> str:
+        return "It was trained at 512-768 px."
 
     def encode_prompt(self, prompt: str) -> KarloText:
         return encode_clip_text(self.tokenizer, self.text_encoder, prompt, self.device)
@@ -165,43 +163,28 @@ class KandinskyBackend(Backend):
             zero = torch.zeros(1, 3, s, s, device=self.device, dtype=self.image_encoder.dtype)
             return self.image_encoder(pixel_values=zero).image_embeds.float()
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
-        o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "kandinsky")
-        guidance = float_option(o, "guidance_scale", lo=0.0)
-        prior_guidance = float_option(o, "prior_guidance", lo=0.0)
-        prior_steps = int_option(o, "prior_steps", lo=2)
-        lam = float_option(o, "unclip_lambda", lo=0.0, hi=1.0)
-        if o["unclip_norm"] not in ("prior", "mix"):
-            raise UsageError(f"option unclip_norm must be 'prior' or 'mix', got {o['unclip_norm']!r}")
-        projected = latent_solver(solver).projects
-        check_stage_option_keys(solver_options, (STAGE,))
-        den = KandinskyDenoiser(self.unet, self.schedule, self.adapter, guidance, lam, o["unclip_norm"])
-        codec, e_neg = self.codec, self.zero_embedding()
+    def make_denoiser(self, options: KandinskyOptions) -> KandinskyDenoiser:
+        return KandinskyDenoiser(self.unet, self.schedule, self.adapter, options.guidance_scale,
+                                 options.unclip_lambda, options.unclip_norm)
+
+    def make_condition(self, options: KandinskyOptions):
+        """Per run: the prior samples ``e_prior`` from the text, one per sample (its own generators)."""
+        e_neg = self.zero_embedding()
 
         def condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> KandinskyCond:
             if not isinstance(cond, KarloText):
                 raise UsageError("the kandinsky backend needs the conditioning from its encode_prompt")
-            e = sample_prior(self.prior, self.prior_scheduler, cond, noise, prior_guidance, prior_steps, self.device)
+            e = sample_prior(self.prior, self.prior_scheduler, cond, noise, options.prior_guidance,
+                             options.prior_steps, self.device)
             return KandinskyCond(e, e_neg)
 
-        def bind(op: LinearOperator, y: torch.Tensor):
-            d = replace(den, e_img=self.clip.image_embeds(y.to(self.device, torch.float32))) if lam > 0 else den
-            return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), LatentOperator(op, codec,
-                                                                                                 projected=projected)
+        return condition
 
-        return [Stage(STAGE, den, divisor=1, channels=3, condition=condition, bind=bind,
-                      solver=stage_solver_config(solver, STAGE, SOLVER_DEFAULTS, solver_options))]
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.codec.decode(z.to(self.device, torch.float32))
-
-    def postprocess(self, x_final: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-        """Final latents -> pixels -> exact pixel-space projection ``x - A+ (A x - y)``."""
-        return decode_and_project(self.codec, x_final.to(self.device), y, operator)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "experimental": True, "vae_factor": self.codec.factor}
+    def bind_denoiser(self, den: KandinskyDenoiser, options: KandinskyOptions, y: torch.Tensor) -> KandinskyDenoiser:
+        """Embedding averaging: the CLIP image embedding of this run's LR image, when ``unclip_lambda > 0``."""
+        if options.unclip_lambda == 0:
+            return den
+        return replace(den, e_img=self.clip.image_embeds(y.to(self.device, torch.float32)))
 
 
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> KandinskyBackend:
@@ -215,10 +198,7 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     cls = unclip_classes()
     stages = spec_stages(source, "kandinsky", ("prior", "decoder"), (),
                          "e.g. kandinsky-community/kandinsky-2-2-prior and kandinsky-community/kandinsky-2-2-decoder")
-    load = dict(source.get("load", {}) or {})
-    check_options(load, ("cpu_offload",), "kandinsky load")
-    if load.get("cpu_offload"):
-        raise UsageError("cpu_offload is not supported by the kandinsky backend")
+    LoadOptions.of(source, "kandinsky", no_offload="cpu_offload is not supported by the kandinsky backend")
     psrc, dsrc = resolve_source(stages["prior"], "prior"), resolve_source(stages["decoder"], "decoder")
     kw = dict(offline=offline)
 

@@ -1,5 +1,5 @@
-"""Pixel-space diffusion models + CLIP guidance (the paper's second approach; ALGORITHMS.md "Text
-guidance" 2).
+"""Pixel-space diffusion models + CLIP guidance (the paper's second approach; docs/method.md,
+"CLIP guidance").
 
 Any diffusers ``UNet2DModel`` checkpoint with a DDPM-family scheduler (google/ddpm-celebahq-256,
 google/ddpm-ema-church-256, google/ddpm-ema-bedroom-256, ...) is one stage at the final size: for
@@ -23,7 +23,7 @@ downloaded on the machine this was written on):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -33,21 +33,40 @@ from ..errors import InputImageError, ModelNotFoundError, UsageError
 from ..guidance import CLIPGuidance, ClipModel, GuidedCond
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
-from .base import Backend, ModelInfo, check_options
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, float_option, has_subfolder, load_clip_model, load_pretrained,
-                        merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
+from .base import Backend, ModelInfo
+from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, has_subfolder, load_clip_model, load_pretrained,
+                        noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         timestep_tensor)
+from .options import BackendOptions, LoadOptions, choice, flag, fractions, number
 
 BACKEND = "pixel"
 STAGE = "pixel"
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "clip_scale": 0.05,
-    "clip_grad": "x0",
-    "clip_window": (1.0, 0.0),
-    "clip_project_null": True,
-    "clip_normalize": True,
-}
+
+@dataclass(frozen=True)
+class PixelOptions(BackendOptions):
+    """CLIP guidance options (see the module docstring): clip_scale, clip_grad, clip_window,
+    clip_project_null, clip_normalize."""
+
+    what: ClassVar[str] = "pixel"
+    clip_scale: float = 0.05
+    clip_grad: str = "x0"
+    clip_window: tuple[float, float] = (1.0, 0.0)
+    clip_project_null: bool = True
+    clip_normalize: bool = True
+
+    def __post_init__(self) -> None:
+        self.set("clip_scale", number(self.clip_scale, "clip_scale", lo=0.0))
+        self.set("clip_grad", choice(self.clip_grad, "clip_grad", ("x0", "xt")))
+        self.set("clip_window", fractions(self.clip_window, "clip_window"))
+        self.set("clip_project_null", flag(self.clip_project_null, "clip_project_null"))
+        self.set("clip_normalize", flag(self.clip_normalize, "clip_normalize"))
+
+    def guidance_settings(self) -> dict:
+        """``CLIPGuidance`` keyword arguments."""
+        return {"scale": self.clip_scale, "grad_wrt": self.clip_grad, "window": self.clip_window,
+                "normalize": self.clip_normalize}
+
 
 SOLVER_DEFAULTS: dict[str, dict[str, Any]] = {
     "ddnm": {"steps": 100}, "ddnm+": {"steps": 100}, "plain": {"steps": 100},
@@ -69,27 +88,6 @@ class PixelDenoiser:
         return self.adapter.prediction(x_t, self.adapter.to_eps(x_t, self.adapter.split(out), abar), abar)
 
 
-def clip_window(value: Any) -> tuple[float, float]:
-    try:
-        w = tuple(float(v) for v in value)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"option clip_window must be two fractions of T, e.g. [1.0, 0.2]; got {value!r}") from e
-    if len(w) != 2 or not all(0.0 <= v <= 1.0 for v in w):
-        raise UsageError(f"option clip_window must be two fractions of T in [0, 1], got {value!r}")
-    return w  # type: ignore[return-value]
-
-
-def clip_guidance_settings(o: dict) -> dict:
-    """Validated CLIPGuidance keyword arguments from backend options (shared with other backends)."""
-    if o["clip_grad"] not in ("x0", "xt"):
-        raise UsageError(f"option clip_grad must be 'x0' or 'xt', got {o['clip_grad']!r}")
-    for k in ("clip_project_null", "clip_normalize"):
-        if not isinstance(o[k], bool):
-            raise UsageError(f"option {k} must be true or false, got {o[k]!r}")
-    return {"scale": float_option(o, "clip_scale", lo=0.0), "grad_wrt": o["clip_grad"],
-            "window": clip_window(o["clip_window"]), "normalize": o["clip_normalize"]}
-
-
 class PixelBackend(Backend):
     """One pixel-space stage at the final size + optional CLIP guidance."""
 
@@ -106,7 +104,8 @@ class PixelBackend(Backend):
                                           scheduler_clip(scheduler.config))
         s = unet.config.sample_size
         self.size = (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
-        self.defaults = merge_options(DEFAULT_OPTIONS, defaults, {}, "pixel")
+        self.defaults = dict(defaults or {})
+        PixelOptions.from_dict({}, self.defaults)  # the model spec's defaults are checked when the model loads
 
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
         h, w = lr_hw
@@ -130,15 +129,15 @@ class PixelBackend(Backend):
         return None if self.clip is None else self.clip.prompt_scores(x, prompt)
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
-        o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "pixel")
-        guidance = clip_guidance_settings(o)
+        o = PixelOptions.from_dict(options, self.defaults)
+        guidance = o.guidance_settings()
         check_stage_option_keys(solver_options, (STAGE,))
         base = PixelDenoiser(self.unet, self.schedule, self.adapter)
         den: Any = base
         project = False
         if self.clip is not None and guidance["scale"] > 0:
             den = CLIPGuidance(base, self.clip, None, **guidance)
-            project = o["clip_project_null"]
+            project = o.clip_project_null
 
         def bind(op: LinearOperator, y: torch.Tensor):
             # the guidance gradient is projected onto the null space of this run's operator
@@ -180,10 +179,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
 
     stages = spec_stages(source, "pixel", ("unet",), ("clip",),
                          "a UNet2DModel / DDPM pipeline folder or hub id, e.g. google/ddpm-celebahq-256")
-    load = dict(source.get("load", {}) or {})
-    check_options(load, ("cpu_offload",), "pixel load")
-    if load.get("cpu_offload"):
-        raise UsageError("cpu_offload is not supported by the pixel backend (the 256 px DDPM models need ~3 GB)")
+    LoadOptions.of(source, "pixel",
+                   no_offload="cpu_offload is not supported by the pixel backend (the 256 px DDPM models need ~3 GB)")
     src = resolve_source(stages["unet"], "unet")
     unet = _load_with_fallback(UNet2DModel, src, "unet", ("config.json",), offline=offline,
                                what="pixel UNet", torch_dtype=dtype).to(device)

@@ -1,5 +1,5 @@
-"""Karlo unCLIP backend (kakaobrain/karlo-v1-alpha; the open DALL-E 2 analogue), ALGORITHMS.md
-"Multi-stage models".
+"""Karlo unCLIP backend (kakaobrain/karlo-v1-alpha; the open DALL-E 2 analogue), docs/method.md,
+"Cascades" and "unCLIP embedding averaging".
 
 Pipeline, as Karlo runs it, with the solver added to the two image stages:
 
@@ -9,7 +9,7 @@ Pipeline, as Karlo runs it, with the solver added to the two image stages:
    from the stage's per-sample generators (item k of a batch equals the same seed alone).
 2. **embedding averaging** (the paper's unCLIP trick):
    ``e = lambda * e_img(up(y)) + (1 - lambda) * e_prior``, rescaled to ``||e_prior||`` (``unclip_norm=
-   "prior"``, ALGORITHMS.md) or to ``lambda ||e_img|| + (1 - lambda) ||e_prior||`` (``"mix"``: then
+   "prior"``, docs/method.md) or to ``lambda ||e_img|| + (1 - lambda) ||e_prior||`` (``"mix"``: then
    lambda = 1 is exactly the image-variation embedding).  ``e_img`` is the CLIP vision tower's
    embedding of the LR image upsampled to CLIP's input size.  ``unclip_lambda`` defaults to 0 (pure
    text, no image encoder needed); 0.2-0.5 keeps the LR image's global layout and colours in the
@@ -33,7 +33,7 @@ import math
 import sys
 import types
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,20 +46,44 @@ from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo
-from .hf_common import (ModelOutputAdapter, spec_stages, float_option, has_subfolder, image_preprocessing, int_option, load_pretrained,
-                        merge_options, noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
+from .hf_common import (ModelOutputAdapter, spec_stages, has_subfolder, image_preprocessing, load_pretrained,
+                        noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
                         check_stage_option_keys, timestep_tensor)
+from .options import BackendOptions, LoadOptions, choice, integer, number
 
 BACKEND = "unclip"
 STAGES = ("decoder", "super_res")
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "decoder_guidance": 8.0,  # Karlo's decoder CFG
-    "prior_guidance": 4.0,  # Karlo's prior CFG
-    "prior_steps": 25,  # Karlo's prior steps
-    "unclip_lambda": 0.0,  # embedding averaging weight of the LR image's CLIP embedding
-    "unclip_norm": "prior",  # "prior" | "mix": norm of the averaged embedding
-}
+
+@dataclass(frozen=True)
+class PriorOptions(BackendOptions):
+    """The unCLIP prior and embedding averaging (Karlo; Kandinsky 2.2 too): prior_guidance (4) and
+    prior_steps (25) for the prior, unclip_lambda (0: pure text; 1: the LR image's CLIP embedding; the
+    embedding averaging weight) and unclip_norm (``"prior"`` or ``"mix"``: the averaged embedding's norm)."""
+
+    prior_guidance: float = 4.0
+    prior_steps: int = 25
+    unclip_lambda: float = 0.0
+    unclip_norm: str = "prior"
+
+    def __post_init__(self) -> None:
+        self.set("prior_guidance", number(self.prior_guidance, "prior_guidance", lo=0.0))
+        self.set("prior_steps", integer(self.prior_steps, "prior_steps", lo=2))
+        self.set("unclip_lambda", number(self.unclip_lambda, "unclip_lambda", lo=0.0, hi=1.0))
+        self.set("unclip_norm", choice(self.unclip_norm, "unclip_norm", ("prior", "mix")))
+
+
+@dataclass(frozen=True)
+class UnCLIPOptions(PriorOptions):
+    """Karlo's sampling options: decoder_guidance (8, the decoder's CFG) and the prior's (``PriorOptions``)."""
+
+    what: ClassVar[str] = "unclip"
+    decoder_guidance: float = 8.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.set("decoder_guidance", number(self.decoder_guidance, "decoder_guidance", lo=0.0))
+
 
 # per stage and solver: (decoder, super_res) defaults; the text-guided SR paper's code used 100 + 50
 # DDNM steps and 250 + 100 DPS/PiGDM steps with step size 0.5
@@ -69,8 +93,6 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "super_res": {"ddnm": {"steps": 50}, "ddnm+": {"steps": 50}, "plain": {"steps": 50},
                   "dps": {"steps": 100, "zeta": 0.5}, "pigdm": {"steps": 100}},
 }
-
-LOAD_KEYS = ("attention_slicing", "cpu_offload")
 
 
 def unclip_classes() -> types.SimpleNamespace:
@@ -228,7 +250,9 @@ class KarloDecoderDenoiser:
         cols = list(zip(*(parts[b] for b in branches)))
         return [torch.cat([_rows(v, B) for v in col]) for col in cols]
 
-    def __call__(self, x_t: torch.Tensor, t: int, cond: DecoderCond) -> Prediction:
+    def __call__(self, x_t: torch.Tensor, t: int, cond: DecoderCond | None = None) -> Prediction:
+        if not isinstance(cond, DecoderCond):
+            raise UsageError("the Karlo decoder needs the prompt and the prior's embedding (the stage's condition)")
         B = x_t.shape[0]
         branches = ("cond",) if self.guidance == 1.0 else ("uncond", "cond")
         dt = self.decoder.dtype
@@ -241,14 +265,7 @@ class KarloDecoderDenoiser:
         x_in = torch.cat([x_t] * n).to(dt)
         out = self.decoder(sample=x_in, timestep=timestep_tensor(t, n * B, x_t.device),
                            encoder_hidden_states=hid_states, class_labels=additive, attention_mask=mask).sample
-        out = self.adapter.split(out)
-        abar = self.schedule.abar(t)
-        if n == 1:
-            eps = self.adapter.to_eps(x_t, out, abar)
-        else:
-            e_u, e_c = (self.adapter.to_eps(x_t, o, abar) for o in out.chunk(2))
-            eps = e_u + self.guidance * (e_c - e_u)  # learned variance already dropped
-        return self.adapter.prediction(x_t, eps, abar)
+        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)  # learned variance dropped
 
 
 @dataclass
@@ -261,7 +278,9 @@ class KarloSRDenoiser:
     schedule: NoiseSchedule
     adapter: ModelOutputAdapter
 
-    def __call__(self, x_t: torch.Tensor, t: int, cond: torch.Tensor) -> Prediction:
+    def __call__(self, x_t: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> Prediction:
+        if cond is None:
+            raise UsageError("the Karlo super-resolution stage needs the upsampled decoder output (its condition)")
         unet = self.last if (t == 0 and self.last is not None) else self.first
         dt = unet.dtype
         x_in = torch.cat([x_t, cond.to(x_t)], dim=1).to(dt)
@@ -290,7 +309,8 @@ class UnCLIPBackend(Backend):
         self.decoder, self.super_res_first, self.super_res_last = decoder, super_res_first, super_res_last
         self.prior_scheduler = prior_scheduler
         self.image_encoder = image_encoder
-        self.defaults = merge_options(DEFAULT_OPTIONS, defaults, {}, "unclip")
+        self.defaults = dict(defaults or {})
+        UnCLIPOptions.from_dict({}, self.defaults)  # the model spec's defaults are checked when the model loads
         for m in (text_encoder, prior, text_proj, decoder, super_res_first, super_res_last, image_encoder):
             if m is not None:
                 m.eval().requires_grad_(False)
@@ -352,26 +372,21 @@ class UnCLIPBackend(Backend):
         return self.clip.image_embeds(y.to(self.device, torch.float32))
 
     # -- stages ---------------------------------------------------------------------------------
-    def options(self, options: dict) -> dict:
-        o = merge_options(DEFAULT_OPTIONS, self.defaults, options, "unclip")
-        float_option(o, "decoder_guidance", lo=0.0)
-        float_option(o, "prior_guidance", lo=0.0)
-        int_option(o, "prior_steps", lo=2)
-        float_option(o, "unclip_lambda", lo=0.0, hi=1.0)
-        if o["unclip_norm"] not in ("prior", "mix"):
-            raise UsageError(f"option unclip_norm must be 'prior' or 'mix', got {o['unclip_norm']!r}")
-        if float(o["unclip_lambda"]) > 0 and self.image_encoder is None:
+    def options(self, options: dict) -> UnCLIPOptions:
+        """This model's options: class defaults < the model spec's ``defaults`` < ``options``."""
+        o = UnCLIPOptions.from_dict(options, self.defaults)
+        if o.unclip_lambda > 0 and self.image_encoder is None:
             raise _no_image_encoder()
         return o
 
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         o = self.options(options)
         check_stage_option_keys(solver_options, STAGES)
-        lam = float(o["unclip_lambda"])
+        lam = o.unclip_lambda
         decoder = KarloDecoderDenoiser(self.decoder, self.text_proj, self.decoder_schedule, self.decoder_adapter,
-                                       guidance=float(o["decoder_guidance"]), lam=lam, norm=o["unclip_norm"])
+                                       guidance=o.decoder_guidance, lam=lam, norm=o.unclip_norm)
         sr = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
-        prior_guidance, prior_steps = float(o["prior_guidance"]), int(o["prior_steps"])
+        prior_guidance, prior_steps = o.prior_guidance, o.prior_steps
 
         def decoder_condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> DecoderCond:
             if not isinstance(cond, KarloText):
@@ -431,15 +446,6 @@ def _quiet_transformers():
         tlog.set_verbosity(level)
 
 
-def _check_load(load: dict) -> None:
-    from .base import check_options
-
-    check_options(load, LOAD_KEYS, "unclip load")
-    if load.get("cpu_offload"):
-        raise UsageError("cpu_offload is not supported by the unclip backend (Karlo needs about 8-10 GB in fp16 "
-                         "without it); run on a larger GPU or on CPU (--device cpu)")
-
-
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> UnCLIPBackend:
     """Load Karlo from a model spec ``{"backend": "unclip", "stages": {"pipeline": ..., "image_encoder":
     ...}, "defaults": {...}, "load": {...}}``.  ``pipeline``: an UnCLIPPipeline folder or hub id
@@ -452,7 +458,9 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     cls = unclip_classes()
     stages = spec_stages(source, "unclip", ("pipeline",), ("image_encoder",),
                          "an UnCLIPPipeline folder or hub id, e.g. kakaobrain/karlo-v1-alpha")
-    _check_load(dict(source.get("load", {}) or {}))
+    load = LoadOptions.of(source, "unclip", known=("attention_slicing", "cpu_offload"),
+                          no_offload="cpu_offload is not supported by the unclip backend (Karlo needs about 8-10 GB in "
+                                     "fp16 without it); run on a larger GPU or on CPU (--device cpu)")
     src = resolve_source(stages["pipeline"], "pipeline")
     kw = dict(offline=offline)
 
@@ -474,7 +482,7 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
         super_res_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="super_res_scheduler",
                                             what="super-resolution scheduler", **kw),
     )
-    if (source.get("load") or {}).get("attention_slicing"):
+    if load.attention_slicing:
         parts["decoder"].set_attention_slice("auto")
     if "image_encoder" in stages:
         isrc = resolve_source(stages["image_encoder"], "image_encoder")

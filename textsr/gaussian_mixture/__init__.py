@@ -1,4 +1,4 @@
-"""The exactly solvable Gaussian-mixture world (ALGORITHMS.md, "Gaussian-mixture closed forms").
+"""The exactly solvable Gaussian-mixture world (docs/method.md, "Gaussian-mixture closed forms").
 
 Build a prior, get its exact denoiser, its exact posterior and an exact cascade::
 

@@ -1,6 +1,6 @@
 """Covariance families for Gaussian mixtures, batched over K components (torch, any dtype/device).
 
-Every family offers what the exact mixture world needs (ALGORITHMS.md, "Gaussian-mixture closed forms"):
+Every family offers what the exact mixture world needs (docs/method.md, "Gaussian-mixture closed forms"):
 ``diffuse(abar) = abar Sigma + (1 - abar) I`` (the covariance of ``x_t``), ``matvec``, ``solve``
 (``Sigma^{-1} v``), ``logdet``, zero-mean ``sample`` and ``dense`` (small d only).  Vectors are flat:
 ``v`` of shape ``(..., K, d)`` is one d-vector per component.

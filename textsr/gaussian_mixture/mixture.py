@@ -1,4 +1,4 @@
-"""Gaussian mixtures with exact scores under VP diffusion (ALGORITHMS.md, "Gaussian-mixture closed forms").
+"""Gaussian mixtures with exact scores under VP diffusion (docs/method.md, "Gaussian-mixture closed forms").
 
 ``p_t(x) = sum_i w_i N(sqrt(abar) mu_i, abar Sigma_i + (1 - abar) I)``;
 ``score = sum_i gamma_i C_i^{-1} (sqrt(abar) mu_i - x)`` with responsibilities ``gamma`` (a softmax of

@@ -1,6 +1,6 @@
 """Exact posterior of a Gaussian-mixture prior given ``y = A x + sigma_y n`` (sigma_y = 0 allowed).
 
-Per component (ALGORITHMS.md): ``G_i = sigma_y^2 I + A Sigma_i A^T`` (m x m), weights
+Per component (docs/method.md, "Gaussian-mixture closed forms"): ``G_i = sigma_y^2 I + A Sigma_i A^T`` (m x m), weights
 ``w_i' ∝ w_i N(y; A mu_i, G_i)``, conditional ``N(mu_i + Sigma_i A^T G_i^{-1} (y - A mu_i),
 Sigma_i - Sigma_i A^T G_i^{-1} A Sigma_i)``.
 

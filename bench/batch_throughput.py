@@ -207,7 +207,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     rows = summarize(runs)
 
-    print(f"{args.jobs} jobs, tiny DeepFloyd IF (2 stages), 4x4 -> 32x32, 2 samples x {args.steps} steps per stage, CPU; "
+    print(f"{args.jobs} jobs, tiny DeepFloyd IF (2 stages), 4x4 -> 32x32, 2 samples x {args.steps} steps per stage, "
+          "CPU; "
           f"one load_model of it: {load_s:.2f} s")
     print(f"medians of {args.repeats} alternating runs; cpu = this process's CPU seconds (the Ray variants "
           "run in workers); loads = load_model calls, load s = seconds inside them")

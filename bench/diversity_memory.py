@@ -60,7 +60,8 @@ def main() -> None:
     print(f"{args.samples} samples of {args.size}x{args.size}x3 float32 ({s.nbytes / 2**20:.1f} MiB)")
     print(f"{'variant':<26} {'peak MiB':>9} {'seconds':>8} {'pairwise_l2':>14} {'mean_std':>10}")
     for r in rows:
-        print(f"{r['variant']:<26} {r['peak_mib']:>9.1f} {r['seconds']:>8.3f} {r['pairwise_l2']:>14.10f} {r['mean_std']:>10.6f}")
+        print(f"{r['variant']:<26} {r['peak_mib']:>9.1f} {r['seconds']:>8.3f} {r['pairwise_l2']:>14.10f} "
+              f"{r['mean_std']:>10.6f}")
     print(f"|difference| in pairwise_l2: {diff:.3g}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"samples": args.samples, "size": args.size, "input_mib": s.nbytes / 2**20,

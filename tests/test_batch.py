@@ -5,9 +5,9 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from textsr.batch import load_manifest, run_batch
 from textsr.cli import main
 from textsr.demo import demo_image
-from textsr.batch import load_manifest, run_batch
 from textsr.errors import UsageError
 
 
@@ -194,7 +194,8 @@ def test_binary_manifest(tmp_path, content):  # item 8
 
 def test_malformed_jsonl_line_is_reported_at_its_line(tmp_path):  # item 11
     p = tmp_path / "m.jsonl"
-    p.write_text(json.dumps({**JOB, "out": "a"}) + "\n" + '{"image": "lr.png", broken\n' + json.dumps({**JOB, "out": "b"}))
+    broken = '{"image": "lr.png", broken\n'
+    p.write_text(json.dumps({**JOB, "out": "a"}) + "\n" + broken + json.dumps({**JOB, "out": "b"}))
     with pytest.raises(UsageError, match=r"line 2\b"):
         load_manifest(p)
     p.write_text("# a comment\n\n" + json.dumps({**JOB, "out": "a"}) + "\n\n" + "{oops}\n")

@@ -63,7 +63,8 @@ VALID = {
 ODD = {
     "--scale": st.one_of(st.sampled_from(["1", "33", "0", "-8", "8.5", "x8", ""]), any_int.map(str), junk),
     "--samples": st.one_of(st.sampled_from(["0", "-1", "257", "1.5"]), any_int.map(str), junk),
-    "--seed": st.one_of(st.sampled_from(["9223372036854775807", "-1", str(2**32), "1e3", "abc"]), any_int.map(str), junk),
+    "--seed": st.one_of(st.sampled_from(["9223372036854775807", "-1", str(2**32), "1e3", "abc"]), any_int.map(str),
+                        junk),
     "--steps": st.sampled_from(["0", "-1", "1.5", "x", ""]),
     "--sigma-y": st.one_of(st.sampled_from(["1e308", "inf", "-inf", "nan", "-0.1", "2.0001", "0.1.2"]),
                            any_float.map(str), junk),
@@ -73,8 +74,10 @@ ODD = {
     "--operator": st.sampled_from(["nearest", "", "AVGPOOL"]),
     "--solver": st.sampled_from(["euler", "DDNM", ""]),
     "--model": st.sampled_from(["no-such-model", "", "/", "{}", "/etc/passwd", "."]),
-    "--prompt": st.one_of(st.sampled_from(["a circle and a star", "<script>alert(1)</script>", "\x00", "a red circle\n"]), junk),
-    "--template": st.one_of(st.sampled_from(["a {shape}", "a red {s} on blue", "{a}{b}", "no slot", "{}", "{0}"]), junk),
+    "--prompt": st.one_of(st.sampled_from(["a circle and a star", "<script>alert(1)</script>", "\x00",
+                                           "a red circle\n"]), junk),
+    "--template": st.one_of(st.sampled_from(["a {shape}", "a red {s} on blue", "{a}{b}", "no slot", "{}", "{0}"]),
+                            junk),
     "--values": st.one_of(st.sampled_from(["circle,star", ",", "ring", ""]), junk),
     "--solver-option": st.one_of(st.sampled_from(["bogus=1", "eta", "eta=nan", "travel_length=3", "steps=0", "start=2",
                                                   "steps=99999999999999999999", "=", "mode=[1]"]), junk),
@@ -221,7 +224,8 @@ def test_damaged_images_through_the_cli(img):
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / f"in.{fmt.lower()}", Path(tmp) / "out"
         src.write_bytes(data)
-        res = CliRunner().invoke(main, ["upscale", str(src), "-x", "2", "-n", "1", "--steps", "1", "-q", "-o", str(out)])
+        argv = ["upscale", str(src), "-x", "2", "-n", "1", "--steps", "1", "-q", "-o", str(out)]
+        res = CliRunner().invoke(main, argv)
         assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
         assert res.exit_code in (0, 2) and "Traceback" not in res.output, res.output
         check_folder(out, res.exit_code)

@@ -200,7 +200,8 @@ def test_results_json_is_written_last(tmp_path, monkeypatch, victim):
     real = io.write_bytes_atomic
 
     def dies_at(data, path):
-        if Path(path).name == Path(victim).name and Path(path).parent.name == (Path(victim).parent.name or tmp_path.name):
+        parent = Path(victim).parent.name or tmp_path.name
+        if Path(path).name == Path(victim).name and Path(path).parent.name == parent:
             raise Killed
         return real(data, path)
 

@@ -81,7 +81,8 @@ def test_cli_records_the_steps_that_ran(tmp_path, steps):
     from textsr.demo import demo_image
 
     Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
-    res = CliRunner().invoke(main, ["upscale", str(tmp_path / "in.png"), "-x", "8", "-n", "1", "-q", "--steps", str(steps),
+    res = CliRunner().invoke(main, ["upscale", str(tmp_path / "in.png"), "-x", "8", "-n", "1", "-q",
+                                    "--steps", str(steps),
                                     "--solver-option", "start=0.004", "-o", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "o" / "results.json").read_text())

@@ -18,9 +18,10 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +129,8 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
         operator = validate.choice(operator, "operator", sorted(OPERATORS))
     simulate = validate.flag(simulate, "simulate")
     _check_model(model)
-    for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"), ("dtype", dtype, "float32, float16 or auto")):
+    for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"),
+                           ("dtype", dtype, "float32, float16 or auto")):
         if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
             raise UsageError(f"{name} must be a string ({kinds}) or None, got {v!r}")
     if preset is not None:

@@ -24,8 +24,9 @@ only its GPU, so ``device="auto"`` picks it); jobs are dispatched to idle actors
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from . import validate
 from .batch_jobs import DEFAULT_MODEL, Job, JobResult, ModelCache, model_key, run_job
@@ -84,7 +85,8 @@ def _read_items(path: Path) -> list[tuple[int, Any]]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UsageError(f"manifest {path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+            raise UsageError(f"manifest {path} is not valid JSON ({e.msg} at line {e.lineno}, "
+                             f"column {e.colno})") from None
         starts = _list_item_lines(text, len(items)) if isinstance(items, list) else []
         return list(zip(starts, items))
     out = []

@@ -53,8 +53,8 @@ class ModelCache:
         self.loads = 0
 
     def get(self, model: str, device: Any = None, dtype: Any = None) -> Any:
-        from .device import resolve_device, resolve_dtype
         from . import model_registry
+        from .device import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)

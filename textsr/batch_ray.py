@@ -4,7 +4,8 @@ holding its model(s) in a ``ModelCache``; jobs go to whichever actor is idle. An
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .batch_jobs import Job, JobResult, ModelCache, run_job
 from .errors import UsageError

@@ -82,8 +82,8 @@ def _checked(check):
 
 
 def _run_and_report(kwargs: dict, out: Path, quiet: bool, overwrite: bool = False) -> None:
-    from .errors import TextSRError
     from .api import explore
+    from .errors import TextSRError
     from .outdir import check_output_folder
 
     bar = _ProgressBar(quiet)
@@ -165,7 +165,8 @@ def _common_options(f):
         click.option("--preset", type=click.Choice(PRESET_CHOICES),
                      help="Named settings: paper = the text-guided SR paper's DeepFloyd IF setting (see README); "
                           "explicit options override it."),
-        click.option("--sigma-y", type=float, default=0.0, show_default=True, callback=_checked(lambda v: validate.sigma_y(v)),
+        click.option("--sigma-y", type=float, default=0.0, show_default=True,
+                     callback=_checked(lambda v: validate.sigma_y(v)),
                      help="Noise std of the LR image in [-1,1] units (half the [0,1] value), 0 to 2."),
         click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's).",
                      callback=_checked(lambda v: validate.steps(v))),
@@ -222,7 +223,8 @@ def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
               show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (only textsr's own files are removed).")
-@click.option("--samples", "-n", type=int, default=6, show_default=True, callback=_checked(lambda v: validate.samples(v)))
+@click.option("--samples", "-n", type=int, default=6, show_default=True,
+              callback=_checked(lambda v: validate.samples(v)))
 @click.option("--seed", type=int, default=0, show_default=True, callback=_checked(lambda v: validate.seed(v)))
 @click.option("--quiet", "-q", is_flag=True)
 def demo(out, overwrite, samples, seed, quiet):
@@ -292,7 +294,8 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=7860, type=click.IntRange(1, 65535), show_default=True)
-@click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True, help="Requests run at once (1-64).")
+@click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True,
+              help="Requests run at once (1-64).")
 @click.option("--share", is_flag=True, hidden=True)
 def app(host, port, concurrency, share):
     """Open the web app for interactive exploration."""

@@ -27,8 +27,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from . import io
 from .errors import OutputFolderError, OutputWriteError
@@ -92,7 +92,8 @@ def stale_temps(out: Path) -> list[Path]:
 def describe_run(out: Path, files: list[Path]) -> str:
     """'a complete textsr run (results.json, ...)' for messages."""
     kind = "a textsr run" if (out / RESULTS) in files else "files of an interrupted textsr run (no results.json)"
-    shown = ", ".join(str(f.relative_to(out)) for f in files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+    more = f" and {len(files) - 4} more" if len(files) > 4 else ""
+    shown = ", ".join(str(f.relative_to(out)) for f in files[:4]) + more
     return f"{kind}: {shown}"
 
 
@@ -117,7 +118,8 @@ def _listed_in_results(out: Path) -> list[str]:
         return []
     if not isinstance(doc, dict) or "textsr_version" not in doc:
         return []
-    rels = [v for v in (doc.get("files") or {}).values() if isinstance(v, str)] if isinstance(doc.get("files"), dict) else []
+    files = doc.get("files")
+    rels = [v for v in files.values() if isinstance(v, str)] if isinstance(files, dict) else []
     for entry in doc.get("prompts") or []:
         if isinstance(entry, dict):
             rels += [entry.get("std_file")] + [s.get("file") for s in entry.get("samples") or [] if isinstance(s, dict)]

@@ -41,7 +41,8 @@ def integer(value: Any, name: str, *, lo: int | None = None, hi: int | None = No
     span = (f" from {lo} to {hi}" if hi is not None else f" >= {lo}") if lo is not None else ""
     if ok is None or (lo is not None and ok < lo) or (hi is not None and ok > hi):
         kind = f" ({type(value).__name__})" if not isinstance(value, numbers.Real) or isinstance(value, bool) else ""
-        raise UsageError(f"{name} must be a whole number{span}, got {_shown(value)}{kind}" + (f" ({hint})" if hint else ""))
+        raise UsageError(f"{name} must be a whole number{span}, got {_shown(value)}{kind}"
+                         + (f" ({hint})" if hint else ""))
     return ok
 
 
@@ -108,9 +109,11 @@ def prompts(value: Any) -> list[str]:
         return []
     if isinstance(value, str):
         return [value]
-    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)) and all(isinstance(p, str) for p in value):
+    if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)) and all(
+            isinstance(p, str) for p in value):
         return list(value)
-    raise UsageError(f"prompts must be a string or a list of strings, e.g. ['a red circle', 'a star']; got {_shown(value)}")
+    raise UsageError("prompts must be a string or a list of strings, e.g. ['a red circle', 'a star']; "
+                     f"got {_shown(value)}")
 
 
 def sweep_values(value: Any) -> str | list[str] | None:
@@ -183,12 +186,14 @@ def image_array(value: Any) -> np.ndarray:
     if arr is None:
         raise UsageError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C = 1 or 3; got shape {shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise UsageError(f"the image is empty ({arr.shape[1]}x{arr.shape[0]} pixels; shape {shape}); pass a non-empty image")
+        raise UsageError(f"the image is empty ({arr.shape[1]}x{arr.shape[0]} pixels; shape {shape}); "
+                         "pass a non-empty image")
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0
     if not np.issubdtype(arr.dtype, np.floating):
         raise UsageError(f"an image array must be uint8 (0-255) or float in [0, 1]; got dtype {arr.dtype}"
-                         + (" (convert integers with arr.astype(np.uint8))" if np.issubdtype(arr.dtype, np.integer) else ""))
+                         + (" (convert integers with arr.astype(np.uint8))"
+                            if np.issubdtype(arr.dtype, np.integer) else ""))
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
         raise UsageError("a float image must have finite values in [0, 1] (a [-1, 1] model tensor x: pass (x + 1) / 2)")

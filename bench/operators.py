@@ -171,7 +171,7 @@ def timing_table() -> list[dict]:
             y = op.A(x)
             rows.append({"operator": op.name, "factor": f, "build_ms": build,
                          "A_ms": time_it(op.A, x), "A_pinv_ms": time_it(op.A_pinv, y), "At_ms": time_it(op.At, y),
-                         "spectral_ms": time_it(lambda t: op.spectral(t, lambda s: s / (1 + s)), x)})
+                         "spectral_ms": time_it(lambda t, op=op: op.spectral(t, lambda s: s / (1 + s)), x)})
     return rows
 
 

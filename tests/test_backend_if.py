@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from textsr.backends.deepfloyd_if import STAGE_SOLVER_DEFAULTS, IFBackend, IFSRCond, IFText, dynamic_threshold
-from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 from textsr.cascade import run_cascade
 from textsr.errors import InputImageError, UsageError
 from textsr.model_registry import load_model
 from textsr.operators import AvgPool
 from textsr.solvers import Noise, make_config
+from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 
 SCALE, LR = 8, 4  # 4x4 -> 32x32 output; stage I at 8x8 with A_2, stage II at 32x32 with A_8
 STEPS = {"steps": 6}

@@ -3,13 +3,11 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
 
 from textsr import metrics
 from textsr.operators import AvgPool
-
 
 
 def test_sliced_wasserstein_same_vs_different_and_deterministic():

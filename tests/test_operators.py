@@ -351,7 +351,8 @@ def smooth_image(b, c, h, w, seed=0, dtype=torch.float64):
         k = torch.rand(b, c, 2, generator=g, dtype=torch.float64) * 4
         ph = torch.rand(b, c, 1, 1, generator=g, dtype=torch.float64) * 2 * math.pi
         img += torch.cos(2 * math.pi * (k[..., :1, None] * yy + k[..., 1:, None] * xx) + ph)
-    img = (img - img.amin(dim=(2, 3), keepdim=True)) / (img.amax(dim=(2, 3), keepdim=True) - img.amin(dim=(2, 3), keepdim=True))
+    lo, hi = img.amin(dim=(2, 3), keepdim=True), img.amax(dim=(2, 3), keepdim=True)
+    img = (img - lo) / (hi - lo)
     return img.to(dtype)
 
 
@@ -364,7 +365,8 @@ def test_bicubic_matches_torch_antialias_on_whole_image(f, h, w, dtype):
     op = Bicubic(f, (3, h, w))
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     for x in [smooth_image(2, 3, h, w, seed=f, dtype=dtype), torch.rand(2, 3, h, w, dtype=dtype)]:
-        ref = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True, align_corners=False)
+        ref = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True,
+                                              align_corners=False)
         assert (op.A(x) - ref).abs().max().item() <= tol
 
 
@@ -545,7 +547,7 @@ def test_cuda_matches_cpu(dtype):
     for op in [AvgPool(4, (3, 32, 16)), Bicubic(4, (3, 32, 16)), Bicubic(8, (3, 64, 32), cutoff=0.9),
                BicubicReflect(4, (3, 32, 16)), Matrix(torch.randn(5, 8))]:
         x, y = draws(op, dtype, 0)
-        for f, inp in [(op.A, x), (op.At, y), (op.A_pinv, y), (lambda t: op.spectral(t, lambda s: s**2), x)]:
+        for f, inp in [(op.A, x), (op.At, y), (op.A_pinv, y), (lambda t, op=op: op.spectral(t, lambda s: s**2), x)]:
             got = f(inp.cuda())
             assert got.device.type == "cuda" and got.dtype == dtype
             assert_close(got.cpu(), f(inp), dtype, "cuda vs cpu")

@@ -3,14 +3,18 @@
 import pytest
 import torch
 
+from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 from textsr import operators as ops
 from textsr.cascade import Stage, run_cascade
 from textsr.schedule import NoiseSchedule
 from textsr.solvers import SOLVERS, Noise, Problem, make_config, sample
-from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 
 SCHED = NoiseSchedule.linear()
 SOLVER_NAMES = list(SOLVERS)
+
+
+def noise64(seeds) -> Noise:
+    return Noise.from_seeds(seeds, dtype=torch.float64)
 
 
 def make_ops():
@@ -112,7 +116,7 @@ def test_dps_and_pigdm_lower_residual_vs_plain():
     seeds = list(range(16))
 
     def resid(name, **kw):
-        x = sample(den, Problem(op, y), make_config(name, steps=50, **kw), Noise.from_seeds(seeds, dtype=torch.float64)).x
+        x = sample(den, Problem(op, y), make_config(name, steps=50, **kw), noise64(seeds)).x
         return (op.A(x) - y).flatten(1).norm(dim=1).mean().item()
 
     plain = resid("plain")
@@ -126,7 +130,7 @@ def test_pigdm_tweedie_is_exact_projection_for_gaussian_prior():
     op = ops.AvgPool(2, (1, 4, 4))
     den = GaussianDenoiser(SCHED, c=1.0)
     y = torch.randn(1, 1, 2, 2, dtype=torch.float64)
-    x = sample(den, Problem(op, y), make_config("pigdm", steps=20, safeguard=False), Noise.from_seeds([0, 1], dtype=torch.float64)).x
+    x = sample(den, Problem(op, y), make_config("pigdm", steps=20, safeguard=False), noise64([0, 1])).x
     assert (op.A(x) - y).abs().max() < 1e-8
 
 
@@ -138,7 +142,7 @@ def test_ddnm_eta085_under_disperses_null_space(steps, expected):
     op = ops.AvgPool(4, (1, 8, 8))
     den = GaussianDenoiser(SCHED, c=1.0)
     y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
-    x = sample(den, Problem(op, y), make_config("ddnm", steps=steps), Noise.from_seeds(range(400), dtype=torch.float64)).x
+    x = sample(den, Problem(op, y), make_config("ddnm", steps=steps), noise64(range(400))).x
     null = op.project_null(x)
     var = (null**2).sum() / (400 * (64 - 4))
     assert abs(var.item() - expected) < 0.05, var.item()
@@ -154,8 +158,8 @@ def test_ddnm_plus_removes_measurement_noise_vs_ddnm():
     y = op.A(x_true) + sigma_y * torch.randn(1, 1, 4, 4, dtype=torch.float64, generator=g)
     seeds = list(range(64))
     for mode in ("svd", "simplified"):
-        xp = sample(den, Problem(op, y, sigma_y), make_config("ddnm+", steps=50, mode=mode), Noise.from_seeds(seeds, dtype=torch.float64)).x
-        xd = sample(den, Problem(op, y, sigma_y), make_config("ddnm", steps=50), Noise.from_seeds(seeds, dtype=torch.float64)).x
+        xp = sample(den, Problem(op, y, sigma_y), make_config("ddnm+", steps=50, mode=mode), noise64(seeds)).x
+        xd = sample(den, Problem(op, y, sigma_y), make_config("ddnm", steps=50), noise64(seeds)).x
         assert (op.A(xd) - y).abs().max() < 1e-10
         # the exact posterior mean in the range: shrink y toward 0; DDNM+ must be much closer to it
         err_p = (op.A(xp).mean(0) - op.A(x_true)).norm()
@@ -180,15 +184,16 @@ def test_warm_start_pinv_init():
     den = GaussianDenoiser(SCHED, c=0.5)
     y = torch.randn(1, 1, 2, 2, dtype=torch.float64) * 0.3
     seen = []
-    sample(den, Problem(op, y), make_config("dps", steps=10, start=0.3, init="pinv"), Noise.from_seeds([0], dtype=torch.float64), callback=seen.append)
+    cfg = make_config("dps", steps=10, start=0.3, init="pinv")
+    sample(den, Problem(op, y), cfg, noise64([0]), callback=seen.append)
     assert seen[0].t <= 300 and len(seen) == 10
 
 
 def test_callback_reports_progress():
     op = ops.AvgPool(2, (1, 4, 4))
     seen = []
-    sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=5), Noise.from_seeds([0]),
-           callback=seen.append, stage="I")
+    sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=5),
+           Noise.from_seeds([0]), callback=seen.append, stage="I")
     assert [s.index for s in seen] == list(range(5)) and seen[-1].t_next == -1 and seen[0].stage == "I"
 
 

@@ -85,7 +85,7 @@ def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> J
     from .api import explore
     from .outdir import check_output_folder
 
-    who = {"worker": os.getpid(), "model_loads": None if cache is None else cache.loads}
+    who: dict[str, Any] = {"worker": os.getpid(), "model_loads": None if cache is None else cache.loads}
     if not (force or job.overwrite) and (job.out / "results.json").exists():
         return JobResult(str(job.out), "skipped", **who)
     t0 = time.perf_counter()

@@ -15,8 +15,9 @@ is adapted to this protocol; solvers never see a model.  Rules for implementers:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -42,7 +43,7 @@ class Prediction:
     @classmethod
     def from_eps(cls, x_t: torch.Tensor, eps: torch.Tensor, abar_t: float,
                  x0_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 v: torch.Tensor | None = None) -> "Prediction":
+                 v: torch.Tensor | None = None) -> Prediction:
         """``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``; an optional ``x0_transform``
         (clipping, dynamic thresholding) is applied and ``eps`` recomputed to match it."""
         x0 = (x_t - math.sqrt(1.0 - abar_t) * eps) / math.sqrt(abar_t)
@@ -53,7 +54,7 @@ class Prediction:
 
     @classmethod
     def from_x0(cls, x_t: torch.Tensor, x0: torch.Tensor, abar_t: float,
-                v: torch.Tensor | None = None) -> "Prediction":
+                v: torch.Tensor | None = None) -> Prediction:
         return cls(x0=x0, eps=eps_from_x0(x_t, x0, abar_t), v=v)
 
 

@@ -322,7 +322,7 @@ def _as_int_scale(scale: Any, allowed: range) -> int:
     if isinstance(scale, numbers.Integral):
         s = int(scale)
     elif isinstance(scale, numbers.Real) and math.isfinite(scale) and float(scale).is_integer():
-        s = int(scale)
+        s = int(float(scale))
     else:
         raise UsageError(bad + " (fractional scales are not supported)")
     if s not in allowed:

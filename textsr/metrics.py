@@ -17,7 +17,8 @@ returns a ``(B,)`` tensor; distribution metrics return Python floats.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch

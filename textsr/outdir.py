@@ -122,8 +122,9 @@ def _listed_in_results(out: Path) -> list[str]:
     rels = [v for v in files.values() if isinstance(v, str)] if isinstance(files, dict) else []
     for entry in doc.get("prompts") or []:
         if isinstance(entry, dict):
-            rels += [entry.get("std_file")] + [s.get("file") for s in entry.get("samples") or [] if isinstance(s, dict)]
-    return [r for r in rels if isinstance(r, str) and r and not os.path.isabs(r)]
+            more = [entry.get("std_file")] + [s.get("file") for s in entry.get("samples") or [] if isinstance(s, dict)]
+            rels += [r for r in more if isinstance(r, str)]
+    return [r for r in rels if r and not os.path.isabs(r)]
 
 
 def _inside(p: Path, root: Path) -> bool:

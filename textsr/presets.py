@@ -22,8 +22,9 @@ its stage-I start.  Other steps than the preset's keep its late start where it b
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UsageError
 

@@ -98,6 +98,7 @@ def write_outputs(
             f"results say scale {doc.get('scale')} and output_size {doc.get('output_size')}, but the "
             f"images give scale {scale} and output size {list(out_size)}"
         )
+    std_rgb: dict[str, np.ndarray] = {}
     written: dict[str, np.ndarray | Image.Image] = {
         "input.png": lr,
         "nearest.png": io.resize_nearest(lr, scale),
@@ -109,7 +110,8 @@ def write_outputs(
             sample.setdefault("index", k)
             sample["file"] = f"{folder}/sample-{k:02d}.png"
             written[sample["file"]] = arr
-        written[entry["std_file"]] = colorize(stds[entry["label"]], vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+        std_rgb[entry["label"]] = colorize(stds[entry["label"]], vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+        written[entry["std_file"]] = std_rgb[entry["label"]]
     doc["files"] = {"input": "input.png", "nearest": "nearest.png", "bicubic": "bicubic.png",
                     "grid": "grid.png", "results": "results.json", "index": "index.html"}
     doc["std_map"] = {"colormap": "viridis", "vmin": 0.0, "vmax": vmax, "shared": True}
@@ -117,7 +119,7 @@ def write_outputs(
     validate_results(doc)
 
     written["grid.png"] = render_grid(
-        lr, scale, [(e["prompt"], imgs[e["label"]], written[e["std_file"]]) for e in doc["prompts"]]
+        lr, scale, [(e["prompt"], imgs[e["label"]], std_rgb[e["label"]]) for e in doc["prompts"]]
     )
     files = {rel: io.png_bytes(img) for rel, img in written.items()}  # encoded before the disk is touched
     files["index.html"] = render_html(doc, lr_size=(lr.shape[0], lr.shape[1])).encode("utf-8")
@@ -269,14 +271,16 @@ def render_grid(
     canvas = Image.new("RGB", lay.size, "white")
     draw = ImageDraw.Draw(canvas)
     font = _font(FONT_SIZE)
-    headers = [f"input (nearest x{scale})", f"bicubic x{scale}", *(f"sample {k}" for k in range(n)), "std (uncertainty)"]
+    headers = [f"input (nearest x{scale})", f"bicubic x{scale}", *(f"sample {k}" for k in range(n)),
+               "std (uncertainty)"]
     for c, text in enumerate(headers):
         x, _ = lay.origin(0, c)
         draw.text((x, PAD), _fit(draw, text, font, lay.cell_w), fill="black", font=font)
     base = [io.resize_nearest(lr, scale), io.resize_bicubic(lr, scale)]
     for r, (prompt, samples, std) in enumerate(rows):
         x, y = lay.origin(r, 0)
-        lines = _wrap(draw, f"{r}. {prompt or '(no text)'}", font, LABEL_W - 2 * PAD, max(1, lay.cell_h // (FONT_SIZE + 4)))
+        max_lines = max(1, lay.cell_h // (FONT_SIZE + 4))
+        lines = _wrap(draw, f"{r}. {prompt or '(no text)'}", font, LABEL_W - 2 * PAD, max_lines)
         draw.multiline_text((PAD, y), "\n".join(lines), fill="black", font=font, spacing=4)
         cells = [*base, *samples, *[None] * (n - len(samples)), std]
         for c, img in enumerate(cells):
@@ -340,12 +344,14 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lin
 # --------------------------------------------------------------------------------------------
 
 _CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:16px;color:#222}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:16px;
+color:#222}
 h1{margin:.2em 0}h2{margin:1.2em 0 .3em;border-bottom:1px solid #ddd}.sub{color:#666;margin:0 0 1em}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px}
 figure{margin:0;background:#f6f6f6;padding:6px;border-radius:4px}figure img{width:100%;height:auto;display:block}
 figcaption{font-size:13px;color:#333;margin-top:4px}.px img{image-rendering:pixelated}
-table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:14px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.bar{height:12px;border-radius:2px}.barlab{display:flex;justify-content:space-between;font-size:12px}
 .meta{color:#444;font-size:14px}code{background:#f3f3f3;padding:0 3px}
 """

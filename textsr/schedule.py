@@ -9,8 +9,9 @@ clean image (``abar_{-1} = 1``), so the last step of every sampler is a step to 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -37,25 +38,25 @@ class NoiseSchedule:
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
-    def from_betas(cls, betas: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas: Sequence[float] | torch.Tensor, name: str = "custom") -> NoiseSchedule:
         b = torch.as_tensor(betas, dtype=torch.float64)
         if torch.any(b <= 0) or torch.any(b >= 1):
             raise ValueError("betas must lie in (0, 1)")
         return cls(tuple(torch.cumprod(1.0 - b, 0).tolist()), name=name)
 
     @classmethod
-    def from_alphas_cumprod(cls, abar: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+    def from_alphas_cumprod(cls, abar: Sequence[float] | torch.Tensor, name: str = "custom") -> NoiseSchedule:
         return cls(tuple(torch.as_tensor(abar, dtype=torch.float64).tolist()), name=name)
 
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         """DDPM's linear betas (Ho et al. 2020): the schedule of the MCGdiff/DDNM/DPS references."""
         if T < 2:
             raise ValueError(f"T must be >= 2, got {T}")
         return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
 
     @classmethod
-    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
         """Nichol & Dhariwal's cosine schedule (``squaredcos_cap_v2`` in diffusers; DeepFloyd IF)."""
         f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(T)]

@@ -35,7 +35,7 @@ def integer(value: Any, name: str, *, lo: int | None = None, hi: int | None = No
     elif isinstance(value, numbers.Integral):
         ok = int(value)
     elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
-        ok = int(value)
+        ok = int(float(value))
     else:
         ok = None
     span = (f" from {lo} to {hi}" if hi is not None else f" >= {lo}") if lo is not None else ""

@@ -3,9 +3,10 @@ scheduler's dynamic thresholding as an ``x0_transform`` (see ``deepfloyd_if`` fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -87,6 +88,8 @@ class IFUNetDenoiser:
                  null_text: IFText, x0_transform: Callable[[torch.Tensor], torch.Tensor] | None,
                  activate: Callable[[], None] | None = None):
         self.unet = unet
+        config: Any = unet.config
+        self.in_channels = int(config.in_channels)
         self.schedule = schedule
         self.guidance_scale = float(guidance_scale)
         self.null_text = null_text
@@ -111,7 +114,7 @@ class IFUNetDenoiser:
         text, image, level = cond, None, None
         if isinstance(cond, IFSRCond):
             text, image, level = cond.text, cond.image, cond.noise_level
-        if image is None and self.unet.config.in_channels != x_t.shape[1]:
+        if image is None and self.in_channels != x_t.shape[1]:
             raise ValueError("this IF stage is a super-resolution UNet: pass an IFSRCond with the low-res image")
         B, C = x_t.shape[:2]
         e_text = _batch((text or self.null_text).embeds, B)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..denoiser import Denoiser
-from .base import Noise, Problem, SolverConfig, StepResult
+from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .step import diffusion_step
 
 
@@ -27,7 +27,7 @@ from .step import diffusion_step
 class DPSConfig(SolverConfig):
     steps: int = 1000
     eta: float = 1.0
-    step_kind: str = "ddim"
+    step_kind: StepKind = "ddim"
     zeta: float = 0.3
     name = "dps"
     needs_grad = True

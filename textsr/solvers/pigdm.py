@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 
 from ..denoiser import Denoiser, eps_from_x0
-from .base import Noise, Problem, SolverConfig, StepResult
+from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .dps import detached, per_sample_norm
 from .step import diffusion_step
 
@@ -44,8 +44,8 @@ WEIGHTINGS = ("tweedie", "nvlabs", "literal", "official")
 @dataclass(frozen=True)
 class PiGDMConfig(SolverConfig):
     eta: float = 0.0
-    step_kind: str = "ddim"
-    init: str = "pinv"
+    step_kind: StepKind = "ddim"
+    init: Literal["noise", "pinv"] = "pinv"
     weighting: Literal["tweedie", "nvlabs", "literal", "official"] = "tweedie"
     safeguard: bool = True
     scale: float = 1.0

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..denoiser import Denoiser
-from .base import Noise, Problem, SolverConfig, StepResult
+from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .step import diffusion_step
 
 
@@ -17,7 +17,7 @@ class PlainConfig(SolverConfig):
     """Defaults: DDPM ancestral steps (``step_kind="ddim"``, eta = 1), 100 steps."""
 
     eta: float = 1.0
-    step_kind: str = "ddim"
+    step_kind: StepKind = "ddim"
     name = "plain"
 
 

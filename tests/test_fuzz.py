@@ -27,6 +27,9 @@ from textsr.demo import demo_image  # noqa: E402
 from textsr.errors import InputImageError  # noqa: E402
 from textsr.io import load_image  # noqa: E402
 
+# damaged TIFF/EXIF data makes Pillow warn while it refuses the file: expected here
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")
+
 CLI_EXAMPLES = 30
 LOADER_EXAMPLES = 150
 FUZZ = settings(derandomize=True, database=None, deadline=None,

@@ -74,7 +74,8 @@ def _lr(shape, colour, bg, size, pos, scale):
     return hr.reshape(h, scale, h, scale, 3).mean(axis=(1, 3))
 
 
-def fractions(scales, samples: int, steps: int, particles: int, twist: str = "auto", scene_index: int = 0) -> list[dict]:
+def fractions(scales, samples: int, steps: int, particles: int, twist: str = "auto",
+              scene_index: int = 0) -> list[dict]:
     """No-prompt shape fractions vs the exact P(shape | y) through the backend's two-stage cascade."""
     from textsr.cascade import run_cascade
     from textsr.operators import AvgPool
@@ -87,10 +88,11 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
         op = AvgPool(scale, (3, 64, 64))
         exact = backend.shape_posterior(y, op)
         exact_logz = backend.exact_evidence(y, op)
-        tv = lambda names: 0.5 * sum(abs(names.count(k) / len(names) - exact.get(k, 0.0))  # noqa: E731
-                                     for k in set(exact) | set(names))
+        tv = lambda names, exact=exact: 0.5 * sum(abs(names.count(k) / len(names) - exact.get(k, 0.0))  # noqa: E731
+                                                  for k in set(exact) | set(names))
         post = backend.exact_posterior(y, op)
-        rows = [("exact posterior draws", backend.sample_shapes(post.sample(samples, torch.Generator().manual_seed(7))), None, 0.0)]
+        draws = post.sample(samples, torch.Generator().manual_seed(7))
+        rows = [("exact posterior draws", backend.sample_shapes(draws), None, 0.0)]
         for label, solver, opts in ((f"TDS N={particles} ({twist})", "tds", {"particles": particles, "twist": twist}),
                                     ("DDNM+", "ddnm+", {})):
             t0 = time.perf_counter()
@@ -112,12 +114,14 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
 
 
 def fractions_table(recs: list[dict]) -> str:
-    lines = ["| scale | method | TV to exact P(shape given y) | shape fractions | log Z_hat (median; combined) | exact log Z | seconds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| scale | method | TV to exact P(shape given y) | shape fractions | log Z_hat (median; combined) | "
+             "exact log Z | seconds |", "|---|---|---|---|---|---|---|"]
     for r in recs:
         fr = ", ".join(f"{k} {v:.2f}" for k, v in r["fractions"].items())
-        lz = (f"{r['log_evidence_median']:.1f}; {r['log_evidence_combined']:.1f}" if "log_evidence_median" in r else "-")
-        lines.append(f"| {r['scale']} | {r['method']} | {r['tv']:.3f} | {fr} | {lz} | {r['exact_log_evidence']:.1f} | {r['seconds']:.0f} |")
+        lz = (f"{r['log_evidence_median']:.1f}; {r['log_evidence_combined']:.1f}"
+              if "log_evidence_median" in r else "-")
+        lines.append(f"| {r['scale']} | {r['method']} | {r['tv']:.3f} | {fr} | {lz} | "
+                     f"{r['exact_log_evidence']:.1f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -127,7 +131,7 @@ def table(recs: list[dict]) -> str:
     for scale in sorted({r["scale"] for r in recs}):
         for with_text in (False, True):
             rows = [r for r in recs if r["scale"] == scale and (r["prompt"] is not None) == with_text]
-            mean = lambda k: float(np.mean([r[k] for r in rows]))  # noqa: E731
+            mean = lambda k, rows=rows: float(np.mean([r[k] for r in rows]))  # noqa: E731
             tc = "-" if not with_text else f"{mean('text_consistency'):.2f}"
             lines.append(f"| {scale} | {'the shape' if with_text else 'none'} | {mean('shape_recovery'):.2f} | "
                          f"{mean('posterior_p_true_shape'):.2f} | {tc} | {min(r['lr_psnr_min'] for r in rows):.1f} | "

@@ -13,6 +13,7 @@ y), against the single-stage result.
 
     python bench/gaussian_mixture.py --quick            # d = 8 at 100 steps + Table 2 at CFG 1
     python bench/gaussian_mixture.py --json results.json  # everything
+    python bench/gaussian_mixture.py --tables 1 --ds 8,80 --only "ddpm step" --jobs 1  # the ddpm-step rows
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing
 import math
+import multiprocessing
 import platform
 import sys
 import time
@@ -30,10 +31,17 @@ from dataclasses import dataclass
 import torch
 
 from textsr.cascade import Stage, run_cascade
-from textsr.denoiser import ClassifierFreeGuidance
-from textsr.denoiser import Prediction
-from textsr.gaussian_mixture import (DiagCov, GaussianMixture, IsoCov, MixtureDenoiser, lowres_condition, mcgdiff_problem,
-                                     posterior, push_forward)
+from textsr.denoiser import ClassifierFreeGuidance, Prediction
+from textsr.gaussian_mixture import (
+    DiagCov,
+    GaussianMixture,
+    IsoCov,
+    MixtureDenoiser,
+    lowres_condition,
+    mcgdiff_problem,
+    posterior,
+    push_forward,
+)
 from textsr.metrics import mean_ci, sliced_wasserstein
 from textsr.operators import AvgPool
 from textsr.schedule import NoiseSchedule
@@ -61,6 +69,13 @@ TABLE1_METHODS = [
     Method("DPS zeta=1.0", "dps", (("zeta", 1.0),)),
     Method("PiGDM (tweedie, safeguard)", "pigdm"),
     Method("PiGDM (nvlabs weighting)", "pigdm", (("weighting", "nvlabs"),)),
+    # the DDPM posterior step (beta_tilde: these priors have no learned variance), the paper code's step
+    Method("DDNM (ddpm step)", "ddnm", (("step_kind", "ddpm"),)),
+    # the same variance as the ddpm step, written with the network's eps instead of x_t: isolates the mean
+    Method("DDNM (ddim step, eta=1)", "ddnm", (("step_kind", "ddim"), ("eta", 1.0))),
+    Method("DDNM+ (ddpm step)", "ddnm+", (("step_kind", "ddpm"),)),
+    Method("DPS zeta=0.3 (ddpm step)", "dps", (("zeta", 0.3), ("step_kind", "ddpm"))),
+    Method("DPS zeta=1.0 (ddpm step)", "dps", (("zeta", 1.0), ("step_kind", "ddpm"))),
 ]
 TEXT_METHODS = [
     Method("DDNM", "ddnm"),
@@ -194,8 +209,8 @@ def text_problem(seed: int) -> TextProblem:
     means = op.A_pinv(lr).repeat_interleave(len(TAGS), 0) + op.project_null(pattern)
     tags = [{TAGS[k % len(TAGS)]} for k in range(GROUPS * len(TAGS))]
     K = len(tags)
-    prior = GaussianMixture(torch.ones(K, dtype=F64), means, IsoCov(torch.full((K,), COMP_STD**2, dtype=F64), SIDE * SIDE),
-                            tags=tags, event_shape=(1, SIDE, SIDE))
+    cov = IsoCov(torch.full((K,), COMP_STD**2, dtype=F64), SIDE * SIDE)
+    prior = GaussianMixture(torch.ones(K, dtype=F64), means, cov, tags=tags, event_shape=(1, SIDE, SIDE))
     true = int(torch.randint(K, (1,), generator=g))
     x0 = means[true:true + 1] + COMP_STD * torch.randn(1, 1, SIDE, SIDE, generator=g, dtype=F64)
     y = op.A(x0) + SIGMA_Y * torch.randn(1, 1, SIDE // FACTOR, SIDE // FACTOR, generator=g, dtype=F64)
@@ -219,8 +234,8 @@ def hard_text_problem(seed: int) -> TextProblem:
     means = base.repeat_interleave(len(TAGS), 0) + detail
     tags = [{TAGS[k % len(TAGS)]} for k in range(GROUPS * len(TAGS))]
     K = len(tags)
-    prior = GaussianMixture(torch.ones(K, dtype=F64), means, IsoCov(torch.full((K,), COMP_STD**2, dtype=F64), SIDE * SIDE),
-                            tags=tags, event_shape=(1, SIDE, SIDE))
+    cov = IsoCov(torch.full((K,), COMP_STD**2, dtype=F64), SIDE * SIDE)
+    prior = GaussianMixture(torch.ones(K, dtype=F64), means, cov, tags=tags, event_shape=(1, SIDE, SIDE))
     tag = TAGS[int(torch.randint(len(TAGS), (1,), generator=g))]
     true = len(TAGS) * int(torch.randint(GROUPS, (1,), generator=g)) + TAGS.index(tag)
     x0 = means[true:true + 1] + COMP_STD * torch.randn(1, 1, SIDE, SIDE, generator=g, dtype=F64)
@@ -286,7 +301,8 @@ def table23(cfgs, steps: int, n_problems: int, n_samples: int, cascade: bool, me
                                lr_psnr=s["lr_psnr"][0], text_consistency=s["text_consistency"][0],
                                diversity_ratio=s["diversity_ratio"][0], seconds=time.perf_counter() - t0))
             print(f"  T{'3' if cascade else '2'} {label} cfg={w}: TC {s['text_consistency'][0]:.3f} "
-                  f"SW {s['sw'][0]:.3f} LR-PSNR {s['lr_psnr'][0]:.1f} div {s['diversity_ratio'][0]:.2f}", file=sys.stderr)
+                  f"SW {s['sw'][0]:.3f} LR-PSNR {s['lr_psnr'][0]:.1f} div {s['diversity_ratio'][0]:.2f}",
+                  file=sys.stderr)
     return recs
 
 
@@ -295,7 +311,8 @@ def run_text_cascade(tp: TextProblem, cfg, w: float, k: int, n: int) -> torch.Te
     exact conditional p(x | pool_2(x) = x_I, tag) with the solver against y (operator A_4)."""
     pool = AvgPool(2, (1, SIDE, SIDE))
     lo = push_forward(tp.prior, pool)
-    st1 = Stage("I", ClassifierFreeGuidance(MixtureDenoiser(lo, SCHED), w, null_cond=None), divisor=2, channels=1, solver=cfg)
+    st1 = Stage("I", ClassifierFreeGuidance(MixtureDenoiser(lo, SCHED), w, null_cond=None), divisor=2, channels=1,
+                solver=cfg)
     st2 = Stage("II", MixtureDenoiser(tp.prior, SCHED), divisor=1, channels=1, solver=cfg,
                 condition=lowres_condition(tp.prior, pool, 0.0))
     res = run_cascade([st1, st2], tp.y, FACTOR, cfg, [k * 100_003 + i for i in range(n)], tp.tag, sigma_y=SIGMA_Y,
@@ -313,13 +330,15 @@ def print_tables(recs: list[dict]) -> None:
         print(head)
         print("|" + "---|" * (2 + len(cols)))
         floor = {(r["d"], r["dy"]): r for r in t1}
-        print("| noise floor (2 exact draws) | - | " + " | ".join(f"{floor[c]['noise_floor']:.2f}" for c in cols) + " |")
+        print("| noise floor (2 exact draws) | - | " + " | ".join(f"{floor[c]['noise_floor']:.2f}" for c in cols)
+              + " |")
         print("| prior (ignores y) | - | " + " | ".join(f"{floor[c]['prior_sw']:.2f}" for c in cols) + " |")
         for steps in sorted({r["steps"] for r in t1}):
             for label in dict.fromkeys(r["solver"] for r in t1):
                 cells = []
                 for c in cols:
-                    r = next((r for r in t1 if r["solver"] == label and r["steps"] == steps and (r["d"], r["dy"]) == c), None)
+                    r = next((r for r in t1 if r["solver"] == label and r["steps"] == steps
+                              and (r["d"], r["dy"]) == c), None)
                     if r is None:
                         cells.append("-")
                         continue

@@ -101,8 +101,8 @@ def build_if(device, dtype, smoke: bool):
     from diffusers import UNet2DConditionModel
 
     from textsr.backends.deepfloyd_if import IFBackend, IFStageModels
-    from textsr.testing.tiny_deepfloyd_if import if_schedulers, tiny_if_unet, tiny_t5_tokenizer
     from textsr.model_registry import ModelInfo
+    from textsr.testing.tiny_deepfloyd_if import if_schedulers, tiny_if_unet, tiny_t5_tokenizer
 
     tok = tiny_t5_tokenizer()
     with torch.device(device):

@@ -28,10 +28,11 @@ class GaussianDenoiser:
 class TinyNetDenoiser(torch.nn.Module):
     """A small nonlinear eps-network (random weights) for contract tests of gradient solvers."""
 
-    def __init__(self, schedule: NoiseSchedule, channels: int = 1, seed: int = 0):
+    def __init__(self, schedule: NoiseSchedule, channels: int = 1, seed: int = 0, learned_variance: bool = False):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.schedule = schedule
+        self.learned_variance = learned_variance  # also report v in [0, 1] per element (as IF does)
         self.w1 = torch.nn.Parameter(torch.randn(8, channels, 3, 3, generator=g) * 0.3)
         self.w2 = torch.nn.Parameter(torch.randn(channels, 8, 3, 3, generator=g) * 0.3)
 
@@ -40,4 +41,5 @@ class TinyNetDenoiser(torch.nn.Module):
         w1, w2 = self.w1.to(x_t.dtype), self.w2.to(x_t.dtype)
         h = torch.tanh(torch.nn.functional.conv2d(x_t, w1, padding=1) + t / 1000.0)
         eps = 0.5 * x_t * math.sqrt(1 - ab) + torch.nn.functional.conv2d(h, w2, padding=1) * 0.1
-        return Prediction.from_eps(x_t, eps, ab, x0_transform=lambda x0: x0.clamp(-3, 3))
+        v = torch.sigmoid(torch.nn.functional.conv2d(h, w2, padding=1)) if self.learned_variance else None
+        return Prediction.from_eps(x_t, eps, ab, x0_transform=lambda x0: x0.clamp(-3, 3), v=v)

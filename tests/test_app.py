@@ -7,6 +7,7 @@ on the built-in shapes model with few steps, so the file runs in well under a mi
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import zipfile
@@ -61,6 +62,18 @@ class StubBackend(Backend):
         return ((x.flatten(1).mean(1) + 1) / 2).clamp(0, 1)
 
 
+def plain(markdown: str) -> str:
+    """What a Markdown string escaped with ``core.md_text`` shows: the backslash escapes removed."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def test_md_text_escapes_every_markup_character():
+    evil = "<b>x</b> *y* [z](javascript:a) | $$q$$ `c` &amp; \\ _u_ # h"
+    assert plain(core.md_text(evil)) == evil
+    tokens = re.findall(r"\\.|.", core.md_text(evil), flags=re.S)  # an escape pair or one character
+    assert not [t for t in tokens if t in set("<>*[]()|$`&_#\\")], "an unescaped markup character"
+
+
 def builtin_available() -> str | None:
     """None if builtin-shapes loads, else why not."""
     try:
@@ -111,7 +124,7 @@ def test_build_app_offers_only_registry_names(app):
     cfg = app.get_config_file()
     dropdowns = [c for c in cfg["components"] if c["type"] == "dropdown" and c["props"].get("elem_id") == "model"]
     assert [v for _, v in dropdowns[0]["props"]["choices"]] == ["stub", "broken"]
-    with pytest.raises(gr.Error, match="unknown model '/etc/passwd'"):
+    with pytest.raises(gr.Error, match="unknown model &#x27;/etc/passwd&#x27;"):  # error pop-ups render HTML
         run(app.textsr_handlers, str(lr_image(Path(app.textsr_workdir.path) / "x.png")), model="/etc/passwd")
 
 
@@ -168,7 +181,7 @@ def test_sweep_random_seed_and_progress(app, tmp_path):
     assert out[5] != 0 or out[6].settings.seed == out[5]  # the random seed is reported back
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0 and any("prompt 3/3" in (d or "") for _, d in seen)
-    assert core.sweep_preview("x", "a {shape}", "circle,star") == "3 prompts: 'x', 'a circle', 'a star'"
+    assert plain(core.sweep_preview("x", "a {shape}", "circle,star")) == "3 prompts: 'x', 'a circle', 'a star'"
     assert core.sweep_preview("", "a {shape}", "").startswith("⚠")
 
 
@@ -180,7 +193,7 @@ def test_oversized_upload_gets_a_clear_error(app, tmp_path):
     msg = e.value.message
     assert "80x80 = 6,400 pixels, more than the limit of 4,096" in msg and "downscale or crop" in msg
     assert msg.startswith("holiday.png:") and str(tmp_path) not in msg  # the user's name, not the server's path
-    assert h.input_info(str(big), 8).startswith("⚠ holiday.png")
+    assert plain(h.input_info(str(big), 8)).startswith("⚠ holiday.png")
     with pytest.raises(gr.Error, match="more than the limit"):
         run(h, str(big))
 
@@ -210,7 +223,7 @@ def test_demo_scene_button(app):
     assert image.dtype == np.uint8 and image.shape == (64 // scale, 64 // scale, 3)
     assert "(no prompt)" in prompts.splitlines() and core.parse_prompts(prompts)[-1] == ""
     assert model == "builtin-shapes" and solver in ("ddnm+", "ddnm") and steps >= 0
-    with pytest.raises(gr.Error, match="needs the model 'builtin-shapes'"):
+    with pytest.raises(gr.Error, match="needs the model &#x27;builtin-shapes&#x27;"):
         app.textsr_handlers.demo()  # an app that does not offer the demo's model says so
     h.workdir.close()
 
@@ -336,7 +349,8 @@ def test_three_concurrent_requests(served, tmp_path):
 
     img = lr_image(tmp_path / "a.png")
     t0 = time.perf_counter()
-    jobs = [Client(served, verbose=False).submit(*client_args(img, seed=100 * i), api_name="/explore") for i in range(3)]
+    jobs = [Client(served, verbose=False).submit(*client_args(img, seed=100 * i), api_name="/explore")
+            for i in range(3)]
     outs = [j.result(timeout=60) for j in jobs]
     seconds = time.perf_counter() - t0
     assert [len(o[0]) for o in outs] == [6, 6, 6]
@@ -349,11 +363,12 @@ def test_particles_show_how_plausible_each_prompt_is(app, tmp_path):
     h = app.textsr_handlers
     gallery, _, _, summary, _, _, result, *_ = h.run(
         str(lr_image(tmp_path / "lr.png")), "a red circle\na blue square", "", "", "stub", "ddnm+", 8, 2, 5, False,
-        STEPS, "avgpool", 3)
+        STEPS, "avgpool", particles=3)
     assert "P(prompt \\| image)" in summary and "guidance scale 1" in summary
-    assert "tds ran instead of ddnm+" in summary  # the solver switch is said, not silent
+    assert "tds ran instead of ddnm" in summary  # the solver switch is said, not silent
     probs = [p.evidence.probability for p in result.prompts]
     assert sum(probs) == pytest.approx(1.0)
     assert f"P(prompt | image) {probs[0]:.2f}" in gallery[0][1]
     with pytest.raises(gr.Error, match="particles"):
-        h.run(str(lr_image(tmp_path / "lr.png")), "a", "", "", "stub", "tds", 8, 1, 5, False, STEPS, "avgpool", 10_000)
+        h.run(str(lr_image(tmp_path / "lr.png")), "a", "", "", "stub", "tds", 8, 1, 5, False, STEPS, "avgpool",
+              particles=10_000)

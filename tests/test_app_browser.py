@@ -111,7 +111,8 @@ def test_explore_in_the_browser(served, tmp_path):
         thumbs = page.locator("#sample-gallery .thumbnail-item img")
         expect(thumbs).to_have_count(2 * samples, timeout=180_000)
         expect(page.locator("#summary")).to_contain_text("Done in", timeout=30_000)
-        expect(page.locator("#summary")).to_contain_text(f"{steps} steps" if model == "stub" else f"{steps}+{steps} steps")
+        want = f"{steps} steps" if model == "stub" else f"{steps}+{steps} steps"
+        expect(page.locator("#summary")).to_contain_text(want)
         seconds = time.perf_counter() - t0
         captions = page.locator("#sample-gallery .caption-label").all_inner_texts()
         assert len(captions) == 2 * samples
@@ -137,5 +138,6 @@ def test_explore_in_the_browser(served, tmp_path):
     outside = [u for u in requests if not u.startswith(url) and not u.startswith("data:") and not u.startswith("blob:")]
     assert outside == [], f"the page fetched something from outside the app: {outside}"
     assert errors == [], errors
-    print(f"{model}: 2 prompts x {samples} samples x {steps} steps; result in the browser {seconds:.1f} s after the click; "
+    print(f"{model}: 2 prompts x {samples} samples x {steps} steps; "
+          f"result in the browser {seconds:.1f} s after the click; "
           f"screenshot {shot}")

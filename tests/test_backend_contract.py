@@ -8,11 +8,10 @@ semantics, conditioning details, loading layouts) stays in ``tests/test_backend_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import math
 
 import numpy as np
 import pytest
@@ -167,4 +166,5 @@ def test_particles_give_every_prompt_its_evidence_and_a_batch_item_equals_its_se
     assert sum(e.probability for e in ev) == pytest.approx(1.0)
     alone = run(c, backend, None, prompts[:1], samples=1, seed=5, steps=2, particles=3).prompts[0]
     np.testing.assert_allclose(out.prompts[0].samples[1], alone.samples[0], rtol=0, atol=5e-5)
-    assert alone.evidence.log_z_samples[0] == pytest.approx(ev[0].log_z_samples[1], rel=1e-5, abs=1e-3)  # float32 models
+    # float32 models: log Z agrees to float32 precision
+    assert alone.evidence.log_z_samples[0] == pytest.approx(ev[0].log_z_samples[1], rel=1e-5, abs=1e-3)

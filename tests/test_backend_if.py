@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from textsr.backends.deepfloyd_if import STAGE_SOLVER_DEFAULTS, IFBackend, IFSRCond, IFText, dynamic_threshold
-from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 from textsr.cascade import run_cascade
 from textsr.errors import InputImageError, UsageError
 from textsr.model_registry import load_model
 from textsr.operators import AvgPool
 from textsr.solvers import Noise, make_config
+from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 
 SCALE, LR = 8, 4  # 4x4 -> 32x32 output; stage I at 8x8 with A_2, stage II at 32x32 with A_8
 STEPS = {"steps": 6}
@@ -126,6 +126,66 @@ def test_adapter_matches_the_ddpm_scheduler_x0(backend):
     torch.testing.assert_close(den(x, t, cond).x0, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("t,s", [(700, 690), (30, 20), (0, -1)])
+def test_ddpm_step_matches_the_if_scheduler_step(backend, t, s):
+    """step_kind="ddpm": the adapter's x0 (CFG'd eps, thresholded) and learned variance (the text branch's
+    variance channels, v = (model_var + 1) / 2) give IF's own sampler step, DDPMScheduler.step with the
+    pipeline's noise_pred (float32 both: diffusers' float32 coefficients agree to ~1e-6 here)."""
+    from textsr.solvers import Problem
+    from textsr.solvers.plain import plain_step
+
+    sched = backend.stage_1.scheduler
+    sched.set_timesteps(100)
+    cond, null = backend.encode_prompt(PROMPT), backend.encode_prompt("")
+    den = backend.build_stages("plain", {"steps": 100, "step_kind": "ddpm"}, {"guidance_scale": 7.0})[0].denoiser
+    x = 2 * torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    embeds = torch.cat([null.embeds.expand(2, -1, -1), cond.embeds.expand(2, -1, -1)])  # [neg; pos] as IF
+    out = backend.stage_1.unet(torch.cat([x, x]), torch.tensor(t), encoder_hidden_states=embeds).sample
+    u, c = out.chunk(2)
+    noise_pred = torch.cat([u[:, :3] + 7.0 * (c[:, :3] - u[:, :3]), c[:, 3:]], 1)
+    ref = sched.step(noise_pred, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    op = AvgPool(1, (3, 8, 8))
+    ours = plain_step(den, Problem(op, torch.zeros(2, 3, 8, 8)), x, t, s, cond, make_config("plain", step_kind="ddpm"),
+                      Noise.batched(0, 2)).x_next
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    # and the variance matters: beta_tilde instead of the model's variance gives another sample
+    if s >= 0:
+        den.unet, real = _ZeroVariance(den.unet), den.unet
+        try:
+            other = plain_step(den, Problem(op, torch.zeros(2, 3, 8, 8)), x, t, s, cond,
+                               make_config("plain", step_kind="ddpm"), Noise.batched(0, 2)).x_next
+        finally:
+            den.unet = real
+        assert (other - ref).abs().max() > 1e-3
+
+
+class _ZeroVariance(torch.nn.Module):
+    """The wrapped UNet with its variance channels set to -1 (v = 0: beta_tilde)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.inner, self.config = unet, unet.config
+
+    def forward(self, *a, **kw):
+        out = self.inner(*a, **kw)[0]
+        C = out.shape[1] // 2
+        return (torch.cat([out[:, :C], -torch.ones_like(out[:, C:])], 1),)
+
+
+def test_prompts_are_lowercased_and_stripped_as_in_ifpipeline(backend):
+    """IFPipeline lowercases and strips prompts before T5 (clean_caption=False); so must we."""
+    from diffusers import IFPipeline
+
+    a = backend.encode_prompt("a photo of an old woman")
+    b = backend.encode_prompt("  A Photo of an OLD Woman ")
+    torch.testing.assert_close(a.embeds, b.embeds, rtol=0, atol=0)
+    pipe = IFPipeline(tokenizer=backend.tokenizer, text_encoder=backend.text_encoder, unet=backend.stage_1.unet,
+                      scheduler=backend.stage_1.scheduler, safety_checker=None, feature_extractor=None,
+                      watermarker=None, requires_safety_checker=False)
+    ref, _ = pipe.encode_prompt("  A Photo of an OLD Woman ", do_classifier_free_guidance=False, clean_caption=False)
+    torch.testing.assert_close(b.embeds, ref.to(b.embeds.dtype), rtol=1e-6, atol=1e-6)
+
+
 def test_dynamic_threshold_matches_diffusers(backend):
     sched = backend.stage_1.scheduler
     x0 = 2 * torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -133,6 +193,21 @@ def test_dynamic_threshold_matches_diffusers(backend):
     ref = sched._threshold_sample(x0.clone())
     got = dynamic_threshold(x0, sched.config.dynamic_thresholding_ratio, sched.config.sample_max_value)
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 192, 12288, 3 * 256 * 256])
+@pytest.mark.parametrize("q", [0.0, 0.33, 0.5, 0.95, 0.995, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kthvalue_quantile_equals_torch_quantile(n, q, dtype):
+    """The order-statistic quantile (two kthvalue calls, torch's rank and lerp) gives torch.quantile's
+    values to 1e-7 (in practice bit for bit), with ties and a row of equal values too."""
+    from textsr.backends.deepfloyd_if_unet import quantile_rows
+
+    g = torch.Generator().manual_seed(n)
+    a = (3 * torch.randn(3, n, generator=g, dtype=dtype)).abs()
+    a[1] = a[1].round()  # ties
+    a[2] = 0.5
+    torch.testing.assert_close(quantile_rows(a, q), torch.quantile(a, q, dim=1), rtol=0, atol=1e-7)
 
 
 def test_stage_2_condition_mirrors_the_sr_pipeline(backend):
@@ -256,5 +331,5 @@ def test_cli_upscale_with_the_tiny_spec(tiny_spec, tmp_path):
     assert res.exit_code == 0, res.output
     assert any(out.rglob("*.png"))
     bad = CliRunner().invoke(main, ["upscale", str(img), "--scale", "6", "--model", str(tiny_spec), "-p", "x",
-                                    "-o", str(out), "-q"])
+                                    "-o", str(tmp_path / "out2"), "-q"])
     assert bad.exit_code == 2 and "multiple of 4" in bad.output

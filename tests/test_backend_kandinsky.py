@@ -1,21 +1,21 @@
 """EXPERIMENTAL Kandinsky 2.2 backend (unCLIP prior + MoVQ latent decoder) on a tiny random model."""
 
 import json
-from functools import partial
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 
+from tests import backend_helpers as helpers  # noqa: E402
 from textsr.backends.kandinsky import KandinskyCond, load_backend  # noqa: E402
-from textsr.testing.tiny_kandinsky import build_tiny_kandinsky  # noqa: E402
 from textsr.backends.latent_base import LatentOperator  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.solvers import Noise  # noqa: E402
-from tests import backend_helpers as helpers  # noqa: E402
+from textsr.testing.tiny_kandinsky import build_tiny_kandinsky  # noqa: E402
 
 CPU = torch.device("cpu")
 FAST = {"prior_steps": 2}

@@ -1,8 +1,8 @@
 """EXPERIMENTAL latent backend (Stable Diffusion components) on a tiny random SD, saved and loaded back."""
 
 import json
-from functools import partial
 from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers")
 
+from tests import backend_helpers as helpers  # noqa: E402
 from textsr.backends.latent import load_backend  # noqa: E402
 from textsr.backends.latent_base import LatentOperator  # noqa: E402
-from textsr.testing.tiny_latent import build_tiny_latent  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from tests import backend_helpers as helpers  # noqa: E402
+from textsr.testing.tiny_latent import build_tiny_latent  # noqa: E402
 
 CPU = torch.device("cpu")
 STEPS = {"steps": 6}

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.oracles import GaussianDenoiser
 from textsr import explore
 from textsr.backends.base import Backend, ModelInfo
 from textsr.cascade import Stage
 from textsr.schedule import NoiseSchedule
 from textsr.solvers import make_config
-from tests.oracles import GaussianDenoiser
 
 
 class MinimalBackend(Backend):

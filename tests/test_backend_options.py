@@ -76,7 +76,7 @@ def test_builtin_shapes_refuses_what_it_used_to_read_as_true():
     (integer, (float("inf"), "n"), "whole number"),
     (integer, (1, "n"), None),
     (flag, ("true", "f"), "true or false"),
-    (choice, ("z", "c", ("a", "b")), r"one of 'a', 'b'"),
+    (choice, ("z", "c", ("a", "b")), r"one of a, b"),
     (fractions, ([0.5], "w"), "2 fractions"),
     (fractions, ([0.5, 1.5], "w"), r"lie in \[0.0, 1.0\]"),
 ])

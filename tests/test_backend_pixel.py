@@ -8,12 +8,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from tests import backend_helpers as helpers  # noqa: E402
 from textsr.backends.pixel import load_backend  # noqa: E402
-from textsr.testing.tiny_pixel import build_tiny_pixel  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.guidance import clip_energy  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
-from tests import backend_helpers as helpers  # noqa: E402
+from textsr.testing.tiny_pixel import build_tiny_pixel  # noqa: E402
 
 CPU = torch.device("cpu")
 STEPS = {"steps": 8}

@@ -109,7 +109,8 @@ def test_bad_input_clear_error_nonzero_exit(tmp_path, lr_rgb, args, needle):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"backend": "deepfloyd-if", "stages": {"stage_1": "nobody/not-cached-IF-I",
                                                                          "stage_2": "nobody/not-cached-IF-II"}}))
-    fill = {"{missing}": str(tmp_path / "nope.png"), "{notimage}": str(notimage), "{img}": str(img), "{spec}": str(spec)}
+    fill = {"{missing}": str(tmp_path / "nope.png"), "{notimage}": str(notimage), "{img}": str(img),
+            "{spec}": str(spec)}
     args = [fill.get(a, a) for a in args] + ["-o", str(tmp_path / "out"), "-q"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, (res.exit_code, res.output)

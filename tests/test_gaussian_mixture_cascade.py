@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from textsr.cascade import Stage, run_cascade
-from textsr.gaussian_mixture import (FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureBatch, MixtureDenoiser,
-                       lowres_condition, lowres_conditional, push_forward)
+from textsr.gaussian_mixture import (
+    FullCov,
+    GaussianMixture,
+    IsoCov,
+    LowRankIsoCov,
+    MixtureBatch,
+    MixtureDenoiser,
+    lowres_condition,
+    lowres_conditional,
+    push_forward,
+)
 from textsr.operators import AvgPool, Matrix
 from textsr.schedule import NoiseSchedule
 from textsr.solvers import make_config

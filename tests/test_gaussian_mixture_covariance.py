@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from textsr.gaussian_mixture import DenseProjector, DiagCov, FullCov, IsoCov, LowRankCov, LowRankIsoCov, NullProjector, ProjectedCov
+from textsr.gaussian_mixture import (
+    DenseProjector,
+    DiagCov,
+    FullCov,
+    IsoCov,
+    LowRankCov,
+    LowRankIsoCov,
+    NullProjector,
+    ProjectedCov,
+)
 from textsr.operators import AvgPool
 
 F64 = torch.float64
@@ -68,7 +77,8 @@ def _projected_small():
     op = AvgPool(2, (1, 2, 4))
     g = torch.Generator().manual_seed(4)
     U = torch.randn(2, 8, 2, generator=g, dtype=F64)
-    return ProjectedCov(U, torch.tensor([0.3, 0.7], dtype=F64), NullProjector(op), range_var=torch.tensor([0.2, 0.5], dtype=F64))
+    return ProjectedCov(U, torch.tensor([0.3, 0.7], dtype=F64), NullProjector(op),
+                        range_var=torch.tensor([0.2, 0.5], dtype=F64))
 
 
 def test_projected_range_var_zero_is_singular_but_diffusable():

@@ -11,7 +11,6 @@ from textsr.schedule import NoiseSchedule
 from textsr.solvers import Noise, Problem, make_config, sample
 
 
-
 def test_generator_protocol_and_determinism():
     p = mcgdiff_problem(3, d=8, dy=2)
     assert p.prior.K == 25 and p.prior.d == 8 and isinstance(p.operator, Matrix)

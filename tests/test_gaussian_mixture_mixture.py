@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from textsr.denoiser import Denoiser
-from textsr.gaussian_mixture import (DiagCov, FullCov, GaussianMixture, IsoCov, LowRankIsoCov, MixtureDenoiser, NullProjector,
-                       ProjectedCov)
+from textsr.gaussian_mixture import (
+    DiagCov,
+    FullCov,
+    GaussianMixture,
+    IsoCov,
+    LowRankIsoCov,
+    MixtureDenoiser,
+    NullProjector,
+    ProjectedCov,
+)
 from textsr.operators import AvgPool
 from textsr.schedule import NoiseSchedule
 
@@ -31,7 +39,8 @@ def _cov(kind, K, g):
     if kind == "lowrank":
         return LowRankIsoCov(U, s2)
     if kind == "projected":
-        return ProjectedCov(U, s2, NullProjector(AvgPool(2, SHAPE)), range_var=torch.rand(K, generator=g, dtype=F64) + 0.1)
+        return ProjectedCov(U, s2, NullProjector(AvgPool(2, SHAPE)),
+                            range_var=torch.rand(K, generator=g, dtype=F64) + 0.1)
     raise KeyError(kind)
 
 
@@ -118,7 +127,8 @@ def test_select_and_errors():
     tags = [{"red", "circle"}, {"red", "square"}, {"blue", "circle"}, {"blue", "square"}, {"red", "circle"}]
     mix = _mixture("lowrank", tags=tags)
     sub = mix.select("red")
-    assert sub.K == 3 and sub.tags == (frozenset({"red", "circle"}), frozenset({"red", "square"}), frozenset({"red", "circle"}))
+    assert sub.K == 3
+    assert sub.tags == (frozenset({"red", "circle"}), frozenset({"red", "square"}), frozenset({"red", "circle"}))
     torch.testing.assert_close(sub.weights.sum(), torch.tensor(1.0, dtype=F64))
     torch.testing.assert_close(sub.weights, mix.weights[[0, 1, 4]] / mix.weights[[0, 1, 4]].sum())
     assert mix.select(["red", "circle"]).K == 2
@@ -155,11 +165,15 @@ def test_sample_moments_and_components():
     assert (freq - mix.weights).abs().max() < 4 * math.sqrt(0.25 / n)
     xf = x.reshape(n, D)
     mean = mix.mean()
-    cov = sum(w * (S + torch.outer(m, m)) for w, S, m in zip(mix.weights, mix.cov.dense(), mix.mu)) - torch.outer(mean, mean)
+    second = sum(w * (S + torch.outer(m, m)) for w, S, m in zip(mix.weights, mix.cov.dense(), mix.mu))
+    cov = second - torch.outer(mean, mean)
     assert (xf.mean(0) - mean).abs().max() < 5 * torch.sqrt(torch.diagonal(cov) / n).max()
     assert (torch.cov(xf.T) - cov).abs().max() < 0.08 * cov.abs().max()
     # reproducible
-    torch.testing.assert_close(mix.sample(4, torch.Generator().manual_seed(5)), mix.sample(4, torch.Generator().manual_seed(5)))
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(5)
+
+    torch.testing.assert_close(mix.sample(4, gen()), mix.sample(4, gen()))
 
 
 def test_mixture_denoiser_protocol_and_cond():

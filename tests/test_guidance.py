@@ -7,13 +7,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from textsr.testing.tiny_clip import build_tiny_clip  # noqa: E402
-from textsr.denoiser import Prediction  # noqa: E402
 from textsr.backends.hf_common import load_clip_model  # noqa: E402
-from textsr.guidance import CLIPGuidance, ClipModel, GuidedCond, clip_energy  # noqa: E402
+from textsr.denoiser import Prediction  # noqa: E402
+from textsr.guidance import CLIPGuidance, GuidedCond, clip_energy  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.schedule import NoiseSchedule  # noqa: E402
-
+from textsr.testing.tiny_clip import build_tiny_clip  # noqa: E402
 
 
 @pytest.fixture(scope="module")

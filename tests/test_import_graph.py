@@ -119,7 +119,8 @@ def test_no_module_cycles():
 def test_no_subpackage_cycles():
     collapsed: dict[str, set[str]] = {}
     for v, edges in _graph().items():
-        collapsed.setdefault(_package_of(v), set()).update(_package_of(w) for w in edges if _package_of(w) != _package_of(v))
+        pv = _package_of(v)
+        collapsed.setdefault(pv, set()).update(_package_of(w) for w in edges if _package_of(w) != pv)
     assert _cycles(collapsed) == []
 
 

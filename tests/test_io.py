@@ -41,7 +41,8 @@ def _png16_rgb(a: np.ndarray) -> bytes:
     h, w, _ = a.shape
     raw = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw))
+            + _png_chunk(b"IEND", b""))
 
 
 # ------------------------------------------------------------------------------------------
@@ -382,7 +383,8 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def test_write_json_atomic_writes_numpy_and_paths(tmp_path):
-    p = io.write_json_atomic({"a": np.float32(1.5), "b": np.arange(3), "c": Path("x/y"), "u": "é"}, tmp_path / "sub" / "r.json")
+    data = {"a": np.float32(1.5), "b": np.arange(3), "c": Path("x/y"), "u": "é"}
+    p = io.write_json_atomic(data, tmp_path / "sub" / "r.json")
     assert json.loads(p.read_text("utf-8")) == {"a": 1.5, "b": [0, 1, 2], "c": "x/y", "u": "é"}
     assert oct(p.stat().st_mode & 0o777) == oct(0o644)
 

@@ -2,12 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from textsr import metrics
 from textsr.operators import AvgPool
-
 
 
 def test_sliced_wasserstein_same_vs_different_and_deterministic():
@@ -101,3 +101,44 @@ def test_ssim_matches_torchmetrics():
     ref = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(-1, 1)
     want = tm.structural_similarity_index_measure((x + 1) / 2, (ref + 1) / 2, data_range=1.0, reduction="none")
     torch.testing.assert_close(metrics.ssim(x, ref), want, rtol=1e-6, atol=1e-6)
+
+
+def _old_diversity(samples01):
+    """api.diversity before issue 10 item 13 (a K x K x pixels array), kept as the reference."""
+    k = samples01.shape[0]
+    flat = samples01.reshape(k, -1).astype(np.float64)
+    if k > 1:
+        d2 = ((flat[:, None, :] - flat[None, :, :]) ** 2).mean(-1)
+        pair = float(np.sqrt(d2[np.triu_indices(k, 1)]).mean())
+    else:
+        pair = 0.0
+    std = samples01.std(axis=0).mean(axis=-1)
+    return {"pairwise_l2": pair, "mean_std": float(std.mean())}, std.astype(np.float32)
+
+
+@pytest.mark.parametrize("k,h,w,c", [(1, 4, 4, 3), (2, 8, 8, 3), (5, 16, 12, 1), (17, 8, 8, 3), (9, 3, 5, 3)])
+def test_sample_diversity_matches_the_old_formula(k, h, w, c):  # issue 10 item 13
+    from textsr.api import diversity
+
+    rng = np.random.default_rng(k)
+    s = rng.random((k, h, w, c)).astype(np.float32)
+    s[k // 2] = s[0]  # a repeated sample: a zero distance among the pairs
+    got, got_std = diversity(s)
+    want, want_std = _old_diversity(s)
+    assert abs(got["pairwise_l2"] - want["pairwise_l2"]) <= 1e-6 and got["mean_std"] == want["mean_std"]
+    np.testing.assert_array_equal(got_std, want_std)
+
+
+def test_sample_diversity_memory_is_linear_in_the_samples():  # issue 10 item 13
+    import tracemalloc
+
+    from textsr.api import diversity
+
+    s = np.random.default_rng(0).random((24, 64, 64, 3)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        diversity(s)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * s.nbytes, f"peak {peak / 2**20:.1f} MiB for {s.nbytes / 2**20:.1f} MiB of samples"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from textsr import model_registry as models
 from textsr import hub
+from textsr import model_registry as models
 from textsr.errors import ModelNotFoundError, UsageError
 from textsr.model_registry import MODELS, SPECS, load_model, model_table, resolve_spec
 

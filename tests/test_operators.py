@@ -1,5 +1,6 @@
 """Operator properties: Moore-Penrose identities, adjoints, the SVD view (``spectral``), shapes, dtypes,
-batch independence, agreement of Bicubic with torch's antialiased bicubic, and the error messages.
+batch independence, agreement of Bicubic with torch's antialiased bicubic and of BicubicReflect with a
+symmetric-padded strided convolution, ``spectral_diag``, and the error messages.
 
 Tolerances: relative (in norm) 1e-5 for float32 and 1e-10 for float64.
 """
@@ -17,11 +18,17 @@ from textsr.operators import (
     OPERATORS,
     AvgPool,
     Bicubic,
+    BicubicReflect,
     LinearOperator,
     Matrix,
+    Separable,
     bicubic_matrix,
+    bicubic_reflect_matrix,
+    keys_cubic,
     make_operator,
 )
+
+SEPARABLE = {"bicubic": Bicubic, "bicubic-reflect": BicubicReflect}
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = [torch.float32, torch.float64]
@@ -47,11 +54,12 @@ def assert_close(a, b, dtype, what=""):
 def is_exact(op: LinearOperator) -> bool:
     """True when A+ is the exact Moore-Penrose pseudo-inverse (nothing but exact zeros truncated),
     decided from the 1-D spectra computed here, independently of the operator."""
-    if not isinstance(op, Bicubic):
+    if not isinstance(op, Separable):
         return True
     _, h, w = op.in_shape
+    build = bicubic_matrix if isinstance(op, Bicubic) else bicubic_reflect_matrix
     for n in (h, w):
-        s = torch.linalg.svdvals(bicubic_matrix(n, op.factor))
+        s = torch.linalg.svdvals(build(n, op.factor))
         if (s <= op.cutoff * s.max()).any():
             return False
     return True
@@ -72,7 +80,7 @@ def random_matrix(m: int, n: int, rank: int, seed: int, gaussian: bool = False) 
 
 
 @st.composite
-def image_operators(draw, kinds=("avgpool", "bicubic"), max_side=64, cutoffs=None, max_factor=32):
+def image_operators(draw, kinds=("avgpool", "bicubic", "bicubic-reflect"), max_side=64, cutoffs=None, max_factor=32):
     kind = draw(st.sampled_from(kinds))
     max_factor = min(max_factor, max_side)
     # half the draws from small factors, where the LR image has more than a couple of pixels
@@ -83,7 +91,7 @@ def image_operators(draw, kinds=("avgpool", "bicubic"), max_side=64, cutoffs=Non
     if kind == "avgpool":
         return AvgPool(f, (c, h, w))
     cutoff = draw(st.sampled_from(cutoffs or EXACT_CUTOFFS + TRUNC_CUTOFFS))
-    return Bicubic(f, (c, h, w), cutoff=cutoff)
+    return SEPARABLE[kind](f, (c, h, w), cutoff=cutoff)
 
 
 @st.composite
@@ -103,7 +111,7 @@ def matrix_operators(draw, max_dim=24):
 
 any_operator = st.one_of(
     image_operators(),
-    image_operators(kinds=("bicubic",), cutoffs=TRUNC_CUTOFFS, max_factor=8),
+    image_operators(kinds=("bicubic", "bicubic-reflect"), cutoffs=TRUNC_CUTOFFS, max_factor=8),
     matrix_operators(),
 )
 cases = st.tuples(any_operator, st.sampled_from(DTYPES), st.integers(0, 2**31 - 1))
@@ -215,7 +223,7 @@ def dense(f, in_shape) -> torch.Tensor:
 
 small_cases = st.one_of(
     image_operators(max_side=16),
-    image_operators(kinds=("bicubic",), max_side=16, cutoffs=TRUNC_CUTOFFS, max_factor=4),
+    image_operators(kinds=("bicubic", "bicubic-reflect"), max_side=16, cutoffs=TRUNC_CUTOFFS, max_factor=4),
     matrix_operators(max_dim=12),
 )
 
@@ -273,13 +281,21 @@ def test_batch_items_independent(case, k):
     op, dtype, seed = case
     x, y = draws(op, dtype, seed)
     fn = lambda s: s / (1 + s)  # noqa: E731
+    sv = op.singular_values()
+    # rounding differs between batched and single products: bound it relative to ||op|| ||input||, not
+    # to the output, which a low-rank A can make tiny by cancellation (A x = g (r . x) with r . x ~ 0)
+    gain = {"A": sv.max().item(), "At": sv.max().item(), "A_pinv": 1 / sv.min().item(), "spectral": 1.0}
     for name, f, inp in [("A", op.A, x), ("At", op.At, y), ("A_pinv", op.A_pinv, y),
                          ("spectral", lambda t: op.spectral(t, fn), x)]:
-        assert_close(f(inp)[k : k + 1], f(inp[k : k + 1]), dtype, f"{name}: item {k} of the batch vs alone")
+        a, b = f(inp)[k : k + 1], f(inp[k : k + 1])
+        scale = max(a.double().norm().item(), gain[name] * inp[k].double().norm().item(), 1e-30)
+        err = (a.double() - b.double()).norm().item() / scale
+        assert err <= TOL[dtype], f"{name}: item {k} of the batch vs alone: relative error {err:.3g} ({dtype})"
 
 
-@pytest.mark.parametrize("op", [AvgPool(4, (3, 16, 8)), Bicubic(4, (3, 16, 8)), Matrix(torch.eye(6)[:4], (1, 2, 3))],
-                         ids=["avgpool", "bicubic", "matrix"])
+@pytest.mark.parametrize("op", [AvgPool(4, (3, 16, 8)), Bicubic(4, (3, 16, 8)), BicubicReflect(4, (3, 16, 8)),
+                                Matrix(torch.eye(6)[:4], (1, 2, 3))],
+                         ids=["avgpool", "bicubic", "bicubic-reflect", "matrix"])
 def test_wrong_shape_and_dtype_are_rejected(op):
     with pytest.raises(ValueError, match=r"expects a batch of shape \(B, "):
         op.A(torch.zeros(2, *op.out_shape))
@@ -291,7 +307,7 @@ def test_wrong_shape_and_dtype_are_rejected(op):
 
 def test_matrices_built_in_inference_mode_still_support_autograd():
     """The per-device cache must not hand out inference tensors (DPS backpropagates through A)."""
-    for op in [Bicubic(2, (1, 8, 8)), Matrix(torch.randn(3, 5))]:
+    for op in [Bicubic(2, (1, 8, 8)), BicubicReflect(2, (1, 8, 8)), Matrix(torch.randn(3, 5))]:
         x = torch.randn(1, *op.in_shape)
         with torch.inference_mode():
             op.A(x)
@@ -335,7 +351,8 @@ def smooth_image(b, c, h, w, seed=0, dtype=torch.float64):
         k = torch.rand(b, c, 2, generator=g, dtype=torch.float64) * 4
         ph = torch.rand(b, c, 1, 1, generator=g, dtype=torch.float64) * 2 * math.pi
         img += torch.cos(2 * math.pi * (k[..., :1, None] * yy + k[..., 1:, None] * xx) + ph)
-    img = (img - img.amin(dim=(2, 3), keepdim=True)) / (img.amax(dim=(2, 3), keepdim=True) - img.amin(dim=(2, 3), keepdim=True))
+    lo, hi = img.amin(dim=(2, 3), keepdim=True), img.amax(dim=(2, 3), keepdim=True)
+    img = (img - lo) / (hi - lo)
     return img.to(dtype)
 
 
@@ -348,7 +365,8 @@ def test_bicubic_matches_torch_antialias_on_whole_image(f, h, w, dtype):
     op = Bicubic(f, (3, h, w))
     tol = 1e-12 if dtype == torch.float64 else 1e-6
     for x in [smooth_image(2, 3, h, w, seed=f, dtype=dtype), torch.rand(2, 3, h, w, dtype=dtype)]:
-        ref = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True, align_corners=False)
+        ref = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="bicubic", antialias=True,
+                                              align_corners=False)
         assert (op.A(x) - ref).abs().max().item() <= tol
 
 
@@ -393,6 +411,108 @@ def test_bicubic_bad_cutoff(cutoff):
         Bicubic(2, (1, 8, 8), cutoff=cutoff)
 
 
+# ----------------------------------------------------------------------------- bicubic-reflect
+
+def symmetric_strided_conv(x: torch.Tensor, f: int) -> torch.Tensor:
+    """MATLAB imresize(x, 1/f, 'bicubic') written independently of textsr.operators: pad each axis with
+    numpy's "symmetric" extension (edge pixel repeated), then a separable strided convolution with the
+    normalised Keys taps of one output pixel."""
+    import numpy as np
+
+    # output k's centre in input pixels is u = f k + (f - 1) / 2 (MATLAB: u = x / scale + (1 - 1 / scale) / 2,
+    # 1-based); the taps j with |j - u| < 2f sit at the same offsets from f k for every k: build them for k = 0
+    offsets = np.arange(-2 * f, 2 * f + 1)
+    u0 = (f - 1) / 2
+    taps = np.floor(u0) + offsets
+    w = keys_cubic(torch.tensor((taps - u0) / f, dtype=torch.float64))
+    nz = (w != 0).nonzero().flatten()
+    lo, hi = int(nz.min()), int(nz.max()) + 1  # a contiguous run (keys vanishes at +-1 inside it, too)
+    taps, w = taps[lo:hi].astype(int), w[lo:hi]
+    w = w / w.sum()
+    pad_lo, pad_hi = int(-taps.min()), int(taps.max())
+    arr = x.double().numpy()
+    arr = np.pad(arr, [(0, 0), (0, 0), (pad_lo, pad_hi), (pad_lo, pad_hi)], mode="symmetric")
+    xp = torch.from_numpy(arr)
+    c = x.shape[1]
+    k = len(w)
+    rows = torch.nn.functional.conv2d(xp, w.view(1, 1, k, 1).repeat(c, 1, 1, 1), stride=(f, 1), groups=c)
+    out = torch.nn.functional.conv2d(rows, w.view(1, 1, 1, k).repeat(c, 1, 1, 1), stride=(1, f), groups=c)
+    return out[..., : x.shape[2] // f, : x.shape[3] // f]
+
+
+@pytest.mark.parametrize("f,h,w", [(1, 8, 4), (2, 16, 12), (3, 24, 9), (4, 32, 16), (4, 8, 4), (5, 20, 40),
+                                   (8, 64, 32), (16, 32, 48), (4, 4, 4)])
+def test_bicubic_reflect_equals_symmetric_padded_strided_conv(f, h, w):
+    op = BicubicReflect(f, (3, h, w))
+    for x in [smooth_image(2, 3, h, w, seed=f), torch.rand(2, 3, h, w, dtype=torch.float64)]:
+        ref = symmetric_strided_conv(x, f)
+        assert ref.shape == (2, 3, h // f, w // f)
+        assert (op.A(x) - ref).abs().max().item() <= 1e-12
+
+
+def test_bicubic_reflect_even_factor_taps_and_borders():
+    """Even factors: the 4f taps keys((i - 2f + 0.5) / f) around pixel f // 2 + f k (the paper's code);
+    the interior equals Bicubic, the two border rows at each end differ; a constant image stays constant."""
+    f = 4
+    M, R = bicubic_reflect_matrix(64, f), bicubic_matrix(64, f)
+    i = torch.arange(4 * f, dtype=torch.float64)
+    taps = keys_cubic((i - 2 * f + 0.5) / f)
+    taps = taps / taps.sum()
+    k = 8
+    centre = f // 2 + f * k
+    assert torch.allclose(M[k, centre - 2 * f: centre + 2 * f], taps, atol=1e-15)
+    assert torch.allclose(M[2:-2], R[2:-2], atol=1e-15)
+    assert (M[:2] - R[:2]).abs().max() > 1e-3 and (M[-2:] - R[-2:]).abs().max() > 1e-3
+    assert torch.allclose(M.sum(1), torch.ones(16, dtype=torch.float64))
+    # the first row folds the taps that fall left of the image back symmetrically: -1 -> 0, -2 -> 1, ...
+    row = torch.zeros(64, dtype=torch.float64)
+    for i_tap in range(4 * f):
+        j = f // 2 + i_tap - 2 * f
+        row[-j - 1 if j < 0 else j] += taps[i_tap]
+    assert torch.allclose(M[0], row, atol=1e-15)
+    assert torch.equal(bicubic_reflect_matrix(12, 1), torch.eye(12, dtype=torch.float64))
+
+
+def test_bicubic_reflect_non_square_and_consistency():
+    op = make_operator("bicubic-reflect", 4, (3, 32, 64))
+    assert isinstance(op, BicubicReflect) and op.out_shape == (3, 8, 16)
+    y = torch.rand(2, 3, 8, 16, dtype=torch.float64)
+    assert_close(op.A(op.A_pinv(y)), y, torch.float64, "A A+ = I")
+    assert op.describe()["name"] == "bicubic-reflect" and op.singular_values().numel() == 3 * 8 * 16
+
+
+# ----------------------------------------------------------------------------- spectral_diag
+
+def own_basis(op: LinearOperator) -> torch.Tensor:
+    """The kept right singular vectors of a Matrix or Separable operator as the columns of a dense matrix,
+    in the order of the layout ``spectral_diag`` returns (white box: the basis is the operator's own
+    choice where singular values repeat)."""
+    if isinstance(op, Matrix):
+        return op._V
+    if isinstance(op, Separable):
+        c = op.in_shape[0]
+        return torch.block_diag(*[torch.kron(op._rows.V, op._cols.V)] * c)
+    raise TypeError(type(op).__name__)
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(small_cases, st.integers(0, 2**31 - 1))
+def test_spectral_diag_is_the_diagonal_in_the_singular_basis(op, seed):
+    d = torch.rand(2, *op.in_shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    got = op.spectral_diag(d)
+    for b in range(2):
+        if isinstance(op, AvgPool):  # x layout: v_i^T diag(d) v_i = the block mean of d, over the block
+            P = dense(op.project_range, op.in_shape)  # V V^T: 1/f^2 within a block
+            ref = P @ d[b].reshape(-1)
+        else:
+            V = own_basis(op)
+            ref = torch.einsum("ji,j,ji->i", V, d[b].reshape(-1), V)
+        assert torch.allclose(got[b].reshape(-1), ref, rtol=1e-10, atol=1e-12)
+    # a constant map is that constant along every direction (V^T V = I)
+    ones = op.spectral_diag(torch.full((1, *op.in_shape), 0.3, dtype=torch.float64))
+    assert torch.allclose(ones, torch.full_like(ones, 0.3))
+
+
 # ----------------------------------------------------------------------------- registry and errors
 
 @pytest.mark.parametrize("name", sorted(OPERATORS))
@@ -404,7 +524,8 @@ def test_non_dividing_factor_says_what_to_crop_to(name):
 
 
 def test_unknown_operator_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown operator 'lanczos'; known operators: avgpool, bicubic"):
+    with pytest.raises(ValueError,
+                       match=r"unknown operator 'lanczos'; known operators: avgpool, bicubic, bicubic-reflect"):
         make_operator("lanczos", 4, (3, 64, 64))
 
 
@@ -424,9 +545,34 @@ def test_make_operator_round_trips_describe():
 def test_cuda_matches_cpu(dtype):
     """Matrices follow the input to the GPU (cached per device and dtype) and give the CPU's answer."""
     for op in [AvgPool(4, (3, 32, 16)), Bicubic(4, (3, 32, 16)), Bicubic(8, (3, 64, 32), cutoff=0.9),
-               Matrix(torch.randn(5, 8))]:
+               BicubicReflect(4, (3, 32, 16)), Matrix(torch.randn(5, 8))]:
         x, y = draws(op, dtype, 0)
-        for f, inp in [(op.A, x), (op.At, y), (op.A_pinv, y), (lambda t: op.spectral(t, lambda s: s**2), x)]:
+        for f, inp in [(op.A, x), (op.At, y), (op.A_pinv, y), (lambda t, op=op: op.spectral(t, lambda s: s**2), x)]:
             got = f(inp.cuda())
             assert got.device.type == "cuda" and got.dtype == dtype
             assert_close(got.cpu(), f(inp), dtype, "cuda vs cpu")
+
+
+def test_cli_and_app_offer_every_operator():
+    from textsr.cli import OPERATOR_CHOICES
+
+    assert sorted(OPERATOR_CHOICES) == sorted(OPERATORS)
+    pytest.importorskip("gradio")
+    from textsr.app.ui import OPERATORS as APP_OPERATORS
+
+    assert sorted(APP_OPERATORS) == sorted(OPERATORS)
+
+
+@pytest.mark.parametrize("f,h,w", [(3, 27, 36), (4, 64, 48), (8, 64, 64)])
+def test_bicubic_and_avgpool_make_the_lr_images_of_pil(f, h, w):
+    """What the README's operator table says: PIL's bicubic resize makes Bicubic's LR image and
+    Image.reduce AvgPool's (float images, so no 8-bit rounding: to float32 precision)."""
+    import numpy as np
+    from PIL import Image
+
+    x = np.random.default_rng(f).random((h, w)).astype(np.float32)
+    img = Image.fromarray(x, mode="F")
+    t = torch.from_numpy(x)[None, None].double()
+    pil_bicubic = np.asarray(img.resize((w // f, h // f), Image.BICUBIC))
+    assert np.abs(pil_bicubic - Bicubic(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6
+    assert np.abs(np.asarray(img.reduce(f)) - AvgPool(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6

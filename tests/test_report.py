@@ -61,9 +61,10 @@ def write(out, run=None, **kw):
 def test_writes_every_file(tmp_path):
     paths = write(tmp_path)
     expected = {"input.png", "nearest.png", "bicubic.png", "grid.png", "results.json", "index.html"}
-    assert report.folder_names(["a red circle", EVIL]) == ["00-a-red-circle", "01-script-window-pwned-1-script-img-src-x-o"]
+    want = ["00-a-red-circle", "01-script-window-pwned-1-script-img-src-x-o"]
+    assert report.folder_names(["a red circle", EVIL]) == want
     for folder in report.folder_names(["a red circle", EVIL]):
-        expected |= {f"{folder}/sample-00.png", f"{folder}/sample-01.png", f"{folder}/sample-02.png", f"{folder}/std.png"}
+        expected |= {f"{folder}/sample-{k:02d}.png" for k in range(3)} | {f"{folder}/std.png"}
     assert set(paths) == expected
     for rel, p in paths.items():
         assert p == (tmp_path / rel).resolve() and p.is_file() and p.stat().st_size > 0
@@ -169,7 +170,9 @@ def test_wrap_truncates_long_prompts():
 def test_existing_folder_only_our_files_overwritten(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     (tmp_path / "grid.png").write_bytes(b"old grid")
-    write(tmp_path)
+    with pytest.raises(UsageError, match="--overwrite"):  # grid.png: textsr's name, another run's file
+        write(tmp_path)
+    write(tmp_path, overwrite=True)
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert Image.open(tmp_path / "grid.png").format == "PNG"
 

@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from textsr.schedule import NoiseSchedule, ddim_update, travel_schedule
+from textsr.schedule import NoiseSchedule, travel_schedule
+from textsr.solvers import Noise, make_config
+from textsr.solvers.step import diffusion_step
 
 
 def test_linear_schedule_matches_ddpm():
@@ -67,26 +69,22 @@ def test_travel_schedule_repeats_each_block():
     assert plan[-1] == (0, -1)
 
 
-def test_ddim_update_kinds_agree_at_eta0():
+def test_step_kinds_agree_at_eta0():
     x0, eps = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
-    a = ddim_update(x0, eps, 0.7, 0.0)
-    b = ddim_update(x0, eps, 0.7, 0.0, abar_t=0.3, kind="ddim")
+    noise = Noise.from_seeds([0, 1, 2], dtype=torch.float64)
+    a = diffusion_step(x0, None, eps, None, 0.3, 0.7, make_config("ddnm", eta=0.0), noise)
+    b = diffusion_step(x0, None, eps, None, 0.3, 0.7, make_config("ddnm", eta=0.0, step_kind="ddim"), noise)
     torch.testing.assert_close(a, b)
 
 
 def test_ddim_eta1_is_ddpm_posterior_variance():
     # Var of the injected noise equals the DDPM posterior variance beta_tilde
-    x0 = torch.zeros(200000, dtype=torch.float64)
-    z = torch.randn(200000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0 = torch.zeros(1, 200000, dtype=torch.float64)
     ab_t, ab_s = 0.3, 0.5
-    out = ddim_update(x0, torch.zeros_like(x0), ab_s, 1.0, z, abar_t=ab_t, kind="ddim")
+    out = diffusion_step(x0, None, torch.zeros_like(x0), None, ab_t, ab_s, make_config("plain"),
+                         Noise.from_seeds([0], dtype=torch.float64))
     beta_tilde = (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
     assert abs(out.var().item() - beta_tilde) < 0.01 * beta_tilde + 1e-3
-
-
-def test_ddim_update_rejects_bad_eta():
-    with pytest.raises(ValueError, match="eta"):
-        ddim_update(torch.zeros(1), torch.zeros(1), 0.5, 1.5)
 
 
 def test_ddpm_posterior_matches_gaussian_conditioning():

@@ -11,9 +11,25 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from textsr.errors import UsageError
-from textsr.shapes_world import (DEFAULT_VOCABULARY, PALETTE, SHAPES, SIZES, Catalog, PromptError, Scene, SceneObject,
-                           Vocabulary, build_catalog, downsample, parse_prompt, render_objects, render_scene,
-                           save_catalog_preview, shape_mask, template_prompts)
+from textsr.shapes_world import (
+    DEFAULT_VOCABULARY,
+    PALETTE,
+    SHAPES,
+    SIZES,
+    Catalog,
+    PromptError,
+    Scene,
+    SceneObject,
+    Vocabulary,
+    build_catalog,
+    downsample,
+    parse_prompt,
+    render_objects,
+    render_scene,
+    save_catalog_preview,
+    shape_mask,
+    template_prompts,
+)
 from textsr.shapes_world.ambiguity import lr_distance, shape_posterior
 from textsr.shapes_world.render import coverage, half_extent, polygons_area, shape_polygons
 

@@ -1,28 +1,29 @@
 """Contract tests over every solver x operator, and exactness checks with closed-form denoisers."""
 
-import math
-
 import pytest
 import torch
 
+from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 from textsr import operators as ops
 from textsr.cascade import Stage, run_cascade
 from textsr.schedule import NoiseSchedule
 from textsr.solvers import SOLVERS, Noise, Problem, make_config, sample
-from tests.oracles import GaussianDenoiser, TinyNetDenoiser
 
 SCHED = NoiseSchedule.linear()
 SOLVER_NAMES = list(SOLVERS)
 
 
+def noise64(seeds) -> Noise:
+    return Noise.from_seeds(seeds, dtype=torch.float64)
+
+
 def make_ops():
-    out = {
+    return {
         "avgpool": lambda: ops.AvgPool(4, (1, 8, 12)),
         "matrix": lambda: ops.Matrix(torch.randn(10, 96, generator=torch.Generator().manual_seed(3)), (1, 8, 12)),
+        "bicubic": lambda: ops.Bicubic(4, (1, 8, 12)),
+        "bicubic-reflect": lambda: ops.BicubicReflect(4, (1, 8, 12)),
     }
-    if hasattr(ops, "Bicubic"):
-        out["bicubic"] = lambda: ops.Bicubic(4, (1, 8, 12))
-    return out
 
 
 OPS = make_ops()
@@ -32,6 +33,16 @@ def fast_cfg(name, **kw):
     return make_config(name, steps=kw.pop("steps", 6), **kw)
 
 
+# each solver with its default step, with the DDPM posterior step, and with the DDPM step and a model
+# that predicts its own variance (Prediction.v, as IF does)
+STEPS = {"default": ({}, False), "ddpm": ({"step_kind": "ddpm"}, False), "ddpm+v": ({"step_kind": "ddpm"}, True)}
+
+
+def net_and_kind(step):
+    opts, learned = STEPS[step]
+    return TinyNetDenoiser(SCHED, learned_variance=learned), opts
+
+
 def run(den, op, name, seeds, dtype=torch.float64, sigma_y=0.0, y=None, **kw):
     if y is None:
         x = torch.randn(1, *op.in_shape, generator=torch.Generator().manual_seed(42), dtype=dtype) * 0.5
@@ -39,44 +50,50 @@ def run(den, op, name, seeds, dtype=torch.float64, sigma_y=0.0, y=None, **kw):
     return sample(den, Problem(op, y.to(dtype), sigma_y), fast_cfg(name, **kw), Noise.from_seeds(seeds, dtype=dtype)).x
 
 
+@pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize("op_name", list(OPS))
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_batch_item_equals_same_seed_alone(name, op_name):
+def test_batch_item_equals_same_seed_alone(name, op_name, step):
     op = OPS[op_name]()
-    den = TinyNetDenoiser(SCHED)
-    batch = run(den, op, name, [5, 6, 7])
-    alone = run(den, op, name, [6])
-    torch.testing.assert_close(batch[1:2], alone, rtol=1e-9, atol=1e-9)
+    den, kw = net_and_kind(step)
+    for sigma_y in (0.0, 0.05):
+        batch = run(den, op, name, [5, 6, 7], sigma_y=sigma_y, **kw)
+        alone = run(den, op, name, [6], sigma_y=sigma_y, **kw)
+        torch.testing.assert_close(batch[1:2], alone, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize("name", SOLVER_NAMES)
-def test_same_seed_same_result_and_seed_matters(name):
+def test_same_seed_same_result_and_seed_matters(name, step):
     op = OPS["avgpool"]()
-    den = TinyNetDenoiser(SCHED)
-    a, b, c = run(den, op, name, [1]), run(den, op, name, [1]), run(den, op, name, [2])
+    den, kw = net_and_kind(step)
+    a, b, c = run(den, op, name, [1], **kw), run(den, op, name, [1], **kw), run(den, op, name, [2], **kw)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.allclose(a, c)
 
 
+@pytest.mark.parametrize("step", list(STEPS))
 @pytest.mark.parametrize("op_name", list(OPS))
 @pytest.mark.parametrize("name", SOLVER_NAMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sigma_y", [0.0, 0.05])
-def test_finite_in_both_dtypes_with_and_without_noise(name, op_name, dtype, sigma_y):
+def test_finite_in_both_dtypes_with_and_without_noise(name, op_name, dtype, sigma_y, step):
     op = OPS[op_name]()
-    x = run(TinyNetDenoiser(SCHED), op, name, [0, 1], dtype=dtype, sigma_y=sigma_y)
+    den, kw = net_and_kind(step)
+    x = run(den, op, name, [0, 1], dtype=dtype, sigma_y=sigma_y, **kw)
     assert x.dtype == dtype and x.shape == (2, *op.in_shape)
     assert torch.isfinite(x).all()
 
 
+@pytest.mark.parametrize("step_kind", ["ddnm", "ddim", "ddpm"])
 @pytest.mark.parametrize("name", ["ddnm", "ddnm+"])
 @pytest.mark.parametrize("op_name", list(OPS))
-def test_noiseless_ddnm_is_exactly_consistent(name, op_name):
+def test_noiseless_ddnm_is_exactly_consistent(name, op_name, step_kind):
     op = OPS[op_name]()
     den = GaussianDenoiser(SCHED, c=0.5)
     x_true = torch.randn(1, *op.in_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9)) * 0.4
     y = op.A(x_true)
-    x = run(den, op, name, list(range(8)), y=y, steps=20)
+    x = run(den, op, name, list(range(8)), y=y, steps=20, step_kind=step_kind)
     # the bicubic/matrix pseudo-inverse is exact on the range of A: A x = A A+ y = y for y in range(A)
     err = (op.A(x) - y).abs().max().item()
     assert err < 1e-10
@@ -99,7 +116,7 @@ def test_dps_and_pigdm_lower_residual_vs_plain():
     seeds = list(range(16))
 
     def resid(name, **kw):
-        x = sample(den, Problem(op, y), make_config(name, steps=50, **kw), Noise.from_seeds(seeds, dtype=torch.float64)).x
+        x = sample(den, Problem(op, y), make_config(name, steps=50, **kw), noise64(seeds)).x
         return (op.A(x) - y).flatten(1).norm(dim=1).mean().item()
 
     plain = resid("plain")
@@ -113,7 +130,7 @@ def test_pigdm_tweedie_is_exact_projection_for_gaussian_prior():
     op = ops.AvgPool(2, (1, 4, 4))
     den = GaussianDenoiser(SCHED, c=1.0)
     y = torch.randn(1, 1, 2, 2, dtype=torch.float64)
-    x = sample(den, Problem(op, y), make_config("pigdm", steps=20, safeguard=False), Noise.from_seeds([0, 1], dtype=torch.float64)).x
+    x = sample(den, Problem(op, y), make_config("pigdm", steps=20, safeguard=False), noise64([0, 1])).x
     assert (op.A(x) - y).abs().max() < 1e-8
 
 
@@ -125,7 +142,7 @@ def test_ddnm_eta085_under_disperses_null_space(steps, expected):
     op = ops.AvgPool(4, (1, 8, 8))
     den = GaussianDenoiser(SCHED, c=1.0)
     y = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
-    x = sample(den, Problem(op, y), make_config("ddnm", steps=steps), Noise.from_seeds(range(400), dtype=torch.float64)).x
+    x = sample(den, Problem(op, y), make_config("ddnm", steps=steps), noise64(range(400))).x
     null = op.project_null(x)
     var = (null**2).sum() / (400 * (64 - 4))
     assert abs(var.item() - expected) < 0.05, var.item()
@@ -141,8 +158,8 @@ def test_ddnm_plus_removes_measurement_noise_vs_ddnm():
     y = op.A(x_true) + sigma_y * torch.randn(1, 1, 4, 4, dtype=torch.float64, generator=g)
     seeds = list(range(64))
     for mode in ("svd", "simplified"):
-        xp = sample(den, Problem(op, y, sigma_y), make_config("ddnm+", steps=50, mode=mode), Noise.from_seeds(seeds, dtype=torch.float64)).x
-        xd = sample(den, Problem(op, y, sigma_y), make_config("ddnm", steps=50), Noise.from_seeds(seeds, dtype=torch.float64)).x
+        xp = sample(den, Problem(op, y, sigma_y), make_config("ddnm+", steps=50, mode=mode), noise64(seeds)).x
+        xd = sample(den, Problem(op, y, sigma_y), make_config("ddnm", steps=50), noise64(seeds)).x
         assert (op.A(xd) - y).abs().max() < 1e-10
         # the exact posterior mean in the range: shrink y toward 0; DDNM+ must be much closer to it
         err_p = (op.A(xp).mean(0) - op.A(x_true)).norm()
@@ -167,15 +184,16 @@ def test_warm_start_pinv_init():
     den = GaussianDenoiser(SCHED, c=0.5)
     y = torch.randn(1, 1, 2, 2, dtype=torch.float64) * 0.3
     seen = []
-    sample(den, Problem(op, y), make_config("dps", steps=10, start=0.3, init="pinv"), Noise.from_seeds([0], dtype=torch.float64), callback=seen.append)
+    cfg = make_config("dps", steps=10, start=0.3, init="pinv")
+    sample(den, Problem(op, y), cfg, noise64([0]), callback=seen.append)
     assert seen[0].t <= 300 and len(seen) == 10
 
 
 def test_callback_reports_progress():
     op = ops.AvgPool(2, (1, 4, 4))
     seen = []
-    sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=5), Noise.from_seeds([0]),
-           callback=seen.append, stage="I")
+    sample(GaussianDenoiser(SCHED), Problem(op, torch.zeros(1, 1, 2, 2)), make_config("ddnm", steps=5),
+           Noise.from_seeds([0]), callback=seen.append, stage="I")
     assert [s.index for s in seen] == list(range(5)) and seen[-1].t_next == -1 and seen[0].stage == "I"
 
 

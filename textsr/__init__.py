@@ -6,7 +6,7 @@ load lazily so that ``import textsr`` and ``textsr --help`` stay fast.
 
 from ._version import __version__
 
-__all__ = ["explore", "rank", "Exploration", "__version__"]
+__all__ = ["explore", "rank", "Exploration", "check_output_folder", "__version__"]
 
 
 def __getattr__(name):
@@ -14,4 +14,8 @@ def __getattr__(name):
         from . import api as _explore
 
         return getattr(_explore, name)
+    if name == "check_output_folder":  # the CLI's check before any work, for API users
+        from .outdir import check_output_folder
+
+        return check_output_folder
     raise AttributeError(f"module 'textsr' has no attribute {name!r}")

@@ -9,6 +9,7 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
 2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
+   ``apply_preset``: the preset (``textsr.presets``), if any, merged under the explicit options;
 3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
 4. ``sample_prompt`` for each prompt: the backend's cascade, then the per-sample metrics;
 5. ``collect_settings``: the resolved settings of the run (``ExploreSettings``).
@@ -18,19 +19,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
 
 __all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts", "explore", "rank"]
 
-MAX_SAMPLES = 256
+MAX_SAMPLES = validate.MAX_SAMPLES
 MAX_PARTICLES = 4096
 
 
@@ -41,14 +44,14 @@ MAX_PARTICLES = 4096
 class ExploreRequest:
     """The checked arguments of one ``explore`` call (see ``explore`` for their meaning)."""
 
-    image: Any
+    image: tuple[np.ndarray, InputInfo, tuple[str, ...]]  # (h, w, C) in [0, 1], where from, notes: read already
     prompts: list[str]
     scale: int
     model: Any
     solver: str  # the registry name
     samples: int
     seed: int
-    operator: str
+    operator: str | None  # None: the preset's (after apply_preset), else avgpool
     sigma_y: float
     solver_options: dict
     model_options: dict
@@ -57,7 +60,15 @@ class ExploreRequest:
     simulate: bool
     batch_size: int
     max_pixels: int
+    preset: str | None = None
     prompt_prior: tuple[float, ...] | None = None  # P(prompt) for the evidence (None: uniform)
+
+    @property
+    def operator_name(self) -> str:
+        """The operator's name once ``apply_preset`` has resolved it."""
+        if self.operator is None:
+            raise RuntimeError("the operator is resolved by apply_preset (phase 2b) before it is used")
+        return self.operator
 
     @property
     def seeds(self) -> list[int]:
@@ -94,29 +105,47 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
 
 def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str | None,
                  samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
-                 operator: str, sigma_y: float, steps: int | None, solver_options: dict | None,
+                 operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
                  model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
-                 batch_size: int | None, max_pixels: int, particles: int | None = None,
+                 batch_size: int | None, max_pixels: int, preset: str | None = None, particles: int | None = None,
                  prompt_prior: Sequence[float] | None = None) -> ExploreRequest:
-    """Phase 1: validate every argument before any model loads or any sampling starts."""
+    """Phase 1: validate every argument before any model loads or any sampling starts; each check is
+    ``textsr.validate``'s, shared with the CLI and batch manifests (a preset is checked against the
+    model's backend from its spec, without loading it). The image is read here too (an unreadable file
+    or a bad array fails before the model loads): ``req.image``.  ``solver=None``: ``ddnm+``, or ``tds``
+    with ``particles``."""
     from .operators import OPERATORS
+    from .presets import check_preset
     from .solver_registry import canonical_name, config_class
 
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 32:
-        raise UsageError(f"scale must be an integer from 2 to 32, got {scale!r}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
-        raise UsageError(f"samples must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
-    if not math.isfinite(sigma_y) or sigma_y < 0:
-        raise UsageError(f"sigma_y must be >= 0 (in [-1, 1] units), got {sigma_y}")
-    if operator not in OPERATORS:
-        raise UsageError(f"unknown operator {operator!r}; choose one of {', '.join(sorted(OPERATORS))}")
+    scale = validate.scale(scale)
+    samples = validate.samples(samples)
+    seed = validate.seed(seed)
+    sigma_y = validate.sigma_y(sigma_y)
+    steps = validate.steps(steps)
+    batch_size = validate.batch_size(batch_size)
+    max_pixels = validate.max_pixels(max_pixels)
+    prompt_list = validate.prompts(prompts)
+    template = validate.text(template, "template")
+    values = validate.sweep_values(values)
+    solver_options = validate.options(solver_options, "solver_options")
+    model_options = validate.options(model_options, "model_options")
+    if operator is not None:  # None: the preset's, else avgpool
+        operator = validate.choice(operator, "operator", sorted(OPERATORS))
+    simulate = validate.flag(simulate, "simulate")
+    _check_model(model)
+    for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"),
+                           ("dtype", dtype, "float32, float16 or auto")):
+        if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
+            raise UsageError(f"{name} must be a string ({kinds}) or None, got {v!r}")
+    if preset is not None:
+        check_preset(validate.text(preset, "preset"), model_backend(model))
     try:
         solver = canonical_name(solver if solver is not None else ("tds" if particles is not None else "ddnm+"))
     except ValueError as e:
         raise UsageError(str(e)) from e
-    solver_options = dict(solver_options or {})
     if steps is not None:
-        solver_options["steps"] = int(steps)
+        solver_options["steps"] = steps
     if particles is not None:
         if isinstance(particles, bool) or not isinstance(particles, int) or not 1 <= particles <= MAX_PARTICLES:
             raise UsageError(f"particles must be an integer from 1 to {MAX_PARTICLES}, got {particles!r}")
@@ -124,16 +153,36 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
             raise UsageError(f"--particles needs a particle solver (tds); solver {solver!r} keeps one sample per "
                              "seed. Leave the solver out or use --solver tds")
         solver_options["particles"] = particles
-    prompts = expand_prompts(prompts, template, values)
+    prompts_all = expand_prompts(prompt_list, template, values)
     if prompt_prior is not None:
         from .evidence import check_prior
 
-        prompt_prior = tuple(check_prior(prompt_prior, len(prompts)))
+        prompt_prior = tuple(check_prior(prompt_prior, len(prompts_all)))
+    arr, info, notes = _as_array(image, max_pixels)  # read and checked now, before the model loads
     return ExploreRequest(
-        image=image, prompts=prompts, scale=scale, model=model, solver=solver,
-        samples=samples, seed=int(seed), operator=operator, sigma_y=float(sigma_y), solver_options=solver_options,
-        model_options=dict(model_options or {}), device=device, dtype=dtype, simulate=bool(simulate),
-        batch_size=batch_size or samples, max_pixels=max_pixels, prompt_prior=prompt_prior)
+        image=(arr, info, tuple(notes)), prompts=prompts_all, scale=scale,
+        model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y,
+        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype, simulate=simulate,
+        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset, prompt_prior=prompt_prior)
+
+
+def model_backend(model: Any) -> str:
+    """The backend kind (``"deepfloyd-if"`` ...) of a loaded backend, registry name, folder or spec,
+    read from its spec (no weights loaded)."""
+    from .backends.base import Backend
+    from .model_registry import resolve_spec
+
+    if isinstance(model, Backend):
+        return model.info.backend
+    return str(resolve_spec(model)["backend"])
+
+
+def _check_model(model: Any) -> None:
+    from .backends.base import Backend
+
+    if not isinstance(model, (str, Path, Backend)):
+        raise UsageError(f"model must be a registry name (see `textsr models`), a model folder, a spec file or a "
+                         f"loaded Backend; got {model!r} ({type(model).__name__})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +198,17 @@ def resolve_backend(req: ExploreRequest) -> Any:
         return req.model
     dev = resolve_device(req.device)
     return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+
+
+def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
+    """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
+    under the explicit ones, for this backend's stages (``textsr.presets``)."""
+    from .presets import resolve_preset
+
+    r = resolve_preset(req.preset, backend=backend.describe()["backend"], solver=req.solver, operator=req.operator,
+                       solver_options=req.solver_options, model_options=req.model_options,
+                       stages=backend.stage_names)
+    return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,28 +231,25 @@ class Measurement:
 
 
 def _as_array(image: Any, max_pixels: int) -> tuple[np.ndarray, InputInfo, list[str]]:
-    """Image input -> (h, w, C) float32 in [0, 1], input description, notes."""
+    """Image input -> (h, w, C) float32 in [0, 1], input description, notes. Arrays and tensors:
+    ``textsr.validate.image_array`` (CHW and HWC, see there)."""
     if isinstance(image, (str, Path)):
         from .io import load_image
 
         li = load_image(image, max_pixels=max_pixels)
         h, w, c = li.array.shape
         return li.array, InputInfo(str(image), w, h, c), list(li.notes)
-    if hasattr(image, "mode") and hasattr(image, "size"):  # PIL image
+    from PIL import Image
+
+    if isinstance(image, Image.Image):  # not duck-typed: a torch tensor has .mode and .size too
         from .io import pil_to_array
 
         arr, notes = pil_to_array(image)
         return arr, InputInfo(None, arr.shape[1], arr.shape[0], arr.shape[2]), notes
-    arr = image.detach().cpu().numpy() if torch.is_tensor(image) else np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3):
-        raise UsageError(f"an image array must be (H, W), (H, W, 1) or (H, W, 3); got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-        raise UsageError("a float image array must have finite values in [0, 1]")
+    arr = validate.image_array(image)
+    if arr.shape[0] * arr.shape[1] > max_pixels:
+        raise UsageError(f"the image is {arr.shape[1]}x{arr.shape[0]} = {arr.shape[0] * arr.shape[1]:,} pixels, more "
+                         f"than max_pixels = {max_pixels:,}; this tool super-resolves low-resolution images")
     return arr, InputInfo(None, arr.shape[1], arr.shape[0], arr.shape[2]), []
 
 
@@ -216,7 +273,7 @@ def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndar
     h, w = arr.shape[:2]
     check_scale(h, w, req.scale)
     x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-    y = make_operator(req.operator, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    y = make_operator(req.operator_name, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
     if req.sigma_y > 0:
         gen = torch.Generator().manual_seed(req.seed + 10_007)
         y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -231,7 +288,7 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
     the final operator ``A`` (output size -> LR size)."""
     from .operators import make_operator
 
-    arr, info, notes = _as_array(req.image, req.max_pixels)
+    arr, info, notes = req.image[0], req.image[1], list(req.image[2])
     arr = _fit_channels(arr, backend.channels, notes)
     reference = None
     if req.simulate:
@@ -244,7 +301,7 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
     backend.check_size((h, w), req.scale)
     notes.extend(backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    operator = make_operator(req.operator, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
                        notes=notes, reference=reference)
 
@@ -260,16 +317,11 @@ def lr_psnr(x: torch.Tensor, y: torch.Tensor, operator) -> list[float]:
 
 
 def diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Mean pairwise RMS distance between samples ([0, 1] units), per-pixel std map and its mean."""
-    k = samples01.shape[0]
-    flat = samples01.reshape(k, -1).astype(np.float64)
-    if k > 1:
-        d2 = ((flat[:, None, :] - flat[None, :, :]) ** 2).mean(-1)
-        pair = float(np.sqrt(d2[np.triu_indices(k, 1)]).mean())
-    else:
-        pair = 0.0
-    std = samples01.std(axis=0).mean(axis=-1)
-    return {"pairwise_l2": pair, "mean_std": float(std.mean())}, std.astype(np.float32)
+    """Mean pairwise RMS distance between samples ([0, 1] units), per-pixel std map and its mean
+    (``textsr.metrics.sample_diversity``: memory linear in the number of samples)."""
+    from .metrics import sample_diversity
+
+    return sample_diversity(samples01)
 
 
 def _progress_callback(callback: Callable[[Progress], None] | None, stages: list, index: int, total: int,
@@ -301,12 +353,13 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     xs, log_z, ess = [], [], []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
-                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator, f, s),
+                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
+    steps_ran = tuple(res.steps)
     x = torch.cat(xs)
     psnr = lr_psnr(x, meas.y, meas.operator)  # the solver's consistency, before display clipping
     outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
@@ -327,7 +380,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
                               "of N; the evidence and the sample frequencies are unreliable (more particles, or a "
                               "smaller measurement)")
     return PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - t0,
-                        backend.prompt_tags(prompt), extra, evidence)
+                        backend.prompt_tags(prompt), extra, steps_ran, evidence)
 
 
 def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: ExploreRequest):
@@ -357,15 +410,33 @@ def fill_probabilities(results: list[PromptResult], prior: Sequence[float] | Non
 # phase 5: settings
 # ------------------------------------------------------------------------------------------------
 def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stages: list,
-                     base_cfg: Any) -> ExploreSettings:
-    """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config."""
+                     base_cfg: Any, steps_ran: Sequence[int] = ()) -> ExploreSettings:
+    """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config
+    with the steps it ran (``steps_ran``; a request the schedule could not honour is kept as
+    ``steps_requested`` and noted in ``meas.notes``)."""
     known = base_cfg.to_dict()
     solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
-    per_stage = tuple({"stage": s.name, **(s.solver.to_dict() if s.solver else {})} for s in stages)
+    per_stage = tuple({"stage": s.name, **(s.solver or base_cfg).to_dict(),
+                       **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
+    meas.notes.extend(record_steps_ran(solver, per_stage, steps_ran))
     return ExploreSettings(
-        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator,
+        input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""))
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
+
+
+def record_steps_ran(solver: dict, per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
+    """Write the steps each stage ran into ``per_stage`` (and, when a stage was clamped, the top-level
+    ``solver``), keeping the request as ``steps_requested``; returns a note for each clamped stage."""
+    notes = []
+    for st, n in zip(per_stage, ran):
+        if st.get("steps") != n:
+            notes.append(f"stage {st['stage']}: {st.get('steps')} steps requested, but its schedule (and start) allow "
+                         f"{n}: ran {n}")
+            st["steps_requested"], st["steps"] = st.get("steps"), n
+    if notes and solver.get("steps") not in ran:
+        solver["steps_requested"], solver["steps"] = solver.get("steps"), max(ran)
+    return notes
 
 
 def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict:
@@ -396,7 +467,7 @@ def explore(
     seed: int = 0,
     template: str | None = None,
     values: Sequence[str] | str | None = None,
-    operator: str = "avgpool",
+    operator: str | None = None,
     sigma_y: float = 0.0,
     steps: int | None = None,
     solver_options: dict | None = None,
@@ -406,22 +477,32 @@ def explore(
     simulate: bool = False,
     batch_size: int | None = None,
     max_pixels: int = 4_000_000,
+    preset: str | None = None,
     particles: int | None = None,
     prompt_prior: Sequence[float] | None = None,
     callback: Callable[[Progress], None] | None = None,
 ) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
 
-    image: a path, PIL image, (H, W[, C]) array in [0, 1] (uint8 accepted) or tensor. With
+    image: a path, PIL image, or an array/tensor in [0, 1] (uint8 accepted): (H, W), (H, W, C) or
+    (C, H, W) with C = 1 or 3; a torch tensor is read channels-first when its first dimension is 1 or 3
+    (so (3, 3, 3) is CHW), a numpy array channels-last when its last one is (so (3, 3, 3) is HWC). With
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
     model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
-    sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value).
-    steps: shorthand for ``solver_options["steps"]`` (applies to every stage).
+    operator: the downsampling operator A (``avgpool``, ``bicubic``, ``bicubic-reflect``); None: the
+    preset's, else ``avgpool``.
+    sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value), 0 to 2.
+    seed: 0 to 2**32 - 1; sample k uses ``seed + k``.
+    steps: shorthand for ``solver_options["steps"]`` (applies to every stage); a stage whose schedule
+    allows fewer runs fewer, and results.json records what ran.
+    preset: named settings (``"paper"``: the text-guided SR paper's DeepFloyd IF setting, see
+    ``textsr.presets``); explicit arguments override it; results.json records it and what it resolved to.
     solver: a registered solver (``textsr.solver_registry``); None: ``ddnm+``, or ``tds`` with ``particles``.
     particles: run the particle solver with this many particles per sample (every stage); each prompt then
     gets ``evidence`` (``textsr.evidence``): log p(y | prompt), its spread over samples and P(prompt | y)
     among the prompts given, with ``prompt_prior`` (None: uniform) as the prior.
+    Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
     from .solver_registry import make_config
 
@@ -429,9 +510,10 @@ def explore(
     req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
                        template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
                        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
-                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, particles=particles,
-                       prompt_prior=prompt_prior)
+                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset,
+                       particles=particles, prompt_prior=prompt_prior)
     backend = resolve_backend(req)
+    req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
     meas = build_measurement(req, backend)
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
@@ -440,7 +522,7 @@ def explore(
     results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
                for i, p in enumerate(req.prompts)]
     fill_probabilities(results, req.prompt_prior)
-    settings = collect_settings(req, backend, meas, stages, base_cfg)
+    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else ())
     timings = {"total_s": round(time.perf_counter() - t0, 3), "load_s": round(t_loaded - t0, 3),
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
     return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,
@@ -481,11 +563,12 @@ def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "
     if len(req_prompts) < 2:
         raise UsageError("ranking needs at least two prompts (-p ... -p ...)")
     dev, dt = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    backend = resolve_backend(check_inputs(image, req_prompts, scale=scale, model=model, solver="tds", samples=samples,
-                                           seed=seed, template=None, values=None, operator=kwargs.get("operator", "avgpool"),
-                                           sigma_y=kwargs.get("sigma_y", 0.0), steps=None, solver_options=None,
-                                           model_options=model_options, device=dev, dtype=dt, simulate=False,
-                                           batch_size=None, max_pixels=kwargs.get("max_pixels", 4_000_000)))
+    req = check_inputs(image, req_prompts, scale=scale, model=model, solver="tds", samples=samples, seed=seed,
+                       template=None, values=None, operator=kwargs.get("operator"), sigma_y=kwargs.get("sigma_y", 0.0),
+                       steps=None, solver_options=None, model_options=model_options, device=dev, dtype=dt,
+                       simulate=False, batch_size=None, max_pixels=kwargs.get("max_pixels", 4_000_000),
+                       particles=particles)
+    backend = resolve_backend(req)
     neutral = backend.neutral_guidance(dict(model_options or {}))
     ex = explore(image, req_prompts, scale=scale, model=backend, particles=particles, samples=samples, seed=seed,
                  prompt_prior=prompt_prior, model_options=neutral, **kwargs)

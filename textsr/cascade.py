@@ -9,8 +9,9 @@ stage's business, through its ``condition`` callable.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -68,6 +69,7 @@ class CascadeResult:
     x: torch.Tensor
     stage_outputs: list[torch.Tensor]
     operators: list[LinearOperator]
+    steps: list[int] = field(default_factory=list)  # denoising steps each stage ran (the schedule may clamp a request)
     stage_log_evidence: list[torch.Tensor | None] = field(default_factory=list)
     stage_ess: list[torch.Tensor | None] = field(default_factory=list)  # particle solvers: (steps + 1, B)
 
@@ -102,7 +104,7 @@ def run_cascade(
     _, _, h, w = y.shape
     H, W = h * scale, w * scale
     prev: torch.Tensor | None = None
-    outputs, ops, evidence, ess = [], [], [], []
+    outputs, ops, steps, evidence, ess = [], [], [], [], []
     for k, st in enumerate(stages):
         if scale % st.divisor:
             raise ValueError(
@@ -121,6 +123,8 @@ def run_cascade(
         prev = res.x
         outputs.append(res.x)
         ops.append(op)
+        steps.append(len(res.timesteps))
         evidence.append(res.log_evidence)
         ess.append(None if res.ess is None else res.ess / res.particles)
-    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, stage_log_evidence=evidence, stage_ess=ess)
+    return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, steps=steps, stage_log_evidence=evidence,
+                         stage_ess=ess)

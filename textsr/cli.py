@@ -14,9 +14,13 @@ from pathlib import Path
 
 import click
 
+from . import validate
+from .presets import preset_names  # torch-free
 from .solver_registry import solver_names  # torch-free: the names only
 
 SOLVER_CHOICES = solver_names()
+OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS (no torch import for --help)
+PRESET_CHOICES = preset_names()
 
 
 def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
@@ -61,15 +65,33 @@ class _ProgressBar:
             self.bar = None
 
 
-def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
-    from .errors import TextSRError
+def _checked(check):
+    """A click callback running one of ``textsr.validate``'s checks (None passes: the default applies)."""
+
+    def callback(ctx, param, value):
+        from .errors import UsageError
+
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except UsageError as e:
+            raise click.BadParameter(str(e)) from None
+
+    return callback
+
+
+def _run_and_report(kwargs: dict, out: Path, quiet: bool, overwrite: bool = False) -> None:
     from .api import explore
+    from .errors import TextSRError
+    from .outdir import check_output_folder
 
     bar = _ProgressBar(quiet)
     t0 = time.perf_counter()
     try:
+        check_output_folder(out, overwrite=overwrite)  # before any work: a bad folder costs nothing
         result = explore(callback=bar, **kwargs)
-        files = result.save(out)
+        files = result.save(out, overwrite=overwrite)
     except TextSRError as e:
         bar.close()
         click.echo(f"error: {e}", err=True)
@@ -80,7 +102,8 @@ def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         bar.close()
-        click.echo("interrupted; files already written are complete (each is written atomically)", err=True)
+        click.echo("interrupted; the output folder has no new results.json (written last), so it holds no finished "
+                   "run from this command", err=True)
         sys.exit(130)
     except torch_oom_types() as e:  # pragma: no cover - needs a GPU
         bar.close()
@@ -96,7 +119,8 @@ def _run_and_report(kwargs: dict, out: Path, quiet: bool) -> None:
 
         ps = [v for row in result.reference_metrics["psnr"] for v in row]
         click.echo(f"vs. the original: PSNR mean {np.mean(ps):.2f} dB")
-    click.echo(f"done in {time.perf_counter() - t0:.1f} s; results in {out}/ (open {files.get('index.html', out / 'index.html')})")
+    index = files.get("index.html", out / "index.html")
+    click.echo(f"done in {time.perf_counter() - t0:.1f} s; results in {out}/ (open {index})")
 
 
 def torch_oom_types() -> tuple:
@@ -131,15 +155,26 @@ def _common_options(f):
                      "sample frequencies and the evidence P(prompt | y) per prompt."),
         click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts for the evidence, "
                      "comma-separated (default: uniform)."),
-        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Sample k uses seed+k."),
+        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt (1-256).",
+                     callback=_checked(lambda v: validate.samples(v))),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help=f"0 to {2**32 - 1}; sample k uses seed+k.", callback=_checked(lambda v: validate.seed(v))),
         click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
-                     show_default=True, help="Output folder."),
-        click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True,
-                     help="Downsampling model A."),
+                     show_default=True, help="Output folder (refused if it holds another run, unless --overwrite)."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace the run already in the output folder (only textsr's own files are removed)."),
+        click.option("--operator", type=click.Choice(OPERATOR_CHOICES),
+                     help="Downsampling model A: avgpool (block mean; the default), bicubic (PIL / torch "
+                          "antialias), bicubic-reflect (MATLAB imresize, SR benchmarks' LR images; the paper "
+                          "preset's)."),
+        click.option("--preset", type=click.Choice(PRESET_CHOICES),
+                     help="Named settings: paper = the text-guided SR paper's DeepFloyd IF setting (see README); "
+                          "explicit options override it."),
         click.option("--sigma-y", type=float, default=0.0, show_default=True,
-                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value)."),
-        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's)."),
+                     callback=_checked(lambda v: validate.sigma_y(v)),
+                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value), 0 to 2."),
+        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's).",
+                     callback=_checked(lambda v: validate.steps(v))),
         click.option("--eta", type=float, help="Step stochasticity."),
         click.option("--zeta", type=float, help="DPS step size."),
         click.option("--travel", nargs=2, type=int, metavar="L R", help="Time-travel: jump back L steps, R passes."),
@@ -149,8 +184,10 @@ def _common_options(f):
                      help="Model option, e.g. guidance_scale=7 (see README)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA), float32, float16 ..."),
-        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory)."),
-        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted."),
+        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory).",
+                     callback=_checked(lambda v: validate.batch_size(v))),
+        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted.",
+                     callback=_checked(lambda v: validate.max_pixels(v))),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for o in reversed(opts):
@@ -167,9 +204,9 @@ def _parse_prior(text: str | None) -> list[float] | None:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--prior") from None
 
 
-def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, sigma_y, steps,
-                  eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels, particles=None,
-                  prompt_prior=None) -> dict:
+def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, preset, sigma_y,
+                  steps, eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels,
+                  particles=None, prompt_prior=None) -> dict:
     sopts = _parse_kv(solver_opts, "--solver-option")
     for k, v in (("eta", eta), ("zeta", zeta)):
         if v is not None:
@@ -177,21 +214,25 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     if travel:
         sopts["travel_length"], sopts["travel_repeat"] = travel
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y, steps=steps,
+                solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y,
+                steps=steps,
                 solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
-                batch_size=batch_size, max_pixels=max_pixels, particles=particles, prompt_prior=_parse_prior(prompt_prior))
+                batch_size=batch_size, max_pixels=max_pixels, particles=particles,
+                prompt_prior=_parse_prior(prompt_prior))
 
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
-@click.option("--simulate", is_flag=True, help="IMAGE is a high-res original: downsample it first and score against it.")
+@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).",
+              callback=_checked(lambda v: validate.scale(v)))
+@click.option("--simulate", is_flag=True,
+              help="IMAGE is a high-res original: downsample it first and score against it.")
 @_common_options
-def upscale(image, scale, simulate, out, quiet, **kw):
+def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
     """Sample high-resolution images of IMAGE for each prompt."""
     kwargs = _build_kwargs(image, scale, **kw)
     kwargs["simulate"] = simulate
-    _run_and_report(kwargs, out, quiet)
+    _run_and_report(kwargs, out, quiet, overwrite)
 
 
 @main.command("rank")
@@ -247,18 +288,21 @@ def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, mod
 
 @main.command()
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True)
-@click.option("--samples", "-n", type=int, default=6, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (only textsr's own files are removed).")
+@click.option("--samples", "-n", type=int, default=6, show_default=True,
+              callback=_checked(lambda v: validate.samples(v)))
+@click.option("--seed", type=int, default=0, show_default=True, callback=_checked(lambda v: validate.seed(v)))
 @click.option("--quiet", "-q", is_flag=True)
-def demo(out, samples, seed, quiet):
+def demo(out, overwrite, samples, seed, quiet):
     """Built-in offline demo: a rendered scene, downsampled 8x, explored with 4 prompts."""
     from .demo import demo_kwargs
 
     kwargs = demo_kwargs(out, samples=samples, seed=seed)
     click.echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
                f"{len(kwargs['prompts'])} prompts x {samples} samples with DDNM+ on the built-in shapes model")
-    _run_and_report(kwargs, out, quiet)
+    _run_and_report(kwargs, out, quiet, overwrite)
 
 
 @main.command()
@@ -286,18 +330,25 @@ def models(as_json):
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--ray", "use_ray", is_flag=True, help="Run jobs as Ray tasks (pip install 'textsr[cluster]').")
 @click.option("--address", help="Ray cluster address (default: start or join a local one; 'auto' for a cluster).")
-@click.option("--gpus-per-job", type=float, default=0.0, show_default=True)
-@click.option("--cpus-per-job", type=float, default=1.0, show_default=True)
-@click.option("--force", is_flag=True, help="Re-run jobs whose results.json exists.")
-def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
-    """Run every job of a JSON/JSONL MANIFEST (see README, "Cluster"); resumes by skipping finished jobs."""
+@click.option("--gpus-per-job", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs each Ray worker holds (1: one worker per GPU).")
+@click.option("--cpus-per-job", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Ray workers, each keeping its model loaded (default: as many as the cluster fits).")
+@click.option("--force", "--overwrite", "force", is_flag=True,
+              help="Re-run jobs whose results.json exists, replacing their runs (only textsr's own files are removed).")
+def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force):
+    """Run every job of a JSON/JSONL MANIFEST (see README, "Running on a cluster").
+
+    Resumes: a job whose folder holds results.json is skipped; a half-finished one is rerun. Each model
+    is loaded once per worker and reused across jobs."""
     from .batch import load_manifest, run_batch
     from .errors import TextSRError
 
     try:
         jobs = load_manifest(manifest)
         results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
-                            cpus_per_job=cpus_per_job, force=force)
+                            cpus_per_job=cpus_per_job, workers=workers, force=force)
     except TextSRError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -310,8 +361,9 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, force):
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=7860, type=int, show_default=True)
-@click.option("--concurrency", default=1, type=int, show_default=True, help="Requests run at once.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535), show_default=True)
+@click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True,
+              help="Requests run at once (1-64).")
 @click.option("--share", is_flag=True, hidden=True)
 def app(host, port, concurrency, share):
     """Open the web app for interactive exploration."""

@@ -8,10 +8,11 @@ alone cannot tell the shape: the prompts decide it, and the prompt-free row show
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-DEMO_SCENE = dict(shape="circle", colour="red", background="blue", size="small", position=(1, 1))
+DEMO_SCENE: dict[str, Any] = dict(shape="circle", colour="red", background="blue", size="small", position=(1, 1))
 DEMO_PROMPTS = ["a red circle", "a crimson star", "a red ring", ""]
 DEMO_SCALE = 8
 

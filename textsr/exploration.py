@@ -45,8 +45,9 @@ class ExploreSettings:
     """Every setting a run used, resolved (defaults filled in): what ``results.json`` records.
 
     solver: the base solver config (``SolverConfig.to_dict``); stages: per cascade stage, its name and
-    the solver config it actually ran with (backend per-stage defaults and user options applied).
-    sigma_y is in [-1, 1] units.
+    the solver config it actually ran with (backend per-stage defaults, the preset and user options
+    applied) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
+    preset: the preset's name (None: none).  sigma_y is in [-1, 1] units.
     """
 
     input: InputInfo
@@ -60,6 +61,7 @@ class ExploreSettings:
     model_options: dict
     device: str
     dtype: str
+    preset: str | None = None
 
     def solver_dict(self) -> dict:
         """The ``solver`` entry of results.json: the base config plus ``per_stage``."""
@@ -78,6 +80,7 @@ class PromptResult:
     seconds: float
     tags: list[str] | None = None
     extra: dict = field(default_factory=dict)
+    steps_ran: tuple[int, ...] = ()  # denoising steps each cascade stage ran (a schedule may clamp a request)
     evidence: Any = None  # textsr.evidence.PromptEvidence (particle solvers)
 
     @property
@@ -153,6 +156,7 @@ class Exploration:
             "output_size": list(self.output_size),
             "model": s.model,
             "solver": s.solver_dict(),
+            "preset": s.preset,
             "operator": s.operator,
             "sigma_y": s.sigma_y,
             "seed": s.seed,
@@ -168,14 +172,18 @@ class Exploration:
             out["reference"] = self.reference_metrics
         return out
 
-    def save(self, directory: str | Path) -> dict:
-        """Write input/baselines/samples/std maps/grid/results.json/index.html (atomically)."""
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:
+        """Write input/baselines/samples/std maps/grid/index.html, then results.json (``textsr.outdir``).
+
+        A folder holding another run is refused unless ``overwrite`` (then only textsr's files are
+        removed); if writing fails, nothing half-written stays and ``OutputWriteError.rescued`` names
+        the fallback folder holding the complete run."""
         from .report import write_outputs
 
         samples = {p.label: list(p.samples) for p in self.prompts}
         std_maps = {p.label: p.std_map for p in self.prompts}
         return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
-                             results=self.results_dict(), scale=self.scale, notes=[])
+                             results=self.results_dict(), scale=self.scale, notes=[], overwrite=overwrite)
 
     def summary(self) -> list[str]:
         return [p.summary() for p in self.prompts]

@@ -32,8 +32,9 @@ CLIP's mean/std.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -277,9 +278,9 @@ class CLIPGuidance:
                 energy = clip_energy(self.clip, pred.x0, text)
                 (g,) = torch.autograd.grad(energy.sum(), leaf, retain_graph=outer_grad)
             if not outer_grad:
-                pred = Prediction(pred.x0.detach(), pred.eps.detach())
+                pred = Prediction(pred.x0.detach(), pred.eps.detach(), None if pred.v is None else pred.v.detach())
         step = self.step(g.detach(), abar_t)
-        return Prediction.from_x0(x_t, pred.x0 - step.to(pred.x0.dtype), abar_t)
+        return Prediction.from_x0(x_t, pred.x0 - step.to(pred.x0.dtype), abar_t, v=pred.v)
 
     def step(self, g: torch.Tensor, abar_t: float) -> torch.Tensor:
         op = self._operator()

@@ -14,9 +14,9 @@ import contextlib
 import os
 import re
 import socket
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 from urllib.parse import urlparse
 
 from .errors import ModelNotFoundError
@@ -153,8 +153,12 @@ def missing_message(missing: Sequence[HubSource], what: str, reason: str) -> str
 @contextlib.contextmanager
 def hub_errors(sources: Sequence[HubSource], what: str) -> Iterator[None]:
     """Turn the Hub's own errors during a download into ``ModelNotFoundError`` with the fix."""
-    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         yield

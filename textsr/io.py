@@ -322,7 +322,7 @@ def _as_int_scale(scale: Any, allowed: range) -> int:
     if isinstance(scale, numbers.Integral):
         s = int(scale)
     elif isinstance(scale, numbers.Real) and math.isfinite(scale) and float(scale).is_integer():
-        s = int(scale)
+        s = int(float(scale))
     else:
         raise UsageError(bad + " (fractional scales are not supported)")
     if s not in allowed:
@@ -460,8 +460,7 @@ def _write_atomic_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]]
 def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as indented UTF-8 JSON. numpy scalars/arrays and Paths are converted;
     NaN/inf are rejected (``ValueError``) because they are not valid JSON."""
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=json_default)
-    return write_bytes_atomic((text + "\n").encode("utf-8"), path)
+    return write_bytes_atomic(json_bytes(obj), path)
 
 
 def json_default(o: Any) -> Any:
@@ -473,6 +472,22 @@ def json_default(o: Any) -> Any:
     if isinstance(o, os.PathLike):
         return os.fspath(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON: {o!r}")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented UTF-8 JSON bytes (as ``write_json_atomic`` writes it)."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=json_default)
+    return (text + "\n").encode("utf-8")
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """A PIL image or an (H, W), (H, W, 1|3|4) array (float in [0, 1] or uint8) encoded as PNG."""
+    import io as _io
+
+    im = image if isinstance(image, Image.Image) else _array_to_pil(image)
+    buf = _io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def save_png_atomic(image: np.ndarray | Image.Image, path: str | os.PathLike[str]) -> Path:

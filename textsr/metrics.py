@@ -6,7 +6,8 @@ returns a ``(B,)`` tensor; distribution metrics return Python floats.
 
 * ``lr_psnr``: PSNR between ``A x_hat`` and ``y`` (LR consistency; the paper reports > 45 dB).
 * ``psnr``, ``ssim``: against a reference image (SSIM needs torchmetrics, imported lazily).
-* ``mean_pairwise_distance``, ``pixel_std_map``: diversity of the samples of one prompt.
+* ``mean_pairwise_distance``, ``pixel_std_map``: diversity of the samples of one prompt;
+  ``sample_diversity``/``pairwise_rms``: the same on [0, 1] numpy samples, as results.json reports it.
 * ``sliced_wasserstein``: mean over random unit directions of the 1-D W1 distance between two
   equal-size sample sets (Cardoso et al.'s MCGdiff protocol), deterministic given a generator.
 * ``mode_weight_tv``, ``nearest_component``: which mode the samples chose vs the exact posterior weights.
@@ -16,8 +17,10 @@ returns a ``(B,)`` tensor; distribution metrics return Python floats.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
+import numpy as np
 import torch
 
 from .operators import LinearOperator
@@ -83,6 +86,32 @@ def mean_pairwise_distance(x: torch.Tensor) -> float:
     dist = torch.cdist(f, f)
     i, j = torch.triu_indices(f.shape[0], f.shape[0], offset=1)
     return float(dist[i, j].mean())
+
+
+def pairwise_rms(samples: np.ndarray, block: int = 8) -> float:
+    """Mean over pairs ``i < j`` of the RMS distance ``sqrt(mean((x_i - x_j)^2))`` of samples ``(K, ...)``
+    (0 for one sample), in float64. Memory O(block x pixels): pairs are taken a block at a time
+    instead of as a K x K x pixels array."""
+    k = samples.shape[0]
+    if k < 2:
+        return 0.0
+    flat = samples.reshape(k, -1)
+    n = flat.shape[1]
+    total = 0.0
+    for i in range(k - 1):
+        x_i = flat[i].astype(np.float64)
+        for j0 in range(i + 1, k, block):
+            d = np.subtract(flat[j0:j0 + block], x_i, dtype=np.float64)  # (b, n): x_j - x_i
+            total += float(np.sqrt(np.einsum("bn,bn->b", d, d) / n).sum())
+    return total / (k * (k - 1) / 2)
+
+
+def sample_diversity(samples01: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Diversity of one prompt's samples ``(K, H, W, C)`` in [0, 1]: ``pairwise_l2`` (``pairwise_rms``),
+    ``mean_std`` (mean of the per-pixel std map), and that map ``(H, W)`` (std across samples, mean
+    over channels; population std)."""
+    std = samples01.std(axis=0).mean(axis=-1)
+    return {"pairwise_l2": pairwise_rms(samples01), "mean_std": float(std.mean())}, std.astype(np.float32)
 
 
 def pixel_std_map(x: torch.Tensor) -> torch.Tensor:

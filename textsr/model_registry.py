@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from . import hub
-from .hub import HubSource
 from .errors import ModelNotFoundError, UsageError
+from .hub import HubSource
 
 SPEC_FILE = "textsr_model.json"
 

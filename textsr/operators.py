@@ -10,6 +10,8 @@ pseudo-inverse inverts), which is all DDNM+ (per singular value) and PiGDM need:
 
 ``fn`` receives a tensor of singular values (x's device and dtype) that broadcasts against the SVD
 coefficients and must return something that broadcasts the same way (a tensor or a Python number).
+``spectral_diag(d) = diag(V^T diag(d) V)`` (per sample) comes in that same layout, so ``fn`` may use it:
+a per-element variance map seen along each singular direction (DDNM+ with a learned variance).
 
 Operators by name: ``OPERATORS`` and ``make_operator(name, factor, in_shape, **kw)``.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -81,6 +83,11 @@ class LinearOperator(ABC):
     @abstractmethod
     def singular_values(self) -> torch.Tensor:
         """The kept singular values (float64, CPU), in no particular order."""
+
+    def spectral_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``v_i^T diag(d) v_i`` for every kept right singular vector ``v_i``, per sample of ``d``
+        ``(B, *in_shape)``, laid out so that a ``spectral`` ``fn`` may return it (or a function of it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no spectral_diag")
 
     def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
         """``V diag(fn_b(s)) V^T x_b`` with a different function per batch item: ``fn(s)`` must return a
@@ -163,6 +170,11 @@ class AvgPool(LinearOperator):
         c, h, w = self.out_shape
         return torch.full((c * h * w,), 1.0 / self.factor, dtype=torch.float64)
 
+    def spectral_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``v_i`` is a block's indicator over ``factor``: ``v_i^T diag(d) v_i`` is the block mean of ``d``,
+        laid out (like ``spectral``) on the image, constant over each block."""
+        return self.project_range(d)
+
     def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
         s = torch.tensor(1.0 / self.factor, dtype=x.dtype, device=x.device)
         vals = _apply_fn(fn, s).reshape(x.shape[0], *([1] * (x.ndim - 1)))
@@ -227,6 +239,10 @@ class Matrix(LinearOperator):
     def singular_values(self) -> torch.Tensor:
         return self._S.clone()
 
+    def spectral_diag(self, d: torch.Tensor) -> torch.Tensor:
+        V = self._mats(d)[2]
+        return self._flat(d) @ (V * V)
+
     def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
         _, _, V, S = self._mats(x)
         coef = (self._flat(x) @ V) * _apply_fn(fn, S).reshape(x.shape[0], -1)
@@ -259,6 +275,36 @@ def bicubic_matrix(n: int, factor: int) -> torch.Tensor:
     return w / w.sum(dim=1, keepdim=True)
 
 
+def bicubic_reflect_matrix(n: int, factor: int) -> torch.Tensor:
+    """The 1-D bicubic downsampling matrix of MATLAB's ``imresize(x, 1/factor)`` (antialiased Keys
+    kernel, ``a = -0.5``), ``(n // factor) x n``, float64.
+
+    Output pixel ``k`` has its centre at ``u_k = factor k + (factor - 1) / 2`` (0-based input pixel
+    indices; MATLAB's ``u = x / scale + 0.5 (1 - 1 / scale)``); input pixel ``j`` gets weight
+    ``keys_cubic((j - u_k) / factor)``, normalised to sum to 1.  For even factors these are the 4 factor
+    taps ``keys_cubic((i - 2 factor + 0.5) / factor)``, ``i < 4 factor``, around the pixel
+    ``factor // 2 + factor k`` (the form of the paper's and DDRM's code); for odd factors the centre
+    is a pixel and the taps sit at whole offsets (MATLAB; the paper's code instead keeps the half-pixel
+    offsets, which at ``factor = 1`` makes a shifted blur instead of the identity).  Borders: MATLAB's
+    ``symmetric`` extension, the edge pixel repeated (``... x1 x0 | x0 x1 ...``, numpy's
+    ``mode="symmetric"``, not torch's ``"reflect"``), periodic with period ``2 n`` when the kernel is
+    wider than the image; the weight of a tap outside is added to the pixel it reflects to.
+    """
+    if n % factor:
+        raise ValueError(f"factor {factor} does not divide the length {n}")
+    m = n // factor
+    centres = factor * torch.arange(m, dtype=torch.float64) + (factor - 1) / 2  # u_k
+    offsets = torch.arange(-2 * factor, 2 * factor + 1)
+    taps = torch.floor(centres)[:, None].long() + offsets[None, :]  # every j with |j - u_k| < 2 factor
+    w = keys_cubic((taps.to(torch.float64) - centres[:, None]) / factor)
+    w = w / w.sum(dim=1, keepdim=True)
+    j = taps % (2 * n)
+    j = torch.where(j < n, j, 2 * n - 1 - j)  # symmetric extension: -1 -> 0, n -> n - 1
+    M = torch.zeros(m, n, dtype=torch.float64)
+    M.scatter_add_(1, j, w)
+    return M
+
+
 class _SVD1D:
     """SVD of one 1-D matrix ``M = U diag(s) V^T`` with singular values ``<= cutoff * max(s)`` dropped."""
 
@@ -270,29 +316,24 @@ class _SVD1D:
         self.pinv = self.V @ torch.diag(1.0 / self.s) @ self.U.T
 
 
-class Bicubic(LinearOperator):
-    """Antialiased bicubic downsampling by an integer ``factor`` (Keys kernel, ``a = -0.5``).
-
-    Separable: per channel ``A X = A_r X A_c^T`` with the row matrix ``A_r`` (h x H) and column matrix
-    ``A_c`` (w x W) from :func:`bicubic_matrix` (kernel stretched by ``factor``, ``4 factor`` taps,
-    stride ``factor``, weights summing to 1).  Boundary: taps outside the image are dropped and the
-    rest renormalised, so ``A`` equals ``torch.nn.functional.interpolate(x, scale_factor=1/factor,
-    mode="bicubic", antialias=True, align_corners=False)`` on the *whole* image (to float rounding).
-    ``factor = 1`` is the identity.
+class Separable(LinearOperator):
+    """A separable downsampler by an integer ``factor``: per channel ``A X = A_r X A_c^T`` with the 1-D
+    row matrix ``A_r`` (h x H) and column matrix ``A_c`` (w x W) from ``matrix_1d(length, factor)``;
+    subclasses only choose ``matrix_1d`` (and a name).
 
     Pseudo-inverse: each 1-D matrix's SVD is computed once (float64, CPU); 1-D singular values
     ``<= cutoff * (largest 1-D singular value)`` are zeroed (a *relative* cutoff: the 1-D singular
     values scale like ``1/sqrt(factor)``, so an absolute threshold would mean something different for
     every factor).  ``A+ Y = A_r^+ Y A_c^{+T}`` with the truncated 1-D pseudo-inverses; the kept 2-D
-    singular values are the products ``s_r[i] s_c[j]`` of the kept 1-D ones.  These matrices are well
-    conditioned (smallest/largest 1-D singular value >= 0.68 for every factor up to 32 and any size),
-    so every ``cutoff < 0.68`` -- the default 3e-2 (DDRM's and DDNM's threshold, absolute there, where
-    it never triggers for these matrices either) and 0 -- keeps everything: ``A+`` is the exact
-    Moore-Penrose pseudo-inverse and ``A A+ = I``.  Larger cutoffs drop the LR-Nyquist end of the
-    spectrum (see ``bench/operators.py``).
+    singular values are the products ``s_r[i] s_c[j]`` of the kept 1-D ones; ``spectral`` works in
+    the separable basis ``V_r (x) V_c``.
     """
 
-    name = "bicubic"
+    name = "separable"
+
+    @staticmethod
+    def matrix_1d(n: int, factor: int) -> torch.Tensor:
+        raise NotImplementedError
 
     def __init__(self, factor: int, in_shape: tuple[int, int, int], cutoff: float = 3e-2):
         c, h, w = _check_factor_and_shape(factor, tuple(in_shape))
@@ -301,38 +342,42 @@ class Bicubic(LinearOperator):
         self.factor, self.cutoff = factor, float(cutoff)
         self.in_shape = (c, h, w)
         self.out_shape = (c, h // factor, w // factor)
-        rows = _SVD1D(bicubic_matrix(h, factor), self.cutoff)
-        cols = rows if w == h else _SVD1D(bicubic_matrix(w, factor), self.cutoff)
+        rows = _SVD1D(self.matrix_1d(h, factor), self.cutoff)
+        cols = rows if w == h else _SVD1D(self.matrix_1d(w, factor), self.cutoff)
         self._rows, self._cols = rows, cols
         self._s2d = torch.outer(rows.s, cols.s)
         self._dev = _PerDevice(Ar=rows.M, Ac=cols.M, Pr=rows.pinv, Pc=cols.pinv, Vr=rows.V, Vc=cols.V, s=self._s2d)
 
+    def _check(self, x: torch.Tensor, shape: tuple[int, ...], what: str) -> dict[str, torch.Tensor]:
+        _check_batch(x, shape, f"{type(self).__name__}.{what}")
+        return self._dev.get(x)
+
     def A(self, x: torch.Tensor) -> torch.Tensor:
-        _check_batch(x, self.in_shape, "Bicubic.A")
-        m = self._dev.get(x)
+        m = self._check(x, self.in_shape, "A")
         return m["Ar"] @ (x @ m["Ac"].T)
 
     def At(self, y: torch.Tensor) -> torch.Tensor:
-        _check_batch(y, self.out_shape, "Bicubic.At")
-        m = self._dev.get(y)
+        m = self._check(y, self.out_shape, "At")
         return m["Ar"].T @ (y @ m["Ac"])
 
     def A_pinv(self, y: torch.Tensor) -> torch.Tensor:
-        _check_batch(y, self.out_shape, "Bicubic.A_pinv")
-        m = self._dev.get(y)
+        m = self._check(y, self.out_shape, "A_pinv")
         return m["Pr"] @ (y @ m["Pc"].T)
 
     def spectral(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
         """``V diag(fn(s)) V^T x`` computed separably: coefficients ``V_r^T X V_c`` per channel, of shape
         ``(B, C, k_r, k_c)``; ``fn`` gets the ``(k_r, k_c)`` tensor of 2-D singular values ``s_r s_c^T``."""
-        _check_batch(x, self.in_shape, "Bicubic.spectral")
-        m = self._dev.get(x)
+        m = self._check(x, self.in_shape, "spectral")
         coef = m["Vr"].T @ x @ m["Vc"]
         return m["Vr"] @ (coef * _apply_fn(fn, m["s"])) @ m["Vc"].T
 
+    def spectral_diag(self, d: torch.Tensor) -> torch.Tensor:
+        """``(V_r o V_r)^T D (V_c o V_c)`` per channel (``o``: elementwise): ``(B, C, k_r, k_c)``."""
+        m = self._check(d, self.in_shape, "spectral_diag")
+        return (m["Vr"] ** 2).T @ d @ (m["Vc"] ** 2)
+
     def spectral_batched(self, x: torch.Tensor, fn: SpectralFn) -> torch.Tensor:
-        _check_batch(x, self.in_shape, "Bicubic.spectral_batched")
-        m = self._dev.get(x)
+        m = self._check(x, self.in_shape, "spectral_batched")
         coef = m["Vr"].T @ x @ m["Vc"]
         vals = _apply_fn(fn, m["s"]).reshape(x.shape[0], 1, *m["s"].shape)
         return m["Vr"] @ (coef * vals) @ m["Vc"].T
@@ -345,7 +390,43 @@ class Bicubic(LinearOperator):
         return {**super().describe(), "factor": self.factor, "cutoff": self.cutoff}
 
 
-OPERATORS: dict[str, type[LinearOperator]] = {"avgpool": AvgPool, "bicubic": Bicubic}
+class Bicubic(Separable):
+    """Antialiased bicubic downsampling by an integer ``factor`` (Keys kernel, ``a = -0.5``), with
+    :func:`bicubic_matrix` per axis (kernel stretched by ``factor``, ``4 factor`` taps, stride ``factor``,
+    weights summing to 1).  Boundary: taps outside the image are dropped and the rest renormalised, so
+    ``A`` equals ``torch.nn.functional.interpolate(x, scale_factor=1/factor, mode="bicubic",
+    antialias=True, align_corners=False)`` (and PIL's bicubic reduction) on the *whole* image (to float
+    rounding).  ``factor = 1`` is the identity.
+
+    These matrices are well conditioned (smallest/largest 1-D singular value >= 0.68 for every factor
+    up to 32 and any size), so every ``cutoff < 0.68`` -- the default 3e-2 (DDRM's and DDNM's
+    threshold, absolute there, where it never triggers for these matrices either) and 0 -- keeps
+    everything: ``A+`` is the exact Moore-Penrose pseudo-inverse and ``A A+ = I``.  Larger cutoffs drop
+    the LR-Nyquist end of the spectrum (see ``bench/operators.py``).
+    """
+
+    name = "bicubic"
+    matrix_1d = staticmethod(bicubic_matrix)
+
+
+class BicubicReflect(Separable):
+    """Bicubic downsampling as MATLAB's ``imresize`` (and the text-guided SR paper's code, and the SR
+    benchmarks' LR images) computes it: :func:`bicubic_reflect_matrix` per axis, the same Keys kernel
+    as :class:`Bicubic` but with symmetric reflection at the borders (the edge pixel repeated) instead of
+    renormalised border taps.  The interior rows equal :class:`Bicubic`'s; the 2 rows at each border
+    differ.  ``factor = 1`` is the identity.
+
+    Pseudo-inverse as :class:`Separable` with the relative cutoff 3e-2 (DDRM's threshold); the smallest
+    1-D singular value is at least 0.688 of the largest for every factor up to 32 and LR lengths 1..64
+    (``bench/operators.py``), so nothing is truncated at that cutoff: ``A+`` is the exact pseudo-inverse,
+    and ``PSNR(A A+ y, y)`` is 146-154 dB in float32 at factors 4-32 on 256 px.
+    """
+
+    name = "bicubic-reflect"
+    matrix_1d = staticmethod(bicubic_reflect_matrix)
+
+
+OPERATORS: dict[str, type[LinearOperator]] = {"avgpool": AvgPool, "bicubic": Bicubic, "bicubic-reflect": BicubicReflect}
 
 
 def make_operator(name: str, factor: int, in_shape: tuple[int, int, int], **kw) -> LinearOperator:

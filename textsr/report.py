@@ -6,7 +6,9 @@ textsr/schema/results.schema.json). Layout of ``out_dir``::
     input.png  nearest.png  bicubic.png  grid.png  results.json  index.html
     00-a-red-circle/sample-00.png ... std.png       one folder per prompt, in results order
 
-Every file is written atomically; other files already in ``out_dir`` are left alone.
+Every file is written atomically and results.json last (it marks the run complete); a folder holding
+another run is refused unless ``overwrite``; other files already in ``out_dir`` are left alone (see
+``textsr.outdir``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from textsr import io
+from textsr import io, outdir
 from textsr.errors import UsageError
 from textsr.schema import validate_results
 
@@ -62,6 +64,7 @@ def write_outputs(
     results: dict[str, Any],
     scale: int,
     notes: list[str],
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write every output file; return {path relative to ``out_dir`` (POSIX): absolute Path}.
 
@@ -71,6 +74,10 @@ def write_outputs(
     computed from the samples when missing. ``results`` is not modified: a copy gets the folder
     and file names, ``files``, ``std_map`` and ``notes`` (``notes`` appended), non-finite
     numbers become null, and it is validated against the schema before anything is written.
+
+    The folder is written as one run (``textsr.outdir``): refused if it holds another run unless
+    ``overwrite`` (then only textsr's files are removed), results.json last, and on a write error
+    nothing half-written is left and the run goes to a fallback folder (``OutputWriteError``).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -91,6 +98,7 @@ def write_outputs(
             f"results say scale {doc.get('scale')} and output_size {doc.get('output_size')}, but the "
             f"images give scale {scale} and output size {list(out_size)}"
         )
+    std_rgb: dict[str, np.ndarray] = {}
     written: dict[str, np.ndarray | Image.Image] = {
         "input.png": lr,
         "nearest.png": io.resize_nearest(lr, scale),
@@ -102,34 +110,26 @@ def write_outputs(
             sample.setdefault("index", k)
             sample["file"] = f"{folder}/sample-{k:02d}.png"
             written[sample["file"]] = arr
-        written[entry["std_file"]] = colorize(stds[entry["label"]], vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+        std_rgb[entry["label"]] = colorize(stds[entry["label"]], vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+        written[entry["std_file"]] = std_rgb[entry["label"]]
     doc["files"] = {"input": "input.png", "nearest": "nearest.png", "bicubic": "bicubic.png",
                     "grid": "grid.png", "results": "results.json", "index": "index.html"}
     doc["std_map"] = {"colormap": "viridis", "vmin": 0.0, "vmax": vmax, "shared": True}
     doc["notes"] = [*doc.get("notes", []), *notes, *run_notes, _std_note(vmax)]
     validate_results(doc)
 
-    _make_dir(out)
     written["grid.png"] = render_grid(
-        lr, scale, [(e["prompt"], imgs[e["label"]], written[e["std_file"]]) for e in doc["prompts"]]
+        lr, scale, [(e["prompt"], imgs[e["label"]], std_rgb[e["label"]]) for e in doc["prompts"]]
     )
-    paths = {rel: io.save_png_atomic(img, out / rel) for rel, img in written.items()}
-    paths["results.json"] = io.write_json_atomic(doc, out / "results.json")
-    page = render_html(doc, lr_size=(lr.shape[0], lr.shape[1]))
-    paths["index.html"] = io.write_bytes_atomic(page.encode("utf-8"), out / "index.html")
-    return {rel: p.resolve() for rel, p in paths.items()}
+    files = {rel: io.png_bytes(img) for rel, img in written.items()}  # encoded before the disk is touched
+    files["index.html"] = render_html(doc, lr_size=(lr.shape[0], lr.shape[1])).encode("utf-8")
+    files["results.json"] = io.json_bytes(doc)  # written last: it marks the run complete
+    return outdir.write_run(out, files, overwrite=overwrite)
 
 
 # --------------------------------------------------------------------------------------------
 # Checking and normalising the inputs
 # --------------------------------------------------------------------------------------------
-
-
-def _make_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {out} ({e.strerror}). Choose another output folder.") from None
 
 
 def _std_note(vmax: float) -> str:
@@ -271,14 +271,16 @@ def render_grid(
     canvas = Image.new("RGB", lay.size, "white")
     draw = ImageDraw.Draw(canvas)
     font = _font(FONT_SIZE)
-    headers = [f"input (nearest x{scale})", f"bicubic x{scale}", *(f"sample {k}" for k in range(n)), "std (uncertainty)"]
+    headers = [f"input (nearest x{scale})", f"bicubic x{scale}", *(f"sample {k}" for k in range(n)),
+               "std (uncertainty)"]
     for c, text in enumerate(headers):
         x, _ = lay.origin(0, c)
         draw.text((x, PAD), _fit(draw, text, font, lay.cell_w), fill="black", font=font)
     base = [io.resize_nearest(lr, scale), io.resize_bicubic(lr, scale)]
     for r, (prompt, samples, std) in enumerate(rows):
         x, y = lay.origin(r, 0)
-        lines = _wrap(draw, f"{r}. {prompt or '(no text)'}", font, LABEL_W - 2 * PAD, max(1, lay.cell_h // (FONT_SIZE + 4)))
+        max_lines = max(1, lay.cell_h // (FONT_SIZE + 4))
+        lines = _wrap(draw, f"{r}. {prompt or '(no text)'}", font, LABEL_W - 2 * PAD, max_lines)
         draw.multiline_text((PAD, y), "\n".join(lines), fill="black", font=font, spacing=4)
         cells = [*base, *samples, *[None] * (n - len(samples)), std]
         for c, img in enumerate(cells):
@@ -342,12 +344,14 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lin
 # --------------------------------------------------------------------------------------------
 
 _CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:16px;color:#222}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:16px;
+color:#222}
 h1{margin:.2em 0}h2{margin:1.2em 0 .3em;border-bottom:1px solid #ddd}.sub{color:#666;margin:0 0 1em}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px}
 figure{margin:0;background:#f6f6f6;padding:6px;border-radius:4px}figure img{width:100%;height:auto;display:block}
 figcaption{font-size:13px;color:#333;margin-top:4px}.px img{image-rendering:pixelated}
-table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:14px}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.bar{height:12px;border-radius:2px}.barlab{display:flex;justify-content:space-between;font-size:12px}
 .meta{color:#444;font-size:14px}code{background:#f3f3f3;padding:0 3px}
 """

@@ -1,4 +1,5 @@
-"""Variance-preserving noise schedules, timestep spacing, time-travel and the DDIM update.
+"""Variance-preserving noise schedules, timestep spacing, time-travel and the DDPM posterior of a strided pair
+(the diffusion steps themselves are in ``solvers.step``).
 
 Notation follows docs/method.md ("Notation"): ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``.
 Timesteps are integer indices into ``alphas_cumprod`` (0 .. T-1); the index ``-1`` stands for the
@@ -8,8 +9,9 @@ clean image (``abar_{-1} = 1``), so the last step of every sampler is a step to 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -36,25 +38,25 @@ class NoiseSchedule:
 
     # -- constructors ---------------------------------------------------------------------------
     @classmethod
-    def from_betas(cls, betas: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas: Sequence[float] | torch.Tensor, name: str = "custom") -> NoiseSchedule:
         b = torch.as_tensor(betas, dtype=torch.float64)
         if torch.any(b <= 0) or torch.any(b >= 1):
             raise ValueError("betas must lie in (0, 1)")
         return cls(tuple(torch.cumprod(1.0 - b, 0).tolist()), name=name)
 
     @classmethod
-    def from_alphas_cumprod(cls, abar: Sequence[float] | torch.Tensor, name: str = "custom") -> "NoiseSchedule":
+    def from_alphas_cumprod(cls, abar: Sequence[float] | torch.Tensor, name: str = "custom") -> NoiseSchedule:
         return cls(tuple(torch.as_tensor(abar, dtype=torch.float64).tolist()), name=name)
 
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
         """DDPM's linear betas (Ho et al. 2020): the schedule of the MCGdiff/DDNM/DPS references."""
         if T < 2:
             raise ValueError(f"T must be >= 2, got {T}")
         return cls.from_betas(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
 
     @classmethod
-    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
         """Nichol & Dhariwal's cosine schedule (``squaredcos_cap_v2`` in diffusers; DeepFloyd IF)."""
         f = lambda u: math.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
         betas = [min(1 - f(i + 1) / f(i), max_beta) for i in range(T)]
@@ -76,8 +78,13 @@ class NoiseSchedule:
     def timesteps(self, steps: int, spacing: Spacing = "uniform", t_start: int | None = None) -> list[int]:
         """``steps`` decreasing timesteps from ``t_start`` (default T-1) toward 0.
 
-        ``uniform`` (= ``leading``): DDIM's ``range(0, t_start + 1, (t_start + 1) // steps)`` reversed;
-        ``linspace``: evenly spaced including both ends; ``leading``/``trailing``: diffusers' spacings.
+        With ``n = t_start + 1``: ``uniform``: on the whole schedule DDIM's ``range(0, T, T // steps)``
+        reversed (990, 980, ..., 0 for 100 of 1000; = ``leading``); from a later ``t_start``, ``floor(i n /
+        steps)`` for ``i < steps``, reversed: the same grid whenever ``steps`` divides ``n``, and otherwise
+        still a first timestep within one stride ``n / steps`` of ``t_start`` (an integer stride
+        ``n // steps`` would start up to ``steps`` strides lower: 498 instead of ~599 for 250 steps from
+        599); ``leading``: diffusers' integer stride ``n // steps``; ``trailing``: diffusers' spacing
+        anchored at ``t_start``; ``linspace``: evenly spaced including both ends.
         """
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -89,8 +96,12 @@ class NoiseSchedule:
         n = top + 1
         if spacing == "linspace":
             ts = torch.linspace(top, 0, steps, dtype=torch.float64).round().long().tolist()
-        elif spacing in ("uniform", "leading"):
-            # DDIM / DDNM reference: range(0, n, n // steps), e.g. 990, 980, ..., 0 for 100 of 1000
+        elif spacing == "uniform" and top == self.T - 1:
+            # DDIM / DDNM reference: range(0, T, T // steps), e.g. 990, 980, ..., 0 for 100 of 1000
+            ts = [i * (n // steps) for i in range(steps)][::-1]
+        elif spacing == "uniform":  # a late start: the first timestep within one stride n / steps of t_start
+            ts = [i * n // steps for i in range(steps)][::-1]
+        elif spacing == "leading":
             stride = n // steps
             ts = [i * stride for i in range(steps)][::-1]
         elif spacing == "trailing":
@@ -166,46 +177,3 @@ def ddpm_posterior(abar_t: float, abar_s: float) -> DDPMPosterior:
     c0 = math.sqrt(abar_s) * beta / (1.0 - abar_t)
     ct = math.sqrt(alpha) * (1.0 - abar_s) / (1.0 - abar_t)
     return DDPMPosterior(c0=c0, ct=ct, beta=beta, beta_tilde=(1.0 - abar_s) / (1.0 - abar_t) * beta)
-
-
-def ddim_update(
-    x0: torch.Tensor,
-    eps: torch.Tensor,
-    abar_s: float,
-    eta: float,
-    z: torch.Tensor | None = None,
-    *,
-    abar_t: float | None = None,
-    kind: Literal["ddnm", "ddim"] = "ddnm",
-) -> torch.Tensor:
-    """One deterministic/stochastic step to ``s`` from the clean estimate ``x0`` and noise ``eps``.
-
-    ``kind="ddnm"`` (DDNM's parameterisation; docs/method.md, "The sampling loop"):
-        ``x_s = sqrt(abar_s) x0 + sigma (eta z + sqrt(1 - eta^2) eps)``, ``sigma = sqrt(1 - abar_s)``.
-    ``kind="ddim"`` (Song et al. 2021, eq. 12): eta = 1 is the DDPM ancestral step, eta = 0 DDIM;
-        needs ``abar_t``.
-    """
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta}")
-    a_s = math.sqrt(abar_s)
-    if kind == "ddnm":
-        sigma = math.sqrt(max(1.0 - abar_s, 0.0))
-        mix = math.sqrt(1.0 - eta**2) * eps
-        if eta > 0:
-            if z is None:
-                raise ValueError("eta > 0 needs the noise z")
-            mix = mix + eta * z
-        return a_s * x0 + sigma * mix
-    if kind == "ddim":
-        if abar_t is None:
-            raise ValueError("kind='ddim' needs abar_t")
-        if abar_s >= 1.0:
-            return x0.clone()
-        c = eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(max(1 - abar_t / abar_s, 0.0))
-        out = a_s * x0 + math.sqrt(max(1 - abar_s - c**2, 0.0)) * eps
-        if c > 0:
-            if z is None:
-                raise ValueError("eta > 0 needs the noise z")
-            out = out + c * z
-        return out
-    raise ValueError(f"unknown kind {kind!r}")

@@ -1,9 +1,10 @@
 """The one explicit registry of solvers: name -> where its config class and step function live.
 
-It lives outside ``textsr.solvers`` so that importing it is cheap (no torch): the CLI's ``--solver`` choices and the app's dropdown read
-``solver_names()`` without loading any solver.  Everything else about a solver is declared on its
-config class (``SolverConfig`` subclasses): its name, its defaults, and its capabilities
-(``needs_grad``, ``needs_svd``, ``projects``), from which backends derive what they can run.
+It lives outside ``textsr.solvers`` so that importing it is cheap (no torch): the CLI's ``--solver``
+choices and the app's dropdown read ``solver_names()`` without loading any solver.  Everything else
+about a solver is declared on its config class (``SolverConfig`` subclasses): its name, its defaults,
+and its capabilities (``needs_grad``, ``needs_svd``, ``projects``, ``takes_particles``), from which
+backends derive what they can run.
 
 Adding a solver: write its module (a frozen config class + a step function with the ``StepFn``
 signature) and add one line to ``SOLVERS`` below.

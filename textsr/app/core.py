@@ -8,14 +8,17 @@ person at the page; ``present.py`` shows results, ``ui.py`` lays out the page an
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 import secrets
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -190,13 +193,29 @@ def check_request_size(lr_hw: tuple[int, int], scale: int, samples: int, n_promp
             f"this server's limit of {limits.max_output_pixels:,}: use a smaller scale or a smaller input")
 
 
+_MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
+
+
+def md_text(text: Any) -> str:
+    """``text`` as Markdown that shows it literally: every ASCII punctuation character is
+    backslash-escaped (CommonMark), so no tag, entity, link, emphasis, table pipe or math delimiter
+    survives; line breaks become spaces. Everything a person typed or uploaded goes through this
+    before it reaches a ``gr.Markdown``."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def html_text(text: Any) -> str:
+    """``text`` for places that render HTML (gradio's error pop-ups)."""
+    return html.escape(str(text), quote=True)
+
+
 def describe_input(lr: np.ndarray, scale: int | None, notes: Sequence[str] = ()) -> str:
     h, w = lr.shape[:2]
     out = f"Input: **{w}×{h}** pixels"
     if scale:
         out += f" · at ×{scale} the samples are **{w * scale}×{h * scale}**"
     for n in notes:
-        out += f"\n\n*note: {n}*"
+        out += f"\n\n*note: {md_text(n)}*"
     return out
 
 
@@ -217,8 +236,8 @@ def sweep_preview(prompts_text: str | None, template: str | None, values: str | 
     try:
         prompts = expand_prompts(parse_prompts(prompts_text), *_sweep_args(template, values))
     except UsageError as e:
-        return f"⚠ {e}"
-    shown = ", ".join(repr(p) if p else f"{NO_PROMPT} (unconditional)" for p in prompts)
+        return f"⚠ {md_text(e)}"
+    shown = ", ".join(md_text(repr(p)) if p else md_text(f"{NO_PROMPT} (unconditional)") for p in prompts)
     return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''}: {shown}"
 
 
@@ -260,8 +279,9 @@ class Request:
     samples: int
     seed: int
     steps: int | None = None
-    operator: str = "avgpool"
+    operator: str | None = None  # None: the preset's, else avgpool
     sigma_y: float = 0.0
+    preset: str | None = None
     particles: int | None = None  # > 0: the particle solver and P(prompt | image) per prompt
 
 
@@ -284,12 +304,13 @@ def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callabl
         if not 1 <= particles <= limits.max_particles:
             raise UsageError(f"particles must be from 0 (off) to {limits.max_particles}, got {particles}")
         if not config_class(solver).takes_particles:
-            notes.append(f"particles: the particle solver tds ran instead of {solver} (which keeps one sample per seed)")
+            notes.append(f"particles: the particle solver tds ran instead of {solver} "
+                         "(which keeps one sample per seed)")
             solver = "tds"
     backend = pool.get(req.model)
     result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=solver, samples=req.samples,
-                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, particles=particles,
-                     callback=callback)
+                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, preset=req.preset,
+                     particles=particles, callback=callback)
     result.notes[:0] = notes
     return result
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import NO_PROMPT, UsageError
-
+from .core import NO_PROMPT, UsageError, md_text
 
 # --------------------------------------------------------------------------------------------
 # Presenting a result
@@ -106,9 +105,10 @@ def summary_markdown(result, seed: int, seconds: float) -> str:
             + (" P(prompt \\| image) among these prompts |" if evidence else ""),
             "|---|---|---|---|---|" + ("---|" if evidence else "")]
     for p in result.prompts:
-        label = (p.prompt or NO_PROMPT).replace("|", "\\|")
+        label = md_text(p.prompt or NO_PROMPT)
         rows.append(f"| {label} | {fmt_score(p.text_consistency)} | {fmt_psnr(min(p.lr_psnr))} | "
-                    f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |" + (f" {evidence_cell(p)} |" if evidence else ""))
+                    f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |"
+                    + (f" {evidence_cell(p)} |" if evidence else ""))
     k = len(result.prompts[0].seeds) if result.prompts else 0
     h, w = result.output_size
     model = result.settings.model.get("name", "?")
@@ -116,8 +116,9 @@ def summary_markdown(result, seed: int, seconds: float) -> str:
     stages = result.settings.stages or [solver]
     steps = "+".join(str(st.get("steps", "?")) for st in stages)
     head = (f"**Done in {seconds:.1f} s** · {len(result.prompts)} prompt(s) × {k} samples · {w}×{h} · "
-            f"model `{model}` · solver `{solver.get('solver', '?')}`, {steps} steps · seeds {seed}–{seed + k - 1}")
-    notes = "".join(f"\n\n*note: {n}*" for n in result.notes)
+            f"model {md_text(model)} · solver {md_text(solver.get('solver', '?'))}, {md_text(steps)} steps · "
+            f"seeds {seed}–{seed + k - 1}")
+    notes = "".join(f"\n\n*note: {md_text(n)}*" for n in result.notes)
     if evidence:
         notes = ("\n\nP(prompt | image): how plausible each prompt makes the input, among the prompts given "
                  "(uniform prior), in the model's belief when it samples at guidance scale 1 (particle solver "
@@ -152,8 +153,8 @@ def compare(result, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
     ax = ((op.A(x)[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
     diff = np.abs(ax - result.lr.astype(np.float32))
     diff_map = colorize(diff.mean(axis=2), vmin=0.0, vmax=DIFF_SCALE)
-    text = (f"**{p.prompt or NO_PROMPT}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
-            f"`{result.settings.operator}` ×{result.scale} it differs from the input by at most "
+    text = (f"**{md_text(p.prompt or NO_PROMPT)}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
+            f"{md_text(result.settings.operator)} ×{result.scale} it differs from the input by at most "
             f"**{diff.max():.2g}** (mean {diff.mean():.2g}; [0, 1] units) · LR-PSNR {fmt_psnr(p.lr_psnr[j])} dB · "
             f"text score {fmt_score(p.text_scores[j])}. Difference colours: 0 (dark) to {DIFF_SCALE} (yellow).")
     return enlarge(to_uint8(result.lr)), enlarge(to_uint8(ax)), enlarge(diff_map), text

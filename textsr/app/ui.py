@@ -7,18 +7,22 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version check: nothing leaves this machine
 
 import gradio as gr  # noqa: E402
 
 from ..errors import TextSRError  # noqa: E402
+from ..presets import preset_names  # noqa: E402
 from . import core, present  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
-OPERATORS = ["avgpool", "bicubic"]
+OPERATORS = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS
+DEFAULT = "default"  # operator: the preset's, else avgpool
+NO_PRESET = "none"
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
 TITLE = "textsr · explorable super-resolution"
 STD_LABEL = "Uncertainty: std across samples"
@@ -62,15 +66,17 @@ def user_errors():
         raise
     except (TextSRError, ValueError) as e:  # the engine's ValueErrors are configuration errors with actionable text
         log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise gr.Error(str(e), title="Cannot run this", print_exception=False) from None
+        raise gr.Error(core.html_text(e), title="Cannot run this", print_exception=False) from None
     except MemoryError:
-        raise gr.Error("out of memory: use fewer samples, fewer prompts or a smaller scale", title="Out of memory") from None
+        raise gr.Error("out of memory: use fewer samples, fewer prompts or a smaller scale",
+                       title="Out of memory") from None
     except Exception as e:
         if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            raise gr.Error(f"out of GPU memory ({e}): use fewer samples or a smaller scale", title="Out of memory") from None
+            raise gr.Error(core.html_text(f"out of GPU memory ({e}): use fewer samples or a smaller scale"),
+                           title="Out of memory") from None
         log.exception("request failed")
-        raise gr.Error(f"internal error ({type(e).__name__}: {e}); the app is still running, "
-                       "please try again or report this", title="Internal error",
+        raise gr.Error(core.html_text(f"internal error ({type(e).__name__}: {e}); the app is still running, "
+                       "please try again or report this"), title="Internal error",
                        print_exception=False) from None
 
 
@@ -103,7 +109,7 @@ class Handlers:
         try:
             lr, notes = core.load_upload(image, self.limits)
         except TextSRError as e:
-            return f"⚠ {e}"
+            return f"⚠ {core.md_text(e)}"
         return core.describe_input(lr, int(scale) if scale else None, notes)
 
     def check_upload(self, image: str | None) -> None:
@@ -121,11 +127,12 @@ class Handlers:
             d = core.demo_scene()
             if d["model"] not in self.pool.names:
                 raise core.UsageError(f"the demo scene needs the model {d['model']!r}, which this app does not offer")
-        return (present.to_uint8(d["image"]), core.prompts_text(d["prompts"]), int(d["scale"]), int(d.get("steps") or 0),
-                d["model"], d.get("solver", "ddnm+"))
+        return (present.to_uint8(d["image"]), core.prompts_text(d["prompts"]), int(d["scale"]),
+                int(d.get("steps") or 0), d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, particles=0, progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
+            operator, preset=NO_PRESET, particles=0,
+            progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
@@ -135,7 +142,9 @@ class Handlers:
             req = core.Request(lr=lr, notes=notes, prompts_text=prompts or "", template=template, values=values,
                                model=str(model), solver=str(solver), scale=_int(scale, "scale"),
                                samples=_int(samples, "samples"), seed=used_seed,
-                               steps=_int(steps, "steps") or None, operator=str(operator or "avgpool"),
+                               steps=_int(steps, "steps") or None,
+                               operator=None if operator in (None, "", DEFAULT) else str(operator),
+                               preset=None if preset in (None, "", NO_PRESET) else str(preset),
                                particles=_int(particles, "particles") if particles else None)
             progress(0.0, desc=f"loading {req.model}")
 
@@ -202,7 +211,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                  elem_classes=["pixelated"])
                 with gr.Row():
                     demo_btn = gr.Button("Use the demo scene", size="sm", variant="secondary", elem_id="demo-button")
-                info = gr.Markdown(elem_id="input-info")
+                info = gr.Markdown(elem_id="input-info", latex_delimiters=[])
                 prompts = gr.Textbox(label="Prompts (one per line)", lines=3, max_lines=10, elem_id="prompts",
                                      placeholder="a red circle\na crimson star\n(no prompt)",
                                      info="A line \"(no prompt)\" adds the unconditional row.")
@@ -210,7 +219,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                     template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template")
                     values = gr.Textbox(label="Values (comma-separated)", placeholder="circle, star, ring",
                                         elem_id="values")
-                preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview")
+                preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview", latex_delimiters=[])
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
                     solver = gr.Dropdown(solver_names(), value="ddnm+", label="Solver", elem_id="solver", scale=2,
@@ -226,23 +235,29 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Number(0, precision=0, minimum=0, maximum=limits.max_steps,
                                       label="Steps per stage (0 = the model's default)", elem_id="steps")
-                    operator = gr.Dropdown(OPERATORS, value="avgpool", label="Downsampling operator A",
-                                           elem_id="operator")
+                    operator = gr.Dropdown([DEFAULT] + OPERATORS, value=DEFAULT, label="Downsampling operator A",
+                                           info="default: the preset's, else avgpool", elem_id="operator")
+                    preset = gr.Dropdown([NO_PRESET] + preset_names(), value=NO_PRESET, label="Preset",
+                                         info="paper: the paper's DeepFloyd IF setting (DeepFloyd IF models only)",
+                                         elem_id="preset")
                     particles = gr.Number(0, precision=0, minimum=0, maximum=limits.max_particles,
                                           label="Particles per sample (0 = off)", elem_id="particles",
                                           info="> 0: the particle solver (tds), and how plausible each prompt is "
                                                "given the input, P(prompt | image), next to its samples")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
-                summary = gr.Markdown(elem_id="summary")
+                summary = gr.Markdown(elem_id="summary", latex_delimiters=[])
                 gallery = gr.Gallery(label="Samples (one row per prompt; caption: LR-PSNR and text score)",
                                      columns=4, format="png", height="auto", object_fit="contain",
-                                     elem_id="sample-gallery", elem_classes=["pixelated", "captioned"], interactive=False)
+                                     elem_id="sample-gallery", elem_classes=["pixelated", "captioned"],
+                                     interactive=False)
                 with gr.Row(equal_height=False):
                     std = gr.Gallery(label=STD_LABEL, columns=4, format="png", scale=3,
-                                     height="auto", elem_id="std-gallery", elem_classes=["pixelated", "captioned"], interactive=False)
+                                     height="auto", elem_id="std-gallery", elem_classes=["pixelated", "captioned"],
+                                     interactive=False)
                     baselines = gr.Gallery(label="Baselines", columns=2, format="png", height="auto", scale=2,
-                                           elem_id="baseline-gallery", elem_classes=["pixelated", "captioned"], interactive=False)
+                                           elem_id="baseline-gallery", elem_classes=["pixelated", "captioned"],
+                                           interactive=False)
                 gr.Markdown("### Consistency check of the selected sample")
                 with gr.Row():
                     cmp_in = gr.Image(label="input y", format="png", height=180, interactive=False,
@@ -251,7 +266,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                         elem_classes=["pixelated"], elem_id="cmp-down")
                     cmp_diff = gr.Image(label="|A(sample) − y|", format="png", height=180, interactive=False,
                                         elem_classes=["pixelated"], elem_id="cmp-diff")
-                cmp_text = gr.Markdown(elem_id="cmp-text")
+                cmp_text = gr.Markdown(elem_id="cmp-text", latex_delimiters=[])
                 download = gr.File(label="Download the result folder (zip: the CLI's --out)", interactive=False,
                                    elem_id="download")
 
@@ -265,7 +280,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
         run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator, particles],
+                              steps, operator, preset, particles],
                       [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
                       api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
                       ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,

@@ -9,7 +9,8 @@ Per run, ``explore`` calls:
 1. ``prepare_input(arr, scale)``: adapt the LR image to what the model can take (default: unchanged);
 2. ``check_size(lr_hw, scale)``: refuse sizes the model cannot produce, naming sizes that work;
 3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none);
-4. ``build_stages(solver, solver_options, options)``: the cascade, once per run;
+4. ``stage_names`` (a preset's per-stage options), then ``build_stages(solver, solver_options, options)``:
+   the cascade, once per run;
 
 then per prompt:
 
@@ -26,7 +27,8 @@ run's evidence is the model's belief (guidance at ``neutral_options``); ``textsr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -70,6 +72,12 @@ class Backend(ABC, Generic[C]):
         return []
 
     # -- the cascade ----------------------------------------------------------------------------
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The names nested per-stage solver options use (``{"stage_1": {"steps": 20}}``); a preset
+        (``textsr.presets``) gives options only for these.  Default: none declared."""
+        return ()
+
     @abstractmethod
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         """The cascade for one run: each stage with its Denoiser (guidance wrappers applied) and its

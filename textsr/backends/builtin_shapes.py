@@ -138,7 +138,8 @@ class ShapesBackend(Backend):
         try:
             self.mixture.select(parsed.tags)
         except ValueError as e:
-            raise UsageError(f"prompt {prompt!r}: no scene in the built-in world has all of {sorted(parsed.tags)}") from e
+            raise UsageError(f"prompt {prompt!r}: no scene in the built-in world has all of "
+                             f"{sorted(parsed.tags)}") from e
         return tuple(sorted(parsed.tags))
 
     def prompt_tags(self, prompt: str) -> list[str]:

@@ -10,9 +10,11 @@ the paper's own loop: docs/paper-if-loop.md).
   ``class_labels = noise_level``.
 * One T5 encoder (from the stage-I pipeline) encodes the prompt once for both stages (max 77 tokens,
   IF's limit); no caption cleaning (so no bs4/ftfy).
-* Both UNets predict eps with learned variance (``out_channels = 2C``): the adapter keeps the eps
-  channels.  Deviation from IF's sampler: the solvers step with their own (DDIM/DDNM) noise, not IF's
-  learned DDPM posterior variance.
+* Both UNets predict eps with learned variance (``out_channels = 2C``): the adapter reports the
+  variance channels (of the text branch under CFG, as IF's pipelines do) as ``Prediction.v =
+  (model_var + 1) / 2``, which the ``step_kind="ddpm"`` solvers use as IF's own sampler does (the
+  learned-range DDPM posterior); the other step kinds ignore it.
+* Prompts are lowercased and stripped before T5, as ``IFPipeline`` does (``clean_caption=False``).
 * Classifier-free guidance is batched into one UNet call ``[uncond; text]``:
   ``eps = eps_u + w (eps_text - eps_u)`` (defaults w = 7 for stage I, 4 for stage II).
 * The scheduler's dynamic thresholding (Imagen; diffusers ``DDPMScheduler._threshold_sample``) is applied
@@ -24,20 +26,21 @@ the paper's own loop: docs/paper-if-loop.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .. import hub
 from ..cascade import Stage
 from ..errors import InputImageError, UsageError
 from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, canonical_name
-from .. import hub
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
@@ -107,7 +110,7 @@ class IFOptions:
             raise UsageError(f"thresholding must be true or false, got {self.thresholding!r}")
 
     @classmethod
-    def from_dict(cls, options: dict) -> "IFOptions":
+    def from_dict(cls, options: dict) -> IFOptions:
         check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF")
         o = dict(options)
         if "guidance_scale" in o:
@@ -130,7 +133,7 @@ class IFLoadOptions:
     variant: str | None = "fp16"
 
     @classmethod
-    def from_dict(cls, options: dict) -> "IFLoadOptions":
+    def from_dict(cls, options: dict) -> IFLoadOptions:
         check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF load")
         out = cls(**options)
         if not isinstance(out.cpu_offload, bool) or not isinstance(out.attention_slicing, bool):
@@ -212,6 +215,10 @@ class IFBackend(Backend):
     def stage_divisors(self) -> tuple[int, ...]:
         return (4, 1) if self.stage_2 is not None else (1,)
 
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGE_KEYS[: len(self.stage_divisors)]
+
     def output_multiple(self) -> int:
         """Output sides must be multiples of this."""
         if self.stage_2 is None:
@@ -250,6 +257,7 @@ class IFBackend(Backend):
         prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise UsageError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        prompts = tuple(p.lower().strip() for p in prompts)  # IFPipeline's _text_preprocessing
         if prompts in self._prompt_cache:
             return self._prompt_cache[prompts]
         self._residency.activate("text_encoder")
@@ -274,7 +282,7 @@ class IFBackend(Backend):
         except ValueError as e:
             raise UsageError(str(e)) from e
         user = dict(solver_options or {})
-        names = STAGE_KEYS[: len(self.stage_divisors)]
+        names = self.stage_names
         check_stage_option_keys(user, names)
         given = [set(k for k, v in user.items() if not isinstance(v, Mapping)) | set(user.get(n, {})) for n in names]
         if opts.steps is not None and any("steps" in g for g in given):
@@ -311,7 +319,7 @@ class IFBackend(Backend):
                 cond_fn = partial(self._condition_stage_2, noise_level=opts.noise_level)
             stages.append(Stage(name=key, denoiser=den, divisor=self.stage_divisors[k], channels=self.channels,
                                 condition=cond_fn, solver=cfgs[k],
-                                extra={"guidance_scale": opts.guidance_scale[k],
+                                extra={"guidance_scale": opts.guidance_scale[k], "thresholding": opts.thresholding,
                                        **({"noise_level": opts.noise_level} if k == 1 else {})}))
         return stages
 

@@ -3,9 +3,10 @@ scheduler's dynamic thresholding as an ``x0_transform`` (see ``deepfloyd_if`` fo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,11 +31,25 @@ class IFSRCond:
     noise_level: int
 
 
+def quantile_rows(a: torch.Tensor, q: float) -> torch.Tensor:
+    """``torch.quantile(a, q, dim=1)`` (linear interpolation) from two order statistics, without sorting.
+
+    As torch.quantile: the rank ``q (n - 1)`` is computed in ``a``'s dtype, and the result interpolates
+    (``lerp``) between the order statistics just below and above it, so the values are the same (to
+    the last bit in practice); ``kthvalue`` selects in O(n) where quantile sorts the whole row."""
+    n = a.shape[1]
+    rank = torch.tensor(q, dtype=a.dtype) * (n - 1)
+    lo, hi = int(rank.floor()), int(rank.ceil())
+    below = a.kthvalue(lo + 1, dim=1).values
+    above = below if hi == lo else a.kthvalue(hi + 1, dim=1).values
+    return torch.lerp(below, above, (rank - lo).to(a.device))
+
+
 def dynamic_threshold(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
     """Imagen's dynamic thresholding per sample: ``s = clamp(quantile(|x0|, ratio), 1, max_value)``,
     ``x0 <- clamp(x0, -s, s) / s`` (diffusers ``DDPMScheduler._threshold_sample``); differentiable."""
     flat = x0.flatten(1)
-    s = torch.quantile(flat.abs().float(), ratio, dim=1).clamp(min=1.0, max=max_value).to(x0.dtype)
+    s = quantile_rows(flat.abs().float(), ratio).clamp(min=1.0, max=max_value).to(x0.dtype)
     s = s.view(-1, *([1] * (x0.ndim - 1)))
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
@@ -73,14 +88,17 @@ class IFUNetDenoiser:
                  null_text: IFText, x0_transform: Callable[[torch.Tensor], torch.Tensor] | None,
                  activate: Callable[[], None] | None = None):
         self.unet = unet
+        config: Any = unet.config
+        self.in_channels = int(config.in_channels)
         self.schedule = schedule
         self.guidance_scale = float(guidance_scale)
         self.null_text = null_text
         self.x0_transform = x0_transform
         self._activate = activate
 
-    def _eps(self, x_in: torch.Tensor, t: int, text: torch.Tensor, image: torch.Tensor | None,
-             noise_level: int | None, C: int) -> torch.Tensor:
+    def _out(self, x_in: torch.Tensor, t: int, text: torch.Tensor, image: torch.Tensor | None,
+             noise_level: int | None) -> torch.Tensor:
+        """The UNet's raw output ``(B, 2C, H, W)``: eps channels, then IF's learned-range variance."""
         p = next(self.unet.parameters())
         model_in = x_in if image is None else torch.cat([x_in, image.to(x_in.dtype)], dim=1)
         n = model_in.shape[0]
@@ -88,7 +106,7 @@ class IFUNetDenoiser:
         out = self.unet(model_in.to(device=p.device, dtype=p.dtype), torch.tensor(t, device=p.device),
                         encoder_hidden_states=text.to(device=p.device, dtype=p.dtype), class_labels=labels,
                         return_dict=False)[0]
-        return out[:, :C]  # eps channels; the other C are IF's learned variance (unused)
+        return out
 
     def __call__(self, x_t: torch.Tensor, t: int, cond: Any = None) -> Prediction:
         if self._activate is not None:
@@ -96,19 +114,24 @@ class IFUNetDenoiser:
         text, image, level = cond, None, None
         if isinstance(cond, IFSRCond):
             text, image, level = cond.text, cond.image, cond.noise_level
-        if image is None and self.unet.config.in_channels != x_t.shape[1]:
+        if image is None and self.in_channels != x_t.shape[1]:
             raise ValueError("this IF stage is a super-resolution UNet: pass an IFSRCond with the low-res image")
         B, C = x_t.shape[:2]
         e_text = _batch((text or self.null_text).embeds, B)
         w = self.guidance_scale
         if w == 1.0 or text is None:
-            eps = self._eps(x_t, t, e_text, image, level, C)
+            out = self._out(x_t, t, e_text, image, level)
+            eps, var = out[:, :C], out[:, C:]
         elif w == 0.0:
-            eps = self._eps(x_t, t, _batch(self.null_text.embeds, B), image, level, C)
+            out = self._out(x_t, t, _batch(self.null_text.embeds, B), image, level)
+            eps, var = out[:, :C], out[:, C:]
         else:  # one batched call: [uncond; text], as IF's pipelines do
             e_null = _batch(self.null_text.embeds, B)
             img2 = None if image is None else torch.cat([image, image])
-            eps_u, eps_c = self._eps(torch.cat([x_t, x_t]), t, torch.cat([e_null, e_text]), img2, level, C).chunk(2)
-            eps = eps_u + w * (eps_c - eps_u)
+            out_u, out_c = self._out(torch.cat([x_t, x_t]), t, torch.cat([e_null, e_text]), img2, level).chunk(2)
+            # CFG on the eps channels; the variance channels are the text branch's (IFPipeline)
+            eps, var = out_u[:, :C] + w * (out_c[:, :C] - out_u[:, :C]), out_c[:, C:]
         eps = eps.to(device=x_t.device, dtype=x_t.dtype)
-        return Prediction.from_eps(x_t, eps, self.schedule.abar(t), self.x0_transform)
+        # learned range: model_var in [-1, 1] -> v = (model_var + 1) / 2 (diffusers' DDPMScheduler frac)
+        v = (var.to(device=x_t.device, dtype=x_t.dtype) + 1) / 2 if var.shape[1] == C else None
+        return Prediction.from_eps(x_t, eps, self.schedule.abar(t), self.x0_transform, v=v)

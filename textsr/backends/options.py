@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
+from .. import validate
 from ..errors import UsageError
 from .base import check_options
 
@@ -74,15 +75,11 @@ def integer(value: Any, name: str, *, lo: int = 1) -> int:
 
 
 def flag(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"option {name} must be true or false, got {value!r}")
-    return value
+    return validate.flag(value, f"option {name}")
 
 
 def choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise UsageError(f"option {name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-    return value
+    return validate.choice(value, f"option {name}", choices)
 
 
 def text(value: Any, name: str) -> str:

@@ -34,9 +34,19 @@ from ..guidance import CLIPGuidance, ClipModel, GuidedCond
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from .base import Backend, ModelInfo
-from .hf_common import (ModelOutputAdapter, spec_stages, check_stage_option_keys, has_subfolder, load_clip_model, load_pretrained,
-                        noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
-                        timestep_tensor)
+from .hf_common import (
+    ModelOutputAdapter,
+    check_stage_option_keys,
+    has_subfolder,
+    load_clip_model,
+    load_pretrained,
+    noise_schedule,
+    resolve_source,
+    scheduler_clip,
+    spec_stages,
+    stage_solver_config,
+    timestep_tensor,
+)
 from .options import BackendOptions, LoadOptions, choice, flag, fractions, number
 
 BACKEND = "pixel"

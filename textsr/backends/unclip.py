@@ -46,9 +46,19 @@ from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
 from .base import Backend, ModelInfo
-from .hf_common import (ModelOutputAdapter, spec_stages, has_subfolder, image_preprocessing, load_pretrained,
-                        noise_schedule, resolve_source, scheduler_clip, stage_solver_config,
-                        check_stage_option_keys, timestep_tensor)
+from .hf_common import (
+    ModelOutputAdapter,
+    check_stage_option_keys,
+    has_subfolder,
+    image_preprocessing,
+    load_pretrained,
+    noise_schedule,
+    resolve_source,
+    scheduler_clip,
+    spec_stages,
+    stage_solver_config,
+    timestep_tensor,
+)
 from .options import BackendOptions, LoadOptions, choice, integer, number
 
 BACKEND = "unclip"
@@ -112,7 +122,7 @@ def unclip_classes() -> types.SimpleNamespace:
         from diffusers.pipelines.unclip import UnCLIPPipeline, UnCLIPTextProjModel  # type: ignore
 
     if not hasattr(diffusers, "UnCLIPTextProjModel"):
-        setattr(diffusers, "UnCLIPTextProjModel", UnCLIPTextProjModel)
+        diffusers.UnCLIPTextProjModel = UnCLIPTextProjModel
     alias = "diffusers.pipelines.unclip"
     if alias not in sys.modules:
         try:
@@ -122,7 +132,7 @@ def unclip_classes() -> types.SimpleNamespace:
             mod.UnCLIPPipeline = UnCLIPPipeline
             mod.UnCLIPTextProjModel = UnCLIPTextProjModel
             sys.modules[alias] = mod
-            setattr(sys.modules["diffusers.pipelines"], "unclip", mod)
+            sys.modules["diffusers.pipelines"].unclip = mod
     return types.SimpleNamespace(UnCLIPPipeline=UnCLIPPipeline, UnCLIPTextProjModel=UnCLIPTextProjModel,
                                  UnCLIPScheduler=UnCLIPScheduler)
 
@@ -331,7 +341,8 @@ class UnCLIPBackend(Backend):
                               **({"std": image_std} if image_std else {}))
         self.decoder_size = _size(decoder.config.sample_size)
         self.sr_size = _size(super_res_first.config.sample_size)
-        if self.sr_size[0] % self.decoder_size[0] or self.sr_size[0] // self.decoder_size[0] != self.sr_size[1] // self.decoder_size[1]:
+        ratio = (self.sr_size[0] // self.decoder_size[0], self.sr_size[1] // self.decoder_size[1])
+        if self.sr_size[0] % self.decoder_size[0] or ratio[0] != ratio[1]:
             raise UsageError(f"super-resolution size {self.sr_size} is not an integer multiple of the decoder size "
                              f"{self.decoder_size}")
         self.divisor = self.sr_size[0] // self.decoder_size[0]  # 4 for Karlo (64 -> 256)
@@ -346,7 +357,8 @@ class UnCLIPBackend(Backend):
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
         h, w = lr_hw
         S = self.sr_size
-        ok = [f"{S[0] // s}x{S[1] // s} at x{s}" for s in (4, 8, 16, 32) if S[0] % s == 0 and S[1] % s == 0 and s % self.divisor == 0]
+        ok = [f"{S[0] // s}x{S[1] // s} at x{s}" for s in (4, 8, 16, 32)
+              if S[0] % s == 0 and S[1] % s == 0 and s % self.divisor == 0]
         hint = (f"Karlo makes {S[0]}x{S[1]} images ({self.decoder_size[0]} px decoder, then x{self.divisor} "
                 f"super-resolution); use an LR image of {', '.join(ok)}")
         if scale % self.divisor:
@@ -482,7 +494,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
         decoder=diff(UNet2DConditionModel, "decoder", "decoder"),
         super_res_first=diff(UNet2DModel, "super_res_first", "super-resolution UNet"),
         super_res_last=diff(UNet2DModel, "super_res_last", "last-step super-resolution UNet"),
-        prior_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="prior_scheduler", what="prior scheduler", **kw),
+        prior_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="prior_scheduler", what="prior scheduler",
+                                        **kw),
         decoder_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="decoder_scheduler",
                                           what="decoder scheduler", **kw),
         super_res_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="super_res_scheduler",
@@ -496,7 +509,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
         with _quiet_transformers():  # a full CLIP checkpoint: its text tower is "unexpected" here, by design
             enc = load_pretrained(CLIPVisionModelWithProjection, isrc, subfolder=sub, what="CLIP image encoder",
                                   dtype=dtype, **kw).to(device)
-        proc_sub = "feature_extractor" if has_subfolder(isrc, "feature_extractor", ("preprocessor_config.json",)) else sub
+        has_proc = has_subfolder(isrc, "feature_extractor", ("preprocessor_config.json",))
+        proc_sub = "feature_extractor" if has_proc else sub
         size, mean, std = image_preprocessing(isrc, offline, enc.config.image_size, subfolder=proc_sub)
         parts.update(image_encoder=enc, image_size=size, image_mean=mean, image_std=std)
         if enc.config.projection_dim != parts["prior"].config.embedding_dim:

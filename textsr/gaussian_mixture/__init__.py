@@ -14,18 +14,18 @@ Build a prior, get its exact denoiser, its exact posterior and an exact cascade:
 
 from .cascade import cascade_log_evidence, lowres_condition, lowres_conditional, push_forward
 from .covariance import Covariance, DiagCov, FullCov
-from .lowrank import IsoCov, LowRankCov, LowRankIsoCov, ProjectedCov
-from .projector import DenseProjector, NullProjector, Projector
 from .denoiser import MixtureDenoiser
+from .lowrank import IsoCov, LowRankCov, LowRankIsoCov, ProjectedCov
 from .mixture import GaussianMixture, MixtureBatch
 from .posterior import Posterior, equal_singular_values, log_evidence, posterior
+from .projector import DenseProjector, NullProjector, Projector
 from .terms import Means
 
 __all__ = [
-    "Covariance", "cascade_log_evidence", "DenseProjector", "DiagCov", "FullCov", "GaussianMixture", "IsoCov", "LowRankCov",
+    "Covariance", "DenseProjector", "DiagCov", "FullCov", "GaussianMixture", "IsoCov", "LowRankCov",
     "LowRankIsoCov", "MCGdiffProblem", "Means", "MixtureBatch", "MixtureDenoiser", "NullProjector",
-    "Posterior", "ProjectedCov", "Projector", "equal_singular_values", "lowres_condition",
-    "log_evidence", "lowres_conditional", "mcgdiff_problem", "posterior", "push_forward",
+    "Posterior", "ProjectedCov", "Projector", "cascade_log_evidence", "equal_singular_values", "log_evidence",
+    "lowres_condition", "lowres_conditional", "mcgdiff_problem", "posterior", "push_forward",
 ]
 
 

@@ -22,15 +22,16 @@ conditioned on the low-resolution image).  For a mixture prior both are closed-f
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..operators import LinearOperator
 from .covariance import DiagCov, FullCov
+from .flat import apply_A, apply_At
 from .lowrank import LowRankCov
 from .mixture import GaussianMixture, MixtureBatch
-from .flat import apply_A, apply_At
 from .posterior import MAX_DENSE_M, equal_singular_values, log_evidence, posterior
 
 

@@ -18,7 +18,7 @@ Every family offers what the exact mixture world needs (docs/method.md, "Gaussia
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -62,7 +62,7 @@ class Covariance(ABC):
     def device(self) -> torch.device: ...
 
     @abstractmethod
-    def diffuse(self, abar: float) -> "Covariance":
+    def diffuse(self, abar: float) -> Covariance:
         """``abar Sigma_i + (1 - abar) I`` (the covariance of x_t given component i), same family."""
 
     @abstractmethod
@@ -90,11 +90,11 @@ class Covariance(ABC):
         """Zero-mean draws ``(n, d)``, draw n from ``N(0, Sigma_{idx_n})``."""
 
     @abstractmethod
-    def index(self, idx: torch.Tensor) -> "Covariance":
+    def index(self, idx: torch.Tensor) -> Covariance:
         """The sub-family of components ``idx``."""
 
     @abstractmethod
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Covariance": ...
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Covariance: ...
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(K={self.K}, d={self.d}, dtype={self.dtype})"
@@ -151,7 +151,7 @@ class FullCov(Covariance):
                 self._root = V * lam.clamp(min=0).sqrt().unsqueeze(-2)
         return self._root
 
-    def diffuse(self, abar: float) -> "FullCov":
+    def diffuse(self, abar: float) -> FullCov:
         abar = check_abar(abar)
         eye = torch.eye(self.d, dtype=self.dtype, device=self.device)
         return FullCov(abar * self.mat + (1.0 - abar) * eye)
@@ -177,10 +177,10 @@ class FullCov(Covariance):
         z = randn((idx.numel(), self.d), generator, self.mat)
         return (self.root()[idx] @ z.unsqueeze(-1)).squeeze(-1)
 
-    def index(self, idx: torch.Tensor) -> "FullCov":
+    def index(self, idx: torch.Tensor) -> FullCov:
         return FullCov(self.mat[idx])
 
-    def to(self, device=None, dtype=None) -> "FullCov":
+    def to(self, device=None, dtype=None) -> FullCov:
         return FullCov(self.mat.to(device=device, dtype=dtype))
 
 
@@ -199,7 +199,7 @@ class DiagCov(Covariance):
     dtype = property(lambda self: self.var.dtype)
     device = property(lambda self: self.var.device)
 
-    def diffuse(self, abar: float) -> "DiagCov":
+    def diffuse(self, abar: float) -> DiagCov:
         abar = check_abar(abar)
         return DiagCov(abar * self.var + (1.0 - abar))
 

@@ -36,7 +36,7 @@ class LowRankCov(Covariance):
         self._init(U.transpose(1, 2).contiguous(), s2, projector, range_var)
 
     @classmethod
-    def from_factors(cls, Ut: torch.Tensor, s2, projector: Projector | None = None, range_var=0.0) -> "LowRankCov":
+    def from_factors(cls, Ut: torch.Tensor, s2, projector: Projector | None = None, range_var=0.0) -> LowRankCov:
         """Build from the transposed factor ``Ut`` ``(K, r, d)`` without copying it."""
         obj = object.__new__(cls)
         if Ut.ndim != 3:
@@ -60,7 +60,7 @@ class LowRankCov(Covariance):
             raise ValueError("range_var must be >= 0")
         self._grams: dict[str, torch.Tensor] | None = None
 
-    def _new(self, Ut, s2, range_var, grams=None) -> "LowRankCov":
+    def _new(self, Ut, s2, range_var, grams=None) -> LowRankCov:
         obj = object.__new__(type(self))
         obj._init(Ut, s2, self.projector, range_var)
         obj._grams = grams
@@ -105,7 +105,7 @@ class LowRankCov(Covariance):
         return self._grams
 
     # -- the Covariance interface -----------------------------------------------------------------
-    def diffuse(self, abar: float) -> "LowRankCov":
+    def diffuse(self, abar: float) -> LowRankCov:
         abar = check_abar(abar)
         g = None if self._grams is None else {k: abar * v for k, v in self._grams.items()}
         return self._new(math.sqrt(abar) * self.Ut, abar * self.s2 + (1 - abar),

@@ -17,7 +17,7 @@ sampler) for d = 8, dy = 1, 2, 4.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -72,9 +72,9 @@ def reference_figures(dys=(1, 2, 4), d: int = 8, n_problems: int = 10, n_samples
 
     sch = NoiseSchedule.linear(1000)
     cfg = make_config("plain", steps=steps)
-    out = {}
+    out: dict[int, dict[str, Any]] = {}
     for dy in dys:
-        rows = {"floor": [], "prior": [], "exact": [], "sigma_y": []}
+        rows: dict[str, list[float]] = {"floor": [], "prior": [], "exact": [], "sigma_y": []}
         for k in range(n_problems):
             seed = seed0 + k
             prob = mcgdiff_problem(seed, d, dy)
@@ -86,7 +86,7 @@ def reference_figures(dys=(1, 2, 4), d: int = 8, n_problems: int = 10, n_samples
             den = MixtureDenoiser(post.dense_mixture(), sch)
             noise = Noise.from_seeds([seed * 100_000 + i for i in range(n_samples)], dtype=torch.float64)
             x = sample(den, Problem(prob.operator, prob.y, prob.sigma_y), cfg, noise).x
-            sw = lambda a, b: sliced_wasserstein(a, b, n_directions, torch.Generator().manual_seed(seed))  # noqa: E731
+            sw = lambda a, b, seed=seed: sliced_wasserstein(a, b, n_directions, torch.Generator().manual_seed(seed))  # noqa: E731
             rows["floor"].append(sw(ref, ref2))
             rows["prior"].append(sw(pri, ref))
             rows["exact"].append(sw(x, ref))

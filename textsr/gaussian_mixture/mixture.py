@@ -16,12 +16,13 @@ in the shape it was given.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from .covariance import Covariance
 from .terms import Means, component_terms
+
 
 def as_tagset(tags) -> frozenset[str]:
     """``"cat"`` -> ``{"cat"}``; an iterable of strings -> its frozenset."""
@@ -183,7 +184,7 @@ class GaussianMixture(MixtureOps):
             self.tags = tuple(as_tagset(t) for t in tags)
 
     @classmethod
-    def _raw(cls, logw: torch.Tensor, mu: torch.Tensor, cov: Covariance, tags, event_shape) -> "GaussianMixture":
+    def _raw(cls, logw: torch.Tensor, mu: torch.Tensor, cov: Covariance, tags, event_shape) -> GaussianMixture:
         return cls(None, mu, cov, tags, event_shape, log_weights=logw)
 
     @property
@@ -191,18 +192,18 @@ class GaussianMixture(MixtureOps):
         """Component means ``(K, d)``."""
         return self.means.mu
 
-    def index(self, idx) -> "GaussianMixture":
+    def index(self, idx) -> GaussianMixture:
         """The sub-mixture of components ``idx`` (weights renormalised)."""
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device)
         return GaussianMixture._raw(self._logw[0, idx], self.mu[idx], self.cov.index(idx),
                                     [self.tags[i] for i in idx.tolist()], self.event_shape)
 
-    def select(self, tags) -> "GaussianMixture":
+    def select(self, tags) -> GaussianMixture:
         """Components whose tags contain all of ``tags`` (a string or iterable), renormalised; the
         text-conditional prior of a prompt.  ``ValueError`` if none match."""
         return self.index(self._select_idx(tags))
 
-    def diffused(self, abar: float) -> "GaussianMixture":
+    def diffused(self, abar: float) -> GaussianMixture:
         """The marginal of ``x_t``: means ``sqrt(abar) mu``, covariances ``abar Sigma + (1 - abar) I``."""
         return GaussianMixture._raw(self._logw[0], math.sqrt(abar) * self.mu, self.cov.diffuse(abar),
                                     self.tags, self.event_shape)
@@ -217,7 +218,7 @@ class GaussianMixture(MixtureOps):
         x = x.reshape(n, *self.event_shape)
         return (x, idx) if return_components else x
 
-    def to(self, device=None, dtype=None) -> "GaussianMixture":
+    def to(self, device=None, dtype=None) -> GaussianMixture:
         cv = dict(device=device, dtype=dtype)
         return GaussianMixture._raw(self._logw[0].to(**cv), self.mu.to(**cv), self.cov.to(**cv), self.tags,
                                     self.event_shape)
@@ -249,16 +250,16 @@ class MixtureBatch(MixtureOps):
     def batch(self) -> int:
         return max(self._logw.shape[0], self.means.batch)
 
-    def index(self, idx) -> "MixtureBatch":
+    def index(self, idx) -> MixtureBatch:
         idx = torch.as_tensor(idx, dtype=torch.long, device=self.device)
         return MixtureBatch(self._logw[:, idx], self.means.index(idx), self.cov.index(idx),
                             [self.tags[i] for i in idx.tolist()], self.event_shape)
 
-    def select(self, tags) -> "MixtureBatch":
+    def select(self, tags) -> MixtureBatch:
         """Components carrying all ``tags``, each item's weights renormalised."""
         return self.index(self._select_idx(tags))
 
-    def repeat_interleave(self, n: int) -> "MixtureBatch":
+    def repeat_interleave(self, n: int) -> MixtureBatch:
         """Each item's mixture repeated n times in a row (batch ``B -> B n``): the conditioning of a
         particle sampler's ``B * n`` particles."""
         lw = self._logw if self._logw.shape[0] == 1 else self._logw.repeat_interleave(n, 0)
@@ -284,7 +285,7 @@ class MixtureBatch(MixtureOps):
         x = x.reshape(n, *self.event_shape)
         return (x, kidx) if return_components else x
 
-    def to(self, device=None, dtype=None) -> "MixtureBatch":
+    def to(self, device=None, dtype=None) -> MixtureBatch:
         return MixtureBatch(self._logw.to(device=device, dtype=dtype), self.means.to(device, dtype),
                             self.cov.to(device=device, dtype=dtype), self.tags, self.event_shape)
 

@@ -30,8 +30,8 @@ from ..operators import LinearOperator
 from .covariance import CHUNK, Covariance, FullCov, chunks, randn
 from .flat import apply_A, apply_At
 from .lowrank import LowRankCov, ProjectedCov
-from .projector import NullProjector
 from .mixture import GaussianMixture, MixtureBatch
+from .projector import NullProjector
 from .terms import LOG2PI, Means
 
 #: largest m for which A A^T is eigendecomposed, and largest d for dense posterior covariances

@@ -23,8 +23,8 @@ Two paths:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -63,7 +63,7 @@ class Means:
     def beta_or_ones(self) -> torch.Tensor:
         return self.beta if self.beta is not None else torch.ones_like(self.mu[:, 0])
 
-    def index(self, idx: torch.Tensor) -> "Means":
+    def index(self, idx: torch.Tensor) -> Means:
         """Components ``idx``."""
         return Means(
             mu=self.mu[idx], base=self.base,
@@ -72,14 +72,14 @@ class Means:
             offset=None if self.offset is None else self.offset[:, idx],
         )
 
-    def repeat_interleave(self, n: int) -> "Means":
+    def repeat_interleave(self, n: int) -> Means:
         """Every per-item row repeated n times (batch ``Bm -> Bm n``; shared means are unchanged)."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, 0)  # noqa: E731
         if not self.per_item:
             return self
         return Means(mu=self.mu, base=rep(self.base), beta=self.beta, coef=rep(self.coef), offset=rep(self.offset))
 
-    def item(self, b: int) -> "Means":
+    def item(self, b: int) -> Means:
         """The means of batch item b (batch 1)."""
         sl = slice(b, b + 1) if self.batch > 1 else slice(0, 1)
         return Means(
@@ -128,7 +128,7 @@ class Means:
             out = out + wc @ Ut.flatten(0, 1)
         return out
 
-    def to(self, device=None, dtype=None) -> "Means":
+    def to(self, device=None, dtype=None) -> Means:
         cv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return Means(cv(self.mu), cv(self.base), cv(self.beta), cv(self.coef), cv(self.offset))
 

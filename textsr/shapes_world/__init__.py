@@ -2,12 +2,41 @@
 a prompt parser.  ``build_catalog()`` gives the components (means, factored covariances, tags,
 captions); ``parse_prompt()`` turns text into the tags that select components."""
 
-from .catalog import (BACKGROUND_STD, DEFAULT_BACKGROUNDS, DEFAULT_COLOURS, DEFAULT_POSITIONS, DEFAULT_SIZES,
-                      OBJECT_STD, S2, Catalog, Scene, build_catalog, downsample, save_catalog_preview)
-from .prompts import (DEFAULT_VOCABULARY, ParsedPrompt, PromptError, Vocabulary, describe_tags, parse_prompt,
-                      template_prompts)
-from .render import (PALETTE, POSITION_NAMES, POSITIONS, SHAPES, SIZES, Rendering, SceneObject, render_objects,
-                     render_scene, shape_mask)
+from .catalog import (
+                      BACKGROUND_STD,
+                      DEFAULT_BACKGROUNDS,
+                      DEFAULT_COLOURS,
+                      DEFAULT_POSITIONS,
+                      DEFAULT_SIZES,
+                      OBJECT_STD,
+                      S2,
+                      Catalog,
+                      Scene,
+                      build_catalog,
+                      downsample,
+                      save_catalog_preview,
+)
+from .prompts import (
+                      DEFAULT_VOCABULARY,
+                      ParsedPrompt,
+                      PromptError,
+                      Vocabulary,
+                      describe_tags,
+                      parse_prompt,
+                      template_prompts,
+)
+from .render import (
+                      PALETTE,
+                      POSITION_NAMES,
+                      POSITIONS,
+                      SHAPES,
+                      SIZES,
+                      Rendering,
+                      SceneObject,
+                      render_objects,
+                      render_scene,
+                      shape_mask,
+)
 
 __all__ = [
     "BACKGROUND_STD", "DEFAULT_BACKGROUNDS", "DEFAULT_COLOURS", "DEFAULT_POSITIONS", "DEFAULT_SIZES",

@@ -17,7 +17,7 @@ import argparse
 import itertools
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -144,8 +144,8 @@ def format_pair_table(rows: list[dict]) -> str:
 def format_posterior_table(rows: list[dict]) -> str:
     lines = [f"{'size':6} {'shape':9} {'f':>3}  {'p(true)':>7}  {'eff.#':>5}  " + " ".join(f"{s:>8}" for s in SHAPES)]
     for r in rows:
-        lines.append(f"{r['size']:6} {r['shape']:9} {r['factor']:3d}  {r['p_true']:7.3f}  {r['effective_shapes']:5.2f}  "
-                     + " ".join(f"{r['posterior'][s]:8.3f}" for s in SHAPES))
+        lines.append(f"{r['size']:6} {r['shape']:9} {r['factor']:3d}  {r['p_true']:7.3f}  "
+                     f"{r['effective_shapes']:5.2f}  " + " ".join(f"{r['posterior'][s]:8.3f}" for s in SHAPES))
     return "\n".join(lines)
 
 

@@ -19,9 +19,10 @@ and the means and is exactly the pushforward of every component through ``AvgPoo
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Iterable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -127,32 +128,36 @@ class Catalog:
         return {"means": self.means.nbytes, "masks": self.masks.nbytes, "dense_U": self.K * self.dim * self.rank * 4}
 
     # -- covariance factors ---------------------------------------------------------------------
+    def _masks(self, index: int | slice | Sequence[int] | np.ndarray) -> tuple[np.ndarray, bool]:
+        """The masks ``(n, H, W)`` of the components ``index`` picks, and whether it picked one (an int)."""
+        single = isinstance(index, (int, np.integer))
+        picked: Any = [index] if single else index
+        return self.masks[picked], single
+
     def U(self, index: int | slice | Sequence[int] | np.ndarray = slice(None)) -> np.ndarray:
         """Colour-variation directions, float32: ``(3*H*W, 6)`` for an int, else ``(n, 3*H*W, 6)``.
         Columns 0-2: object colour R, G, B (``object_std * m e_c``); 3-5: background (``background_std
         * (1 - m) e_c``)."""
-        single = isinstance(index, (int, np.integer))
-        m = self.masks[[index] if single else index]
+        m, single = self._masks(index)
         n, (h, w) = m.shape[0], m.shape[1:]
         u = np.zeros((n, 3, h, w, self.rank), dtype=np.float32)
         for c in range(3):
             u[:, c, :, :, c] = self.object_std * m
             u[:, c, :, :, 3 + c] = self.background_std * (1.0 - m)
-        u = u.reshape(n, 3 * h * w, self.rank)
-        return u[0] if single else u
+        flat = u.reshape(n, 3 * h * w, self.rank)
+        return flat[0] if single else flat
 
     def Ut(self, index: int | slice | Sequence[int] | np.ndarray = slice(None)) -> np.ndarray:
         """The transposed factor, contiguous float32: ``(6, 3*H*W)`` for an int, else ``(n, 6, 3*H*W)``
         (what ``textsr.gaussian_mixture.LowRankCov.from_factors`` takes after ``torch.from_numpy``, without a copy)."""
-        single = isinstance(index, (int, np.integer))
-        m = self.masks[[index] if single else index]
+        m, single = self._masks(index)
         n, (h, w) = m.shape[0], m.shape[1:]
         ut = np.zeros((n, self.rank, 3, h, w), dtype=np.float32)
         for c in range(3):
             ut[:, c, c] = self.object_std * m
             ut[:, 3 + c, c] = self.background_std * (1.0 - m)
-        ut = ut.reshape(n, self.rank, 3 * h * w)
-        return ut[0] if single else ut
+        flat = ut.reshape(n, self.rank, 3 * h * w)
+        return flat[0] if single else flat
 
     def gram(self) -> np.ndarray:
         """``U_k^T U_k`` for every component, (K, 6, 6) float64, from the masks (no dense U)."""
@@ -189,7 +194,7 @@ class Catalog:
         want = frozenset(tags)
         return np.array([k for k, s in enumerate(self.scenes) if want <= s.tags], dtype=np.int64)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "Catalog":
+    def subset(self, index: Sequence[int] | np.ndarray) -> Catalog:
         """The catalogue restricted to some components (e.g. those matching a prompt)."""
         index = np.asarray(index, dtype=np.int64)
         return Catalog(tuple(self.scenes[i] for i in index), self.means[index], self.masks[index],
@@ -288,7 +293,7 @@ def save_catalog_preview(path: str | Path, catalog: Catalog | None = None, *, in
         sheet[y:y + th, x:x + tw] = tiles[i].transpose(1, 2, 0)
     img = Image.fromarray(np.clip(sheet * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if zoom > 1:
-        img = img.resize((img.width * zoom, img.height * zoom), Image.NEAREST)
+        img = img.resize((img.width * zoom, img.height * zoom), Image.Resampling.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)

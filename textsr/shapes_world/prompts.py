@@ -24,8 +24,8 @@ from __future__ import annotations
 import difflib
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import UsageError
 from .render import PALETTE, POSITIONS, SHAPES, SIZES

@@ -21,14 +21,14 @@ same colour are identical, and only the text can tell them apart.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Sequence, Union
+from functools import cache, lru_cache
 
 import numpy as np
 
 RGB = tuple[float, float, float]
-Colour = Union[str, Sequence[float]]
+Colour = str | Sequence[float]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "ring", "cross")
 
@@ -160,27 +160,27 @@ def _area_above(polys: Sequence[np.ndarray], c: float) -> float:
     return abs(sum(_signed_area(q) for q in (_clip_above(p, c) for p in polys) if len(q)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_geometry(shape: str) -> tuple[tuple[np.ndarray, ...], float]:
     """Template polygons with unit area whose area median (horizontal line) is y = 0, and their
     half-extent (max |x|, |y| of a vertex)."""
     polys = _templates(shape)
     k = 1.0 / math.sqrt(polygons_area(polys))
-    polys = [k * p for p in polys]
-    lo = min(float(p[:, 1].min()) for p in polys)
-    hi = max(float(p[:, 1].max()) for p in polys)
+    scaled = [k * p for p in polys]
+    lo = min(float(p[:, 1].min()) for p in scaled)
+    hi = max(float(p[:, 1].max()) for p in scaled)
     for _ in range(200):  # bisection on the line that halves the area
         mid = 0.5 * (lo + hi)
-        if _area_above(polys, mid) < 0.5:
+        if _area_above(scaled, mid) < 0.5:
             lo = mid
         else:
             hi = mid
     c = 0.5 * (lo + hi)
-    polys = tuple(p - np.array([0.0, c]) for p in polys)
-    for p in polys:
+    centred = tuple(p - np.array([0.0, c]) for p in scaled)
+    for p in centred:
         p.setflags(write=False)
-    extent = max(float(np.abs(p).max()) for p in polys)
-    return polys, extent
+    extent = max(float(np.abs(p).max()) for p in centred)
+    return centred, extent
 
 
 def shape_polygons(shape: str, size: str, position: tuple[int, int] | str, image_size: int = 64) -> list[np.ndarray]:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from ..denoiser import Denoiser
 from ..operators import LinearOperator
 
-StepKind = Literal["ddnm", "ddim"]
+StepKind = Literal["ddnm", "ddim", "ddpm"]
+STEP_KINDS = ("ddnm", "ddim", "ddpm")
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,12 @@ class Noise:
 
     @classmethod
     def from_seeds(cls, seeds: Sequence[int], device: torch.device | str = "cpu",
-                   dtype: torch.dtype = torch.float32) -> "Noise":
+                   dtype: torch.dtype = torch.float32) -> Noise:
         return cls([torch.Generator().manual_seed(int(s)) for s in seeds], device, dtype)
 
     @classmethod
     def batched(cls, seed: int, n: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> "Noise":
+                dtype: torch.dtype = torch.float32) -> Noise:
         """One generator for the whole batch: faster for thousands of samples (benchmarks), but item k
         then depends on the batch size (no per-sample reproducibility)."""
         obj = cls([torch.Generator().manual_seed(int(seed))], device, dtype)
@@ -87,7 +89,7 @@ class Noise:
             return torch.rand(self._n, generator=self.generators[0], dtype=torch.float64)
         return torch.stack([torch.rand((), generator=g, dtype=torch.float64) for g in self.generators])
 
-    def particles(self, n: int) -> "ParticleNoise":
+    def particles(self, n: int) -> ParticleNoise:
         """A view drawing ``n`` particles per sample: rows ``k n .. k n + n - 1`` from generator k."""
         return ParticleNoise(self, n)
 
@@ -122,11 +124,19 @@ class SolverConfig:
     """Settings shared by every solver.
 
     steps: number of denoising steps; spacing: timestep spacing (see NoiseSchedule.timesteps);
-    eta: stochasticity of the step; step_kind: ``"ddnm"`` (x_s = sqrt(abar_s) x0 + sqrt(1-abar_s)
-    (eta z + sqrt(1-eta^2) eps)) or ``"ddim"`` (Song et al.'s eta; 1 = DDPM ancestral);
-    travel_length / travel_repeat: time-travel (repeat = 1 is off); start: fraction of the schedule
-    where sampling starts (1.0 = from t = T-1); init: ``"noise"`` (x = z) or ``"pinv"``
-    (x = sqrt(abar) A+ y + sqrt(1 - abar) z, the SDEdit-style warm start).
+    step_kind: the diffusion step (``solvers.step``): ``"ddnm"`` (x_s = sqrt(abar_s) x0 + sqrt(1-abar_s)
+    (eta z + sqrt(1-eta^2) eps)), ``"ddim"`` (Song et al.'s eta; 1 = DDPM ancestral) or ``"ddpm"``
+    (the DDPM posterior q(x_s | x_t, x0) of the strided pair with the model's learned variance when it
+    has one, else beta_tilde; the DDNM paper's Algorithm 1 and IF's own sampler);
+    eta: stochasticity of the ``ddnm``/``ddim`` steps (the ``ddpm`` step does not use it: its noise is
+    the posterior's own);
+    travel_length / travel_repeat: time-travel (repeat = 1 is off);
+    start: fraction of the schedule where sampling starts: the first timestep is within one grid stride
+    below ``start * T`` (1.0 = from the top of the grid), and ``steps`` steps run from there to 0;
+    skip: the paper code's form of a late start: lay ``steps`` steps on the full schedule and drop the
+    first ``skip`` of them (steps = 250, skip = 100: 150 steps from t = 596); not with ``start < 1``;
+    init: ``"noise"`` (x = z) or ``"pinv"`` (x = sqrt(abar) A+ y + sqrt(1 - abar) z at the first
+    timestep, the SDEdit-style warm start).
     """
 
     steps: int = 100
@@ -136,6 +146,7 @@ class SolverConfig:
     travel_length: int = 1
     travel_repeat: int = 1
     start: float = 1.0
+    skip: int = 0
     init: Literal["noise", "pinv"] = "noise"
 
     # -- what the solver is and needs (class-level; backends and the CLI derive compatibility from it)
@@ -152,16 +163,22 @@ class SolverConfig:
             raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
-        if self.step_kind not in ("ddnm", "ddim"):
-            raise ValueError(f"step_kind must be 'ddnm' or 'ddim', got {self.step_kind!r}")
+        if self.step_kind not in STEP_KINDS:
+            raise ValueError(f"step_kind must be one of {', '.join(map(repr, STEP_KINDS))}, got {self.step_kind!r}")
         if self.travel_length < 1 or self.travel_repeat < 1:
             raise ValueError("travel_length and travel_repeat must be >= 1 (travel_repeat = 1 is off)")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must lie in (0, 1], got {self.start}")
+        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or not 0 <= self.skip < self.steps:
+            raise ValueError(f"skip (steps of the full grid dropped at the start) must be an integer in "
+                             f"[0, steps) = [0, {self.steps}), got {self.skip!r}")
+        if self.skip and self.start < 1.0:
+            raise ValueError("give a late start either as start (a fraction of the schedule) or as skip (grid "
+                             "steps dropped), not both")
         if self.init not in ("noise", "pinv"):
             raise ValueError(f"init must be 'noise' or 'pinv', got {self.init!r}")
 
-    def replace(self, **changes: Any) -> "SolverConfig":
+    def replace(self, **changes: Any) -> SolverConfig:
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:

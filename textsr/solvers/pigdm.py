@@ -17,6 +17,12 @@ with ``r_t^2 = 1 - abar_t`` for VP models.  In A's SVD basis ``A^T (r^2 A A^T + 
   sigma_y) added after the DDIM step with weight ``sqrt(abar_s) sqrt(abar_t)``.  Stable, but copies
   measurement noise into the sample.
 * ``"literal"``: the paper's ``g`` (with ``1/r_t^2``) with NVlabs' weight; diverges often (kept for study).
+* ``"official"``: the "simplified PiGDM" of the text-guided SR paper's code (not Song et al.'s method):
+  a DPS step on the pseudo-inverse residual, ``x_s = x_s' - zeta * grad_{x_t} || A+ y - A+ A x0_hat(x_t) ||``
+  (per-sample, non-squared norm, gradient through the denoiser), ``x_s'`` the diffusion step from
+  ``x0_hat``; ``zeta`` is its step size (default 0.5, the paper's), ``scale`` and ``safeguard`` do not
+  apply.  The paper's code takes it with ``step_kind="ddpm"``, from noise (``init="noise"``) or from its
+  warm start; ``preset="paper"`` sets both.
 """
 
 from __future__ import annotations
@@ -28,28 +34,36 @@ from typing import Any, Literal
 import torch
 
 from ..denoiser import Denoiser, eps_from_x0
-from .base import Noise, Problem, SolverConfig, StepResult
-from .plain import diffusion_step
+from .base import Noise, Problem, SolverConfig, StepKind, StepResult
+from .dps import detached, per_sample_norm
+from .step import diffusion_step
+
+WEIGHTINGS = ("tweedie", "nvlabs", "literal", "official")
 
 
 @dataclass(frozen=True)
 class PiGDMConfig(SolverConfig):
     eta: float = 0.0
-    step_kind: str = "ddim"
-    init: str = "pinv"
-    weighting: Literal["tweedie", "nvlabs", "literal"] = "tweedie"
+    step_kind: StepKind = "ddim"
+    init: Literal["noise", "pinv"] = "pinv"
+    weighting: Literal["tweedie", "nvlabs", "literal", "official"] = "tweedie"
     safeguard: bool = True
     scale: float = 1.0
+    zeta: float = 0.5
     name = "pigdm"
     needs_grad = True
     needs_svd = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.weighting not in ("tweedie", "nvlabs", "literal"):
-            raise ValueError(f"PiGDM weighting must be 'tweedie', 'nvlabs' or 'literal', got {self.weighting!r}")
+        if self.weighting not in WEIGHTINGS:
+            known = ", ".join(map(repr, WEIGHTINGS))
+            raise ValueError(f"PiGDM weighting must be one of {known}, got {self.weighting!r}")
         if not math.isfinite(self.scale) or self.scale < 0:
             raise ValueError(f"PiGDM guidance scale must be >= 0, got {self.scale}")
+        if not math.isfinite(self.zeta) or self.zeta < 0:
+            raise ValueError(f"PiGDM step size zeta (weighting='official') must be a finite number >= 0, "
+                             f"got {self.zeta}")
 
 
 def _weighted_norm(problem: Problem, resid: torch.Tensor, r2: float) -> torch.Tensor:
@@ -65,6 +79,8 @@ def pigdm_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_nex
     A, y, sigma_y = problem.operator, problem.y, problem.sigma_y
     sch = den.schedule
     abar_t, abar_s = sch.abar(t), sch.abar(t_next)
+    if cfg.weighting == "official":
+        return _official_step(den, problem, x_t, t, abar_t, abar_s, cond, cfg, noise)
     r2 = 1.0 - abar_t
     with torch.enable_grad():
         x_in = x_t.detach().requires_grad_(True)
@@ -76,9 +92,9 @@ def pigdm_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_nex
             v = A.spectral(A.A_pinv(resid), lambda s: s**2 / (r2 * s**2 + sigma_y**2))
         (g,) = torch.autograd.grad((v * pred.x0).sum(), x_in)  # vector-Jacobian product, eq. 8
     g = cfg.scale * g
-    x0_hat, eps = pred.x0.detach(), pred.eps.detach()
+    x0_hat, eps, v_model = pred.x0.detach(), pred.eps.detach(), detached(pred.v)
     if cfg.weighting != "tweedie":
-        x_s = diffusion_step(x0_hat, eps, abar_t, abar_s, cfg, noise)
+        x_s = diffusion_step(x0_hat, x_t, eps, v_model, abar_t, abar_s, cfg, noise)
         return StepResult(x_next=x_s + math.sqrt(abar_s * abar_t) * g, x0_hat=x0_hat, x0=x0_hat)
     delta = (1.0 - abar_t) / math.sqrt(abar_t) * g  # Tweedie: E[x0 | x_t, y] - E[x0 | x_t]
     if cfg.safeguard:
@@ -93,5 +109,20 @@ def pigdm_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_nex
             alpha = torch.where(bad, alpha / 2, alpha)
         delta = alpha.view(shape) * delta
     x0 = x0_hat + delta
-    x_s = diffusion_step(x0, eps_from_x0(x_t, x0, abar_t), abar_t, abar_s, cfg, noise)
+    x_s = diffusion_step(x0, x_t, eps_from_x0(x_t, x0, abar_t), v_model, abar_t, abar_s, cfg, noise)
     return StepResult(x_next=x_s, x0_hat=x0_hat, x0=x0)
+
+
+def _official_step(den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, abar_t: float, abar_s: float,
+                   cond: Any, cfg: PiGDMConfig, noise: Noise) -> StepResult:
+    """The paper code's simplified PiGDM: a DPS step on ``|| A+ y - A+ A x0_hat ||``."""
+    A, y = problem.operator, problem.y
+    with torch.enable_grad():
+        x_in = x_t.detach().requires_grad_(True)
+        pred = den(x_in, t, cond)
+        # || A+ y - A+ A x0_hat(x_t) || per sample; the sum decouples the batch items' gradients
+        loss = per_sample_norm(A.A_pinv(y) - A.A_pinv(A.A(pred.x0))).sum()
+        (grad,) = torch.autograd.grad(loss, x_in)
+    x0_hat = pred.x0.detach()
+    x_s = diffusion_step(x0_hat, x_t, pred.eps.detach(), detached(pred.v), abar_t, abar_s, cfg, noise)
+    return StepResult(x_next=x_s - cfg.zeta * grad, x0_hat=x0_hat, x0=x0_hat)

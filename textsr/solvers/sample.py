@@ -15,7 +15,7 @@ from typing import Any, cast
 import torch
 
 from ..denoiser import Denoiser
-from ..schedule import travel_schedule
+from ..schedule import NoiseSchedule, travel_schedule
 from ..solver_registry import step_function
 from .base import Noise, Problem, SolverConfig, StepCallback, StepInfo
 from .smc import ParticleKernel, ParticleSystem, repeat_cond, take
@@ -34,6 +34,22 @@ class SampleResult:
     ess: torch.Tensor | None = None
     particles: int = 1
     resamples: torch.Tensor | None = None  # (B,) number of resampling events per sample
+
+
+def solver_timesteps(schedule: NoiseSchedule, cfg: SolverConfig) -> list[int]:
+    """The timesteps ``cfg`` visits, first to last (the last step then goes to ``t = -1``).
+
+    ``skip = k``: the ``steps``-step grid of the whole schedule without its first k timesteps (the
+    paper code's ``start_time``: 250 steps, k = 100 -> 150 steps from t = 596).  Otherwise ``steps``
+    steps from ``t_start = round(start T) - 1`` down to 0, the first within one stride of ``t_start``.
+    """
+    if cfg.skip:
+        grid = schedule.timesteps(min(cfg.steps, schedule.T), cfg.spacing)
+        if cfg.skip >= len(grid):
+            raise ValueError(f"skip = {cfg.skip} drops every one of the {len(grid)} timesteps; use a smaller skip")
+        return grid[cfg.skip:]
+    t_start = max(0, min(schedule.T - 1, int(round(cfg.start * schedule.T)) - 1))
+    return schedule.timesteps(min(cfg.steps, t_start + 1), cfg.spacing, t_start=t_start)
 
 
 def initial_state(den: Denoiser, problem: Problem, cfg: SolverConfig, t0: int, noise: Noise,
@@ -83,8 +99,7 @@ def sample(
         y = y.repeat_interleave(N, 0)
     problem = Problem(problem.operator, y, problem.sigma_y)
     sch = den.schedule
-    t_start = max(0, min(sch.T - 1, int(round(cfg.start * sch.T)) - 1))
-    ts = sch.timesteps(min(cfg.steps, t_start + 1), cfg.spacing, t_start=t_start)
+    ts = solver_timesteps(sch, cfg)
     plan = travel_schedule(ts, cfg.travel_length, cfg.travel_repeat)
     x = initial_state(den, problem, cfg, ts[0], noise, x_T)
     x0, state = x, None

@@ -35,7 +35,6 @@ from typing import Any
 import torch
 
 from ..denoiser import Denoiser
-from ..schedule import ddim_update
 from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .chain import ChainVariances
 from .twist import TWISTS, TwistEval, evaluate_twist, mean_s2, resolve_twist, sum_squares
@@ -75,7 +74,7 @@ class TDSConfig(SolverConfig):
             raise ValueError(f"TDS proposal must be 'kalman' or 'gradient', got {self.proposal!r}")
         if not isinstance(self.chain_correction, bool):
             raise ValueError(f"chain_correction must be true or false, got {self.chain_correction!r}")
-        if self.eta <= 0.0:
+        if self.eta <= 0.0 and self.step_kind != "ddpm":
             raise ValueError("TDS needs stochastic steps (eta > 0): a deterministic step has no proposal density")
         if self.travel_repeat != 1:
             raise ValueError("time-travel changes the sampled chain; particle solvers need travel_repeat = 1")
@@ -86,15 +85,27 @@ class TDSConfig(SolverConfig):
 def transition(x0: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float,
                cfg: SolverConfig) -> tuple[torch.Tensor, float]:
     """Mean and standard deviation of the Gaussian step ``x_s | x_t`` that ``cfg.step_kind`` takes from
-    ``(x0, eps)`` (``schedule.ddim_update`` with z = 0, and its coefficient of z)."""
-    mean = ddim_update(x0, eps, abar_s, cfg.eta, torch.zeros_like(x0), abar_t=abar_t, kind=cfg.step_kind)
-    return mean, transition_std(abar_t, abar_s, cfg)
+    ``(x0, eps)`` (``solvers.step``): ``"ddnm"``: ``sqrt(abar_s) x0 + sqrt(1 - abar_s) sqrt(1 - eta^2) eps``;
+    ``"ddim"`` (Song et al. 2021, eq. 12): ``sqrt(abar_s) x0 + sqrt(1 - abar_s - c^2) eps``, std ``c``;
+    ``"ddpm"``: the DDPM posterior ``q(x_s | x_t, x0)`` with ``beta_tilde``, which for the eps consistent with
+    ``(x_t, x0)`` is the ``"ddim"`` step at eta = 1 (a model's learned variance is not used: the proposal
+    needs one variance per step)."""
+    c = transition_std(abar_t, abar_s, cfg)
+    if cfg.step_kind == "ddnm":
+        coef = math.sqrt(max(1.0 - abar_s, 0.0)) * math.sqrt(1.0 - cfg.eta**2)
+    else:
+        coef = math.sqrt(max(1.0 - abar_s - c * c, 0.0))
+    return math.sqrt(abar_s) * x0 + coef * eps, c
 
 
 def transition_std(abar_t: float, abar_s: float, cfg: SolverConfig) -> float:
-    """The coefficient of z in ``cfg``'s step from t to s."""
-    one = torch.ones((), dtype=torch.float64)
-    return float(ddim_update(0 * one, 0 * one, abar_s, cfg.eta, one, abar_t=abar_t, kind=cfg.step_kind))
+    """The noise std of ``cfg``'s step from t to s: ``eta sqrt(1 - abar_s)`` (``"ddnm"``) or
+    ``eta sqrt((1 - abar_s) / (1 - abar_t)) sqrt(1 - abar_t / abar_s)`` (``"ddim"``; eta = 1: DDPM's
+    ``sqrt(beta_tilde)``)."""
+    if cfg.step_kind == "ddnm":
+        return cfg.eta * math.sqrt(max(1.0 - abar_s, 0.0))
+    eta = 1.0 if cfg.step_kind == "ddpm" else cfg.eta
+    return eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(max(1 - abar_t / abar_s, 0.0))
 
 
 @dataclass

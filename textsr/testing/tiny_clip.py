@@ -77,7 +77,8 @@ def build_tiny_clip(path: str | Path, *, dim: int = 32, image_size: int = 32, se
 
     path = Path(path)
     torch.manual_seed(seed)
-    cfg = CLIPConfig(text_config=tiny_text_config(dim).to_dict(), vision_config=tiny_vision_config(dim, image_size=image_size).to_dict(),
+    cfg = CLIPConfig(text_config=tiny_text_config(dim).to_dict(),
+                     vision_config=tiny_vision_config(dim, image_size=image_size).to_dict(),
                      projection_dim=dim)
     CLIPModel(cfg).eval().save_pretrained(path)
     tiny_clip_tokenizer().save_pretrained(path)

@@ -14,8 +14,14 @@ from ..backends.unclip import unclip_classes
 def build_tiny_kandinsky(path: str | Path, *, seed: int = 0) -> Path:
     """Prior pipeline (tiny CLIP text/vision towers, PriorTransformer) and decoder pipeline (UNet on 8 px
     MoVQ latents -> 16 px images) under ``path``; returns the spec JSON's path."""
-    from diffusers import (DDPMScheduler, KandinskyV22Pipeline, KandinskyV22PriorPipeline, PriorTransformer,
-                           UNet2DConditionModel, VQModel)
+    from diffusers import (
+        DDPMScheduler,
+        KandinskyV22Pipeline,
+        KandinskyV22PriorPipeline,
+        PriorTransformer,
+        UNet2DConditionModel,
+        VQModel,
+    )
     from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
     from .tiny_clip import tiny_clip_tokenizer, tiny_image_processor, tiny_text_config, tiny_vision_config

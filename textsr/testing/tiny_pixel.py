@@ -20,8 +20,8 @@ def build_tiny_pixel(path: str | Path, *, size: int = 16, seed: int = 0, clip: b
     path = Path(path)
     torch.manual_seed(seed)
     unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, attention_head_dim=4)
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000)).save_pretrained(path / "ddpm")
     stages = {"unet": str((path / "ddpm").resolve())}
     if clip:

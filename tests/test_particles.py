@@ -285,3 +285,19 @@ def test_log_evidence_matches_dense_and_monte_carlo_for_every_covariance():
         lik = torch.distributions.Normal(x @ M.T, 0.3).log_prob(y).sum(1).exp()
         rel_se = float(lik.std() / lik.mean()) / math.sqrt(lik.numel())
         assert float(lik.mean().log()) == pytest.approx(float(log_evidence(prior, A, y, 0.3)[0]), abs=4 * rel_se), name
+
+
+@pytest.mark.parametrize("options, ok", [({}, True), ({"proposal": "gradient"}, False),
+                                          ({"chain_correction": False}, False)])
+def test_noiseless_evidence_needs_the_kalman_proposal_and_the_chain_variances(options, ok):
+    """The two design choices of docs/method.md, measured on a Gaussian prior with noiseless y: TDS's
+    gradient proposal, or the continuous model's Tweedie variances in the twist, leave the weights
+    degenerate (log Z off by many nats); together they make every weight after the first exactly 1."""
+    op = ops.AvgPool(2, (1, 4, 4))
+    mu, c = 0.3, 0.7
+    g = torch.Generator().manual_seed(0)
+    y = op.A(mu + c * torch.randn(1, 1, 4, 4, generator=g, dtype=F64))
+    cfg = make_config("tds", steps=10, particles=4, twist="tweedie", **options)
+    res = sample(GaussianDenoiser(SCHED, mu=mu, c=c), Problem(op, y, 0.0), cfg, Noise.from_seeds(range(50), dtype=F64))
+    err = float((res.log_evidence - chain_log_evidence(10, mu, c, y, op, 0.0, cfg)).abs().median())
+    assert (err < 0.1) if ok else (err > 5.0), err

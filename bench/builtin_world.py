@@ -74,6 +74,9 @@ def _lr(shape, colour, bg, size, pos, scale):
     return hr.reshape(h, scale, h, scale, 3).mean(axis=(1, 3))
 
 
+BATCH = 10  # samples per cascade run in --fractions
+
+
 def fractions(scales, samples: int, steps: int, particles: int, twist: str = "auto",
               scene_index: int = 0) -> list[dict]:
     """No-prompt shape fractions vs the exact P(shape | y) through the backend's two-stage cascade."""
@@ -97,8 +100,14 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
                                     ("DDNM+", "ddnm+", {})):
             t0 = time.perf_counter()
             stages = backend.build_stages(solver, {"steps": steps, **opts}, {})
-            res = run_cascade(stages, y, scale, stages[0].solver, list(range(samples)), None, sigma_y=0.0)
-            rows.append((label, backend.sample_shapes(res.x), res.log_evidence, time.perf_counter() - t0))
+            xs, logz = [], []
+            for b0 in range(0, samples, BATCH):  # batches: stage II keeps the union of the items' components
+                res = run_cascade(stages, y, scale, stages[0].solver, list(range(b0, min(b0 + BATCH, samples))), None,
+                                  sigma_y=0.0)
+                xs.append(res.x)
+                logz.append(res.log_evidence)
+            logz_all = None if logz[0] is None else torch.cat(logz)
+            rows.append((label, backend.sample_shapes(torch.cat(xs)), logz_all, time.perf_counter() - t0))
         for label, names, logz, secs in rows:
             rec = {"scale": scale, "scene": f"{size} {colour} {shape} on {bg}", "method": label, "samples": samples,
                    "fractions": {k: names.count(k) / len(names) for k in sorted(set(names))},

@@ -124,3 +124,22 @@ def test_rank_orders_every_prompt_as_the_exact_evidence_in_the_builtin_world(tmp
     img = _demo_png(tmp_path)
     exact = _exact(img, RANK_PROMPTS)
     assert [e["prompt"] for e in _rank_json(img, RANK_PROMPTS)] == sorted(RANK_PROMPTS, key=lambda p: -exact[p])
+
+
+def test_builtin_world_exact_evidence_is_the_cascade_evidence_and_shapes_sum_to_one():
+    from textsr.demo import demo_image
+    from textsr.gaussian_mixture import log_evidence
+    from textsr.model_registry import load_model
+    from textsr.operators import AvgPool
+
+    backend = load_model("builtin-shapes")
+    y = torch.from_numpy(demo_image()).permute(2, 0, 1)[None].double() * 2 - 1
+    op = AvgPool(8, (3, 64, 64))
+    full = backend.exact_evidence(y, op, "a red circle")
+    # stage I of the default cascade: the 16 px prior (the 64 px one pooled 4x) observed through A_2
+    lo = backend.mixture_lo.to(dtype=torch.float64).select(("circle", "red"))
+    assert full == pytest.approx(float(log_evidence(lo, AvgPool(2, (3, 16, 16)), y, 0.0)[0]), abs=1e-6)
+    shapes = backend.shape_posterior(y, op)
+    assert sum(shapes.values()) == pytest.approx(1.0)
+    assert set(shapes) == {"circle", "square", "triangle", "star", "ring", "cross"}  # 8x: the shape is open
+    assert backend.shape_posterior(y, op, "a red star") == pytest.approx({"star": 1.0})

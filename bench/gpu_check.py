@@ -27,6 +27,7 @@ import math
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def run_one(stages, y, scale, solver, seeds, cond, device, cuda: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
     timer = Timer(cuda)
     t0 = time.perf_counter()
-    res = run_cascade(stages, y, scale, make_config(solver), seeds, cond, device=device, callback=timer)
+    res = run_cascade(stages, y, scale, stages[0].solver, seeds, cond, device=device, callback=timer)
     if cuda:
         torch.cuda.synchronize()
     total = time.perf_counter() - t0
@@ -181,6 +182,7 @@ def main(argv=None) -> int:
                     help="steps per IF stage (default 20 10; smoke 3 3)")
     ap.add_argument("--pixel-steps", type=int, default=None, help="steps of the 256 px UNet (default 20; smoke 3)")
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    ap.add_argument("--particles", type=int, default=4, help="particles per sample of the particle solver (tds)")
     ap.add_argument("--max-seconds", type=float, default=420.0, help="skip remaining runs after this long")
     args = ap.parse_args(argv)
 
@@ -210,20 +212,24 @@ def main(argv=None) -> int:
     seeds = list(range(samples))
     results = {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or 'cpu'})",
                "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "smoke": smoke,
-               "samples": samples, "output": out, "scale": scale, "runs": []}
+               "samples": samples, "particles": args.particles, "output": out, "scale": scale, "runs": []}
 
     be, params_if = build_if(device, dtype, smoke)
     cond = be.encode_prompt("a photo of an old woman with a red hat")
     pixel_stages, params_px = build_pixel(device, dtype, smoke)
     results["params_billion"] = {"if-cascade": params_if, "ddpm-256": params_px}
 
+    def extra(solver):
+        return {"zeta": 1.0} if solver == "dps" else {"particles": args.particles} if solver == "tds" else {}
+
     def if_stages(solver):
         return be.build_stages(solver, {"stage_1": {"steps": if_steps[0]}, "stage_2": {"steps": if_steps[1]},
-                                        **({"zeta": 1.0} if solver == "dps" else {})}, {})
+                                        **extra(solver)}, {})
 
     def px_stages(solver):
         st = pixel_stages[0]
-        return [Stage(st.name, st.denoiser, 1, 3, solver=make_config(solver, steps=pixel_steps))]
+        opts = {k: v for k, v in extra(solver).items() if k != "zeta"}
+        return [Stage(st.name, st.denoiser, 1, 3, solver=make_config(solver, steps=pixel_steps, **opts))]
 
     # warm-up (kernel selection, allocator) so the first measured run is not penalised
     run_cascade(be.build_stages("ddnm", {"steps": 2}, {}), y, scale, make_config("ddnm"), seeds[:1], cond,
@@ -236,7 +242,14 @@ def main(argv=None) -> int:
             if time.perf_counter() - t_start > args.max_seconds:
                 results["runs"].append({"model": model, "solver": solver, "skipped": "time budget"})
                 continue
-            r = run_one(make(solver), y, scale, solver, seeds, cond if model == "if-cascade" else None, device, cuda)
+            try:
+                r = run_one(make(solver), y, scale, solver, seeds, cond if model == "if-cascade" else None, device,
+                            cuda)
+            except Exception as e:  # one broken run must not hide the others' figures
+                traceback.print_exc()
+                results["runs"].append({"model": model, "solver": solver, "skipped": f"error: {e}"})
+                failures.append(f"{model}/{solver}: {type(e).__name__}: {e}")
+                continue
             r.update(model=model, solver=solver)
             results["runs"].append(r)
             if not r["finite"]:
@@ -246,7 +259,8 @@ def main(argv=None) -> int:
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["failures"] = failures
 
-    print(f"device: {results['device']}  dtype: {results['dtype']}  samples: {samples}  output {out}px x{scale}  "
+    print(f"device: {results['device']}  dtype: {results['dtype']}  samples: {samples} (tds: {args.particles} "
+          f"particles each)  output {out}px x{scale}  "
           f"params (B): {json.dumps(results['params_billion'])}")
     print(f"{'model':<11} {'solver':<6} {'s/step per stage':<34} {'peak GB':>8} {'LR-PSNR min/mean':>18} "
           f"{'total s':>8}")

@@ -166,13 +166,13 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
     # process (x0_hat(mean_p) ~ x0_hat(x_t)); the forward twist's is mean_p / sqrt(abar_s), exactly
     x0_pred = mean_p / math.sqrt(abar_s) if resolve_twist(cfg.twist, y[0].numel()) == "forward" else state.x0_hat
     e = A.A_pinv(y - A.A(x0_pred))  # A+ (y - A x0_pred)
-    s_all = A.singular_values().to(torch.float64)
+    s_all = A.singular_values().to(device=x_t.device, dtype=torch.float64)  # operators keep their SVD on the CPU
     try:
         shift_r = A.spectral_batched(e, lambda sv: parts(sv)[0])
         noise_r = A.spectral_batched(z, lambda sv: parts(sv)[1])
         log_cr = torch.log(parts(s_all)[1]).sum(-1)
     except NotImplementedError:  # one singular value for all directions: sqrt(mean s^2)
-        s_bar = torch.tensor(math.sqrt(mean_s2(A)), dtype=torch.float64)
+        s_bar = torch.tensor(math.sqrt(mean_s2(A)), dtype=torch.float64, device=x_t.device)
         gain, c_r = parts(s_bar)
         shift_r, noise_r = _col(gain, e) * e, _col(c_r, z) * A.project_range(z)
         log_cr = s_all.numel() * torch.log(c_r)
@@ -210,7 +210,7 @@ class TDSKernel:
         abar_t, abar_s = sch.abar(t), sch.abar(t_next)
         # Tweedie with the twisted score: E[x0 | x_t, y] ~ x0_hat + k_t grad log p~_t(y | x_t)
         x0_y = state.x0_hat + (1.0 - abar_t) / math.sqrt(abar_t) * state.grad
-        zero = torch.zeros(x_t.shape[0], dtype=torch.float64)
+        zero = torch.zeros(x_t.shape[0], dtype=torch.float64, device=x_t.device)
         if t_next == -1:  # final step: the weights at t are final; output E[x0 | x_t, y]
             A, y = problem.operator, problem.y
             x0 = x0_y if problem.sigma_y > 0 else x0_y - A.A_pinv(A.A(x0_y) - y)  # noiseless: range exact

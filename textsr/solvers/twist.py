@@ -110,7 +110,7 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
             rho2 = (1.0 - abar) / abar
             rho2_c = float(chain(torch.tensor(rho2, dtype=torch.float64))) if chain is not None else rho2
             log_tw, grad = _scalar(pred.x0, x_in, A, r, sigma2, rho2_c)
-            lam = torch.full((r.shape[0],), rho2, dtype=torch.float64)
+            lam = torch.full((r.shape[0],), rho2, dtype=torch.float64, device=r.device)
         else:
             raise ValueError(f"unknown twist {kind!r}; choose one of {', '.join(TWISTS)}")
     return TwistEval(pred.x0.detach(), pred.eps.detach(), log_tw, grad.detach(), lam.clamp(min=MIN_VAR))
@@ -128,9 +128,9 @@ def _range_iso(A, r: torch.Tensor, kappa: torch.Tensor, sigma2: float) -> tuple[
     ``C = sigma_y^2`` (ignored when sigma_y = 0).  An operator without per-item spectral functions gets
     ``C = (kappa mean(s^2) + sigma_y^2) I``."""
     m = r[0].numel()
-    s = A.singular_values().to(torch.float64)
+    s = A.singular_values().to(device=r.device, dtype=torch.float64)  # operators keep their SVD on the CPU
     rank = s.numel()
-    kap = kappa.to(torch.float64).clamp(min=MIN_VAR)
+    kap = kappa.to(device=r.device, dtype=torch.float64).clamp(min=MIN_VAR)
     p = A.A_pinv(r)  # A+ r = V S^-1 U^T r
     try:
         v = A.spectral_batched(p, lambda sv: sv**2 / (kap.view(-1, *([1] * sv.ndim)) * sv**2 + sigma2))

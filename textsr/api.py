@@ -368,7 +368,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
                           "range; the PNGs are clipped (LR-PSNR is measured before clipping)")
     x = x.clamp(-1, 1)
     scores = backend.text_scores(x, prompt)
-    text = [None] * req.samples if scores is None else [float(s) for s in scores.tolist()]
+    text: list[float | None] = [None] * req.samples if scores is None else [float(s) for s in scores.tolist()]
     samples01 = ((x.to(torch.float32).cpu().permute(0, 2, 3, 1).numpy() + 1) / 2).clip(0, 1)
     div, std = diversity(samples01)
     extra = backend.exact_metrics(x, meas.y, meas.operator, prompt, req.sigma_y)

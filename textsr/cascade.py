@@ -126,5 +126,6 @@ def run_cascade(
         steps.append(len(res.timesteps))
         evidence.append(res.log_evidence)
         ess.append(None if res.ess is None else res.ess / res.particles)
+    assert prev is not None  # stages is not empty
     return CascadeResult(x=prev, stage_outputs=outputs, operators=ops, steps=steps, stage_log_evidence=evidence,
                          stage_ess=ess)

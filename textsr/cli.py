@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -40,7 +41,9 @@ class _ProgressBar:
     """tqdm bar per (prompt, stage) with ETA; silent when quiet."""
 
     def __init__(self, quiet: bool):
-        self.quiet, self.bar, self.key = quiet, None, None
+        self.quiet = quiet
+        self.bar: Any = None  # a tqdm bar
+        self.key: tuple[int, str] | None = None  # (prompt index, stage name)
 
     def __call__(self, p) -> None:
         if self.quiet:
@@ -276,12 +279,12 @@ def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, mod
     click.echo(f"P(prompt | image) among the {len(r.entries)} prompts given (uniform prior unless --prior), the model "
                f"at guidance scale 1 ({neutral}); {particles} particles x {samples} runs per prompt")
     width = 30
-    for e in r.entries:
-        p = e["probability"]
+    for entry in r.entries:
+        p = entry["probability"]
         bar_s = "#" * int(round((p or 0.0) * width))
-        lz = "n/a" if e["log_z"] is None or e["log_z"] != e["log_z"] else f"{e['log_z']:.1f}"
-        click.echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {e['prompt'] or '(no prompt)'}   "
-                   f"log p(y|prompt) {lz} (spread {e['spread']:.1f}, ESS min {e['ess_min']:.2f})")
+        lz = "n/a" if entry["log_z"] is None or entry["log_z"] != entry["log_z"] else f"{entry['log_z']:.1f}"
+        click.echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {entry['prompt'] or '(no prompt)'}   "
+                   f"log p(y|prompt) {lz} (spread {entry['spread']:.1f}, ESS min {entry['ess_min']:.2f})")
     for n in r.exploration.notes:
         click.echo(f"note: {n}")
 

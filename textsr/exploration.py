@@ -93,7 +93,7 @@ class PromptResult:
         return float(np.mean(vals)) if vals else None
 
     def results_entry(self) -> dict:
-        entry = {
+        entry: dict[str, Any] = {
             "prompt": self.prompt,
             "label": self.label,
             "diversity": self.diversity,

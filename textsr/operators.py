@@ -136,7 +136,7 @@ class AvgPool(LinearOperator):
 
     name = "avgpool"
 
-    def __init__(self, factor: int, in_shape: tuple[int, int, int]):
+    def __init__(self, factor: int, in_shape: tuple[int, ...]):
         c, h, w = _check_factor_and_shape(factor, tuple(in_shape))
         self.factor = factor
         self.in_shape = (c, h, w)
@@ -335,7 +335,7 @@ class Separable(LinearOperator):
     def matrix_1d(n: int, factor: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def __init__(self, factor: int, in_shape: tuple[int, int, int], cutoff: float = 3e-2):
+    def __init__(self, factor: int, in_shape: tuple[int, ...], cutoff: float = 3e-2):
         c, h, w = _check_factor_and_shape(factor, tuple(in_shape))
         if isinstance(cutoff, bool) or not isinstance(cutoff, (int, float)) or not 0 <= cutoff < 1:
             raise ValueError(f"cutoff is relative to the largest 1-D singular value: pick it in [0, 1), got {cutoff!r}")
@@ -426,10 +426,12 @@ class BicubicReflect(Separable):
     matrix_1d = staticmethod(bicubic_reflect_matrix)
 
 
-OPERATORS: dict[str, type[LinearOperator]] = {"avgpool": AvgPool, "bicubic": Bicubic, "bicubic-reflect": BicubicReflect}
+OPERATORS: dict[str, type[AvgPool] | type[Separable]] = {
+    "avgpool": AvgPool, "bicubic": Bicubic, "bicubic-reflect": BicubicReflect,
+}
 
 
-def make_operator(name: str, factor: int, in_shape: tuple[int, int, int], **kw) -> LinearOperator:
+def make_operator(name: str, factor: int, in_shape: tuple[int, ...], **kw) -> LinearOperator:
     """Build a registered downsampling operator by name, e.g. ``make_operator("bicubic", 4, (3, 256, 256))``."""
     try:
         cls = OPERATORS[name]

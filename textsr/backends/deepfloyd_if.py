@@ -165,7 +165,7 @@ class _Residency:
 # -- the backend --------------------------------------------------------------------------------------
 @dataclass
 class IFStageModels:
-    unet: torch.nn.Module
+    unet: Any  # diffusers UNet2DConditionModel (an nn.Module; diffusers is untyped here, as in the other backends)
     scheduler: Any  # diffusers DDPMScheduler
     noising_scheduler: Any = None  # stage II only
 
@@ -330,6 +330,7 @@ class IFBackend(Backend):
             raise ValueError("DeepFloyd IF stage II needs the stage-I output")
         if cond is not None and not isinstance(cond, IFText):
             raise TypeError(f"DeepFloyd IF expects the output of encode_prompt as cond, got {type(cond).__name__}")
+        assert self.stage_2 is not None  # build_stages conditions stage II only when there is one
         h, w = prev.shape[-2:]
         up = F.interpolate(prev, (4 * h, 4 * w), mode="bilinear", align_corners=True)
         abar = float(self.stage_2.noising_scheduler.alphas_cumprod[noise_level])

@@ -128,11 +128,12 @@ def unclip_classes() -> types.SimpleNamespace:
         try:
             import diffusers.pipelines.unclip  # noqa: F401  (older diffusers: the real module)
         except ImportError:
-            mod = types.ModuleType(alias)
+            mod: Any = types.ModuleType(alias)  # Any: a module with attributes set at runtime
             mod.UnCLIPPipeline = UnCLIPPipeline
             mod.UnCLIPTextProjModel = UnCLIPTextProjModel
             sys.modules[alias] = mod
-            sys.modules["diffusers.pipelines"].unclip = mod
+            pipelines: Any = sys.modules["diffusers.pipelines"]
+            pipelines.unclip = mod
     return types.SimpleNamespace(UnCLIPPipeline=UnCLIPPipeline, UnCLIPTextProjModel=UnCLIPTextProjModel,
                                  UnCLIPScheduler=UnCLIPScheduler)
 

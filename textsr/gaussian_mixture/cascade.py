@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..operators import LinearOperator
-from .covariance import DiagCov, FullCov
+from .covariance import Covariance, DiagCov, FullCov
 from .flat import apply_A, apply_At
 from .lowrank import LowRankCov
 from .mixture import GaussianMixture, MixtureBatch
@@ -43,6 +43,7 @@ def push_forward(mixture: GaussianMixture, operator: LinearOperator) -> Gaussian
     K, m = mixture.K, math.prod(operator.out_shape)
     mu = apply_A(operator, mixture.mu)
     c = equal_singular_values(operator)
+    new: Covariance
     if isinstance(cov, LowRankCov) and cov.projector is None and c is not None:
         r = cov.r
         Ut = apply_A(operator, cov.Ut.reshape(K * r, -1)).reshape(K, r, m) if r else cov.Ut.new_zeros(K, 0, m)

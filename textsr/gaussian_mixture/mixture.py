@@ -64,7 +64,7 @@ class MixtureOps:
 
     def _cache(self) -> dict:
         if not hasattr(self, "_terms_cache"):
-            self._terms_cache = {}
+            self._terms_cache: dict[str, object] = {}
         return self._terms_cache
 
     def _flat(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -146,12 +146,13 @@ class MixtureOps:
 class GaussianMixture(MixtureOps):
     """``p(x) = sum_i w_i N(mu_i, Sigma_i)`` on flat vectors of ``d = prod(event_shape)``.
 
-    weights: ``(K,)`` non-negative (renormalised); means: ``(K, d)`` or ``(K, *event_shape)``;
-    cov: a ``Covariance`` with K components; tags: one iterable of strings per component (e.g. the
-    attributes a prompt may name); event_shape: the shape denoisers see (default ``(d,)``).
+    weights: ``(K,)`` non-negative (renormalised; ignored, may be None, when ``log_weights`` is given);
+    means: ``(K, d)`` or ``(K, *event_shape)``; cov: a ``Covariance`` with K components; tags: one
+    iterable of strings per component (e.g. the attributes a prompt may name); event_shape: the shape
+    denoisers see (default ``(d,)``).
     """
 
-    def __init__(self, weights: torch.Tensor, means: torch.Tensor, cov: Covariance,
+    def __init__(self, weights: torch.Tensor | None, means: torch.Tensor, cov: Covariance,
                  tags: Sequence[Iterable[str]] | None = None, event_shape: Sequence[int] | None = None,
                  *, log_weights: torch.Tensor | None = None):
         K, d = cov.K, cov.d

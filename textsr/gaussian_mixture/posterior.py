@@ -90,7 +90,7 @@ class _LowRankSolver:
         self.Bt = self._rot(apply_A(op, cov.Ut.reshape(K * r, d))).reshape(K, r, m) if r else None  # (K, r, m)
         self.Amu = self._rot(apply_A(op, mu))  # (K, m)
         self.Dc = self.D.to(cov.dtype)
-        if r:
+        if self.Bt is not None:  # r > 0
             BD = self.Bt / self.Dc[:, None, :]
             cap = torch.eye(r, dtype=cov.dtype, device=cov.device) + BD @ self.Bt.transpose(1, 2)
             self.cap_L = torch.linalg.cholesky(cap)
@@ -188,6 +188,7 @@ class Posterior:
         self.prior, self.operator, self.sigma_y = prior, operator, float(sigma_y)
         self.y = _flat_y(operator, y).to(dtype=prior.dtype, device=prior.device)
         cov = prior.cov
+        self._solver: _LowRankSolver | _DenseSolver
         if isinstance(cov, LowRankCov) and cov.projector is None:
             self._solver = _LowRankSolver(cov, prior.mu, operator, self.sigma_y)
         else:
@@ -272,7 +273,9 @@ class Posterior:
         ``L L^T = (s^2 I + (s - rho) U^T R U)^{-1}``; means ``mu'_i + (s/g) A^T y_b + W_i coef_bi`` with
         ``mu' = mu - Sigma A^T G^{-1} A mu`` and ``coef = (s/g) L^T (A U)^T y``."""
         prior, op, sol = self.prior, self.operator, self._solver
-        cov: LowRankCov = prior.cov
+        cov = prior.cov
+        # only called by mixture() when the solver is a _LowRankSolver (built for a LowRankCov) with c set
+        assert isinstance(sol, _LowRankSolver) and isinstance(cov, LowRankCov) and sol.c is not None
         K, r, d = cov.Ut.shape
         c, sig2, s = sol.c, self.sigma_y**2, cov.s2
         g = sig2 + s * c
@@ -283,6 +286,7 @@ class Posterior:
         base = apply_At(op, self.y)  # (B, d)
         if r:
             Bt = sol.Bt  # (K, r, m)
+            assert Bt is not None  # set whenever r > 0
             RUt = apply_At(op, Bt.reshape(K * r, -1)).reshape(K, r, d) / c
             Xt = s[:, None, None] * (cov.Ut - RUt) + rho[:, None, None] * RUt
             URU = Bt @ Bt.transpose(1, 2) / c

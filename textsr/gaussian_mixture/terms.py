@@ -130,7 +130,8 @@ class Means:
 
     def to(self, device=None, dtype=None) -> Means:
         cv = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-        return Means(cv(self.mu), cv(self.base), cv(self.beta), cv(self.coef), cv(self.offset))
+        return Means(self.mu.to(device=device, dtype=dtype), cv(self.base), cv(self.beta), cv(self.coef),
+                     cv(self.offset))
 
 
 def _factor(cov: Covariance) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..operators import LinearOperator
+from ..schedule import Spacing
 
 StepKind = Literal["ddnm", "ddim", "ddpm"]
 STEP_KINDS = ("ddnm", "ddim", "ddpm")
@@ -142,7 +143,7 @@ class SolverConfig:
     steps: int = 100
     eta: float = 0.85
     step_kind: StepKind = "ddnm"
-    spacing: str = "uniform"
+    spacing: Spacing = "uniform"
     travel_length: int = 1
     travel_repeat: int = 1
     start: float = 1.0

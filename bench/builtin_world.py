@@ -78,7 +78,7 @@ BATCH = 10  # samples per cascade run in --fractions
 
 
 def fractions(scales, samples: int, steps: int, particles: int, twist: str = "auto",
-              scene_index: int = 0) -> list[dict]:
+              scene_index: int = 0, tds_opts: dict | None = None, baselines: bool = True) -> list[dict]:
     """No-prompt shape fractions vs the exact P(shape | y) through the backend's two-stage cascade."""
     from textsr.cascade import run_cascade
     from textsr.operators import AvgPool
@@ -96,8 +96,10 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
         post = backend.exact_posterior(y, op)
         draws = post.sample(samples, torch.Generator().manual_seed(7))
         rows = [("exact posterior draws", backend.sample_shapes(draws), None, 0.0)]
-        for label, solver, opts in ((f"TDS N={particles} ({twist})", "tds", {"particles": particles, "twist": twist}),
-                                    ("DDNM+", "ddnm+", {})):
+        runs = [(f"TDS N={particles} ({twist})", "tds", {"particles": particles, "twist": twist, **(tds_opts or {})})]
+        if baselines:
+            runs.append(("DDNM+", "ddnm+", {}))
+        for label, solver, opts in runs:
             t0 = time.perf_counter()
             stages = backend.build_stages(solver, {"steps": steps, **opts}, {})
             xs, logz = [], []
@@ -158,10 +160,15 @@ def main(argv=None) -> None:
     ap.add_argument("--fractions", action="store_true", help="no-prompt shape calibration (issue 9)")
     ap.add_argument("--particles", type=int, default=16)
     ap.add_argument("--twist", default="auto")
+    ap.add_argument("--tds-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="more TDS settings for --fractions, e.g. max_dense=192 (values parsed as JSON)")
+    ap.add_argument("--no-baselines", action="store_true", help="--fractions: skip DDNM+")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.fractions:
-        recs = fractions([int(s) for s in args.scales.split(",")], args.samples, args.steps, args.particles, args.twist)
+        tds_opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
+        recs = fractions([int(s) for s in args.scales.split(",")], args.samples, args.steps, args.particles, args.twist,
+                         tds_opts=tds_opts, baselines=not args.no_baselines)
         print(f"Built-in shapes world, scene '{recs[0]['scene']}', no prompt, {args.samples} samples, {args.steps} "
               "steps per stage (two-stage cascade 16 -> 64 px), noiseless average pooling")
         print(fractions_table(recs))

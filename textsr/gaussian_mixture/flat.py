@@ -11,19 +11,20 @@ from ..operators import LinearOperator
 from .covariance import CHUNK, chunks
 
 
-def apply_A(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
-    """A on flat rows ``(n, d) -> (n, m)``, chunked."""
-    d = math.prod(op.in_shape)
-    flat = x.reshape(-1, d)
-    out = [op.A(flat[s].reshape(-1, *op.in_shape)).reshape(s.stop - s.start, -1)
+def _apply_flat(fn, in_shape: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """``fn`` (an operator map on image-shaped batches) on flat rows ``(n, prod(in_shape)) -> (n, -1)``,
+    in chunks."""
+    flat = x.reshape(-1, math.prod(in_shape))
+    out = [fn(flat[s].reshape(-1, *in_shape)).reshape(s.stop - s.start, -1)
            for s in chunks(flat.shape[0], 4 * CHUNK)]
     return torch.cat(out).reshape(*x.shape[:-1], -1)
 
 
+def apply_A(op: LinearOperator, x: torch.Tensor) -> torch.Tensor:
+    """A on flat rows ``(n, d) -> (n, m)``, chunked."""
+    return _apply_flat(op.A, op.in_shape, x)
+
+
 def apply_At(op: LinearOperator, v: torch.Tensor) -> torch.Tensor:
     """A^T on flat rows ``(n, m) -> (n, d)``, chunked."""
-    m = math.prod(op.out_shape)
-    flat = v.reshape(-1, m)
-    out = [op.At(flat[s].reshape(-1, *op.out_shape)).reshape(s.stop - s.start, -1)
-           for s in chunks(flat.shape[0], 4 * CHUNK)]
-    return torch.cat(out).reshape(*v.shape[:-1], -1)
+    return _apply_flat(op.At, op.out_shape, v)

@@ -274,13 +274,8 @@ class MixtureBatch(MixtureOps):
     def sample(self, n: int | None = None, generator: torch.Generator | None = None,
                return_components: bool = False):
         """One draw per batch item ``(Bm, *event_shape)``; with ``Bm = 1``, ``n`` draws ``(n, ...)``."""
-        Bm = self.batch
-        if Bm > 1 and n not in (None, Bm):
-            raise ValueError(f"a batch of {Bm} mixtures gives one draw per item; n must be None or {Bm}")
-        n = Bm if Bm > 1 else (1 if n is None else int(n))
-        gen_dev = generator.device if generator is not None else torch.device("cpu")
-        probs = self._logw.exp().to(device=gen_dev, dtype=torch.float64).expand(n if Bm == 1 else Bm, -1)
-        kidx = torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1).to(self.device)
+        n, kidx = draw_components(self._logw, self.batch, n, generator, self.device,
+                                  "a batch of {B} mixtures gives one draw per item")
         bidx = torch.arange(n, device=self.device)
         x = self.means.gather(self.cov, bidx, kidx) + self.cov.sample(kidx, generator)
         x = x.reshape(n, *self.event_shape)
@@ -292,3 +287,17 @@ class MixtureBatch(MixtureOps):
 
     def __repr__(self) -> str:
         return f"MixtureBatch(batch={self.batch}, K={self.K}, event_shape={self.event_shape}, cov={self.cov!r})"
+
+
+def draw_components(log_weights: torch.Tensor, B: int, n: int | None, generator: torch.Generator | None,
+                    device: torch.device, batch_rule: str) -> tuple[int, torch.Tensor]:
+    """The draw count and one component index per draw from ``log_weights`` ``(1 or B, K)`` of a batch of B
+    distributions: with ``B = 1``, ``n`` draws (default 1); with ``B > 1``, one per item (``n`` must be None
+    or B, else ``batch_rule``, formatted with B, says why).  Drawn on the generator's device, returned on
+    ``device``."""
+    if B > 1 and n not in (None, B):
+        raise ValueError(batch_rule.format(B=B) + f"; n must be None or {B}")
+    n = B if B > 1 else (1 if n is None else int(n))
+    gen_dev = generator.device if generator is not None else torch.device("cpu")
+    probs = log_weights.exp().to(device=gen_dev, dtype=torch.float64).expand(n if B == 1 else B, -1)
+    return n, torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1).to(device)

@@ -30,7 +30,7 @@ from ..operators import LinearOperator
 from .covariance import CHUNK, Covariance, FullCov, chunks, randn
 from .flat import apply_A, apply_At
 from .lowrank import LowRankCov, ProjectedCov
-from .mixture import GaussianMixture, MixtureBatch
+from .mixture import GaussianMixture, MixtureBatch, draw_components
 from .projector import NullProjector
 from .terms import LOG2PI, Means
 
@@ -212,12 +212,8 @@ class Posterior:
                return_components: bool = False):
         """Matheron's rule.  ``B = 1``: ``n`` draws ``(n, *event_shape)``; ``B > 1``: one per row of y."""
         prior, op, B = self.prior, self.operator, self.batch
-        if B > 1 and n not in (None, B):
-            raise ValueError(f"{B} measurements give one draw each; n must be None or {B}")
-        n = B if B > 1 else (1 if n is None else int(n))
-        gen_dev = generator.device if generator is not None else torch.device("cpu")
-        probs = self.log_weights.exp().to(device=gen_dev, dtype=torch.float64).expand(n if B == 1 else B, -1)
-        kidx = torch.multinomial(probs, 1, replacement=True, generator=generator).squeeze(-1).to(prior.device)
+        n, kidx = draw_components(self.log_weights, B, n, generator, prior.device,
+                                  "{B} measurements give one draw each")
         bidx = torch.arange(n, device=prior.device) if B > 1 else torch.zeros(n, dtype=torch.long, device=prior.device)
         x = prior.mu[kidx] + prior.cov.sample(kidx, generator)  # x ~ N(mu_i, Sigma_i)
         e = self.sigma_y * randn((n, self.y.shape[1]), generator, x)  # e ~ N(0, sigma_y^2 I)

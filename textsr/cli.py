@@ -154,8 +154,9 @@ def _common_options(f):
                      help="Model name (see `textsr models`), local folder or JSON model spec."),
         click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default=None,
                      help="Solver [default: ddnm+; tds with --particles]."),
-        click.option("--particles", type=int, help="Particle solver (tds) with N particles per sample: calibrated "
-                     "sample frequencies and the evidence P(prompt | y) per prompt."),
+        click.option("--particles", type=int, help="Particle solver (tds) with N particles per sample: sample "
+                     "frequencies consistent as N grows, and the evidence P(prompt | y) per prompt (unreliable "
+                     "when the ESS note appears)."),
         click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts for the evidence, "
                      "comma-separated (default: uniform)."),
         click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt (1-256).",

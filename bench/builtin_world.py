@@ -165,23 +165,19 @@ def main(argv=None) -> None:
     ap.add_argument("--no-baselines", action="store_true", help="--fractions: skip DDNM+")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
+    scales = [int(s) for s in args.scales.split(",")]
     if args.fractions:
         tds_opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
-        recs = fractions([int(s) for s in args.scales.split(",")], args.samples, args.steps, args.particles, args.twist,
-                         tds_opts=tds_opts, baselines=not args.no_baselines)
-        print(f"Built-in shapes world, scene '{recs[0]['scene']}', no prompt, {args.samples} samples, {args.steps} "
-              "steps per stage (two-stage cascade 16 -> 64 px), noiseless average pooling")
-        print(fractions_table(recs))
-        print(f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-              f"{time.perf_counter() - t0:.0f} s")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(recs, f, indent=1)
-        return
-    recs = run([int(s) for s in args.scales.split(",")], args.samples, args.steps, args.solver)
-    print(f"Built-in shapes world, {len(SCENES)} scenes, {args.samples} samples, {args.solver} {args.steps} steps "
-          "per stage (two-stage cascade 16 -> 64 px), noiseless average pooling")
-    print(table(recs))
+        recs = fractions(scales, args.samples, args.steps, args.particles, args.twist, tds_opts=tds_opts,
+                         baselines=not args.no_baselines)
+        title = f"scene '{recs[0]['scene']}', no prompt, {args.samples} samples, {args.steps}"
+        text = fractions_table(recs)
+    else:
+        recs = run(scales, args.samples, args.steps, args.solver)
+        title = f"{len(SCENES)} scenes, {args.samples} samples, {args.solver} {args.steps}"
+        text = table(recs)
+    print(f"Built-in shapes world, {title} steps per stage (two-stage cascade 16 -> 64 px), noiseless average pooling")
+    print(text)
     print(f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - t0:.0f} s")
     if args.json:

@@ -358,6 +358,17 @@ def print_tables(recs: list[dict]) -> None:
                   f"{r['sw']:.3f} [{r['sw_ci'][0]:.3f}, {r['sw_ci'][1]:.3f}] | {r['diversity_ratio']:.2f} |")
 
 
+def run_jobs(run, jobs: list, processes: int) -> list[dict]:
+    """``run(job)`` for every job (each returns a list of records), in ``processes`` spawned processes when
+    more than 1; the records of all jobs, in job order."""
+    if processes > 1:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            parts = pool.map(run, jobs, chunksize=1)
+    else:
+        parts = [run(j) for j in jobs]
+    return [r for part in parts for r in part]
+
+
 def run_job(job: tuple, problems: int, samples: int, threads: int, only: str | None = None) -> list[dict]:
     torch.set_num_threads(threads)
     if job[0] == "1":
@@ -395,12 +406,7 @@ def main(argv=None) -> None:
         jobs += [("3", (1.0, 3.0))]
     run = functools.partial(run_job, problems=args.problems, samples=args.samples, threads=args.threads,
                             only=args.only)
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            parts = pool.map(run, jobs, chunksize=1)
-    else:
-        parts = [run(j) for j in jobs]
-    recs = [r for part in parts for r in part]
+    recs = run_jobs(run, jobs, args.jobs)
     print_tables(recs)
     total = time.perf_counter() - t0
     print(f"\n{platform.processor() or platform.machine()}, {args.jobs} processes x {args.threads} thread(s), "

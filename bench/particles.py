@@ -23,7 +23,6 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import platform
 import sys
 import time
@@ -256,12 +255,7 @@ def main(argv=None) -> None:
     if "b" in args.tables:
         jobs.append(("4b",))
     run = functools.partial(run_job, problems=problems, samples=samples, Ns=Ns, extra=extra)
-    if args.jobs > 1:
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            parts = pool.map(run, jobs, chunksize=1)
-    else:
-        parts = [run(j) for j in jobs]
-    recs = [r for part in parts for r in part]
+    recs = gmb.run_jobs(run, jobs, args.jobs)
     print_tables(recs)
     print(f"\n{platform.machine()}, torch {torch.__version__}, {args.jobs} process(es) x 1 thread; "
           f"{time.perf_counter() - t0:.0f} s wall")

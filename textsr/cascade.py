@@ -69,9 +69,10 @@ class CascadeResult:
     x: torch.Tensor
     stage_outputs: list[torch.Tensor]
     operators: list[LinearOperator]
-    steps: list[int] = field(default_factory=list)  # denoising steps each stage ran (the schedule may clamp a request)
+    #: steps of each stage's grid (the schedule may clamp a request; TDS visits all but the grid's t = 0)
+    steps: list[int] = field(default_factory=list)
     stage_log_evidence: list[torch.Tensor | None] = field(default_factory=list)
-    stage_ess: list[torch.Tensor | None] = field(default_factory=list)  # particle solvers: (steps + 1, B)
+    stage_ess: list[torch.Tensor | None] = field(default_factory=list)  # particle solvers: (timesteps visited + 1, B)
 
     @property
     def log_evidence(self) -> torch.Tensor | None:
@@ -123,7 +124,7 @@ def run_cascade(
         prev = res.x
         outputs.append(res.x)
         ops.append(op)
-        steps.append(len(res.timesteps))
+        steps.append(res.grid_steps)
         evidence.append(res.log_evidence)
         ess.append(None if res.ess is None else res.ess / res.particles)
     assert prev is not None  # stages is not empty

@@ -179,6 +179,10 @@ class SolverConfig:
         if self.init not in ("noise", "pinv"):
             raise ValueError(f"init must be 'noise' or 'pinv', got {self.init!r}")
 
+    def trim_timesteps(self, ts: list[int]) -> list[int]:
+        """The timesteps this solver visits out of the grid ``ts`` (all of them; particle solvers may end early)."""
+        return ts
+
     def replace(self, **changes: Any) -> SolverConfig:
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known

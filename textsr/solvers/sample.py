@@ -26,6 +26,9 @@ class SampleResult:
     x: torch.Tensor  # final samples (B, *in_shape)
     timesteps: list[int]
     transitions: int  # denoiser steps + re-noising jumps
+    #: the steps of the grid the run was laid on (``steps``, or fewer where the schedule clamps it); a
+    #: particle solver that ends early (TDS: before t = 0) visits one timestep less
+    grid_steps: int = 0
     #: particle solvers: per-sample estimate of log Z = log p(y | cond) (B,) float64 under the sampled
     #: (discretised) model; None for the other solvers.  Z_hat is unbiased for Z; over K independent
     #: samples, ``logsumexp(log Z_k) - log K`` is the unbiased combination.
@@ -37,7 +40,13 @@ class SampleResult:
 
 
 def solver_timesteps(schedule: NoiseSchedule, cfg: SolverConfig) -> list[int]:
-    """The timesteps ``cfg`` visits, first to last (the last step then goes to ``t = -1``).
+    """The timesteps ``cfg`` visits, first to last (the last step then goes to ``t = -1``): the grid
+    (``grid_timesteps``) as the solver trims it (``SolverConfig.trim_timesteps``)."""
+    return cfg.trim_timesteps(grid_timesteps(schedule, cfg))
+
+
+def grid_timesteps(schedule: NoiseSchedule, cfg: SolverConfig) -> list[int]:
+    """The grid of ``cfg``'s steps on ``schedule``, first to last.
 
     ``skip = k``: the ``steps``-step grid of the whole schedule without its first k timesteps (the
     paper code's ``start_time``: 250 steps, k = 100 -> 150 steps from t = 596).  Otherwise ``steps``
@@ -99,7 +108,8 @@ def sample(
         y = y.repeat_interleave(N, 0)
     problem = Problem(problem.operator, y, problem.sigma_y)
     sch = den.schedule
-    ts = solver_timesteps(sch, cfg)
+    grid = grid_timesteps(sch, cfg)
+    ts = cfg.trim_timesteps(grid)
     plan = travel_schedule(ts, cfg.travel_length, cfg.travel_repeat)
     x = initial_state(den, problem, cfg, ts[0], noise, x_T)
     x0, state = x, None
@@ -130,9 +140,10 @@ def sample(
         if callback is not None:
             callback(_info(stage, i, len(plan), t, t_next, x, x0, system))
     if system is None:
-        return SampleResult(x=x, timesteps=ts, transitions=len(plan))
+        return SampleResult(x=x, timesteps=ts, transitions=len(plan), grid_steps=len(grid))
     pick = system.draw().to(x.device)  # one particle per sample from the final weights
-    return SampleResult(x=x[pick], timesteps=ts, transitions=len(plan), log_evidence=system.log_z.clone(),
+    return SampleResult(x=x[pick], timesteps=ts, transitions=len(plan), grid_steps=len(grid),
+                        log_evidence=system.log_z.clone(),
                         ess=torch.stack(system.ess_history), particles=N, resamples=system.resamples.clone())
 
 

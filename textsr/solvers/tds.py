@@ -15,7 +15,11 @@ particles per sample:
 * incremental weight ``p(x_s | x_t) p~_s(y | x_s) / (p~_t(y | x_t) q(x_s | x_t, y))`` (eq. 8 of the paper);
 * the last step (to the clean image): the chain's final transition is taken as
   ``x_0 ~ N(x0_hat, Cov[x0 | x_t])`` with the twist's covariance, so ``p(y | x_t) = p~_t(y | x_t)`` at the
-  last noisy level and the weights there are final (no weight degeneracy for small or zero sigma_y); the
+  last noisy level and the weights there are final (no weight degeneracy for small or zero sigma_y).  That
+  makes the last level's twist the likelihood the sampler converges to, so it is the exact dense Tweedie
+  one there whenever y has at most ``final_dense`` = 256 values (``final_twist``), and the chain ends at the
+  grid's last timestep above 0 (``stop_before_zero``: the grid's step to t = 0 shrinks the noise variance
+  ~60-fold, which no Gaussian twist's weights follow for a sharp prior).  The
   output is ``E[x_0 | x_t, y] = x0_hat + k_t grad log p~_t`` and, for noiseless y, its exact projection
   onto ``A x = y`` (the range space exact, as DDNM; a no-op for the exact ``"tweedie"`` twist of an exact
   denoiser).
@@ -39,13 +43,41 @@ from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .chain import ChainVariances
 from .twist import TWISTS, TwistEval, evaluate_twist, mean_s2, resolve_twist, sum_squares
 
+FINAL_TWISTS = ("auto", "exact", "same")
+
+
+def final_is_exact(cfg: TDSConfig, m: int) -> bool:
+    """Whether the last noisy level uses the dense Tweedie twist for a measurement of m values."""
+    return cfg.final_twist == "exact" or (cfg.final_twist == "auto" and m <= cfg.final_dense)
+
+
+def _twist_at(cfg: TDSConfig, chain: ChainVariances, t: int, m: int) -> tuple[str, int]:
+    """The twist kind and its ``max_dense`` at level t: the last noisy level may be dense (``final_twist``)."""
+    if t == chain.timesteps[-1] and final_is_exact(cfg, m):
+        return "tweedie", max(m, cfg.max_dense)
+    return cfg.twist, cfg.max_dense
+
 
 @dataclass(frozen=True)
 class TDSConfig(SolverConfig):
     """particles: N per sample; twist: ``"rayleigh"`` (default, 1 backward pass), ``"tweedie"`` (exact
     ``A Cov A^T``, m backward passes, m <= max_dense) or ``"scalar"``; ess_threshold: resample a sample's
     particles when its ESS < ess_threshold * N (0: never, 1: every step).  Steps: DDPM ancestral
-    (``step_kind="ddim"``, eta = 1), 100 steps."""
+    (``step_kind="ddim"``, eta = 1), 100 steps.
+
+    final_twist: the twist at the last noisy level, where it is the likelihood the final weights use (so
+    it decides what the sampler converges to, not only its variance): ``"exact"`` the dense Tweedie
+    covariance ``A Cov A^T`` (m backward passes, once per run), ``"same"`` the run's ``twist``, ``"auto"``
+    (default) exact when y has at most ``final_dense`` (256) values, else the run's twist (the dense twist costs m
+    backward passes at the last level of every stage: at x16 to 256 px, m = 768, many times the run).
+
+    stop_before_zero: end the chain at the grid's last timestep above 0, so the final transition is Tweedie's
+    Gaussian there.  The grid's last step to t = 0 shrinks the noise variance ~60-fold at 50 steps (v = 0.0063
+    -> 0.0001 on the linear schedule), a step whose weights no Gaussian twist follows when the prior is sharp
+    (`bench/particle_trace.py`: the built-in world at x16 loses ~50 nats there, all particles alike)."""
+
+    def trim_timesteps(self, ts: list[int]) -> list[int]:
+        return ts[:-1] if self.stop_before_zero and len(ts) > 1 and ts[-1] == 0 else ts
 
     eta: float = 1.0
     step_kind: StepKind = "ddim"
@@ -55,6 +87,9 @@ class TDSConfig(SolverConfig):
     max_dense: int = 64
     chain_correction: bool = True
     proposal: str = "kalman"
+    final_twist: str = "auto"
+    final_dense: int = 256
+    stop_before_zero: bool = True
     name = "tds"
     needs_grad = True
     needs_svd = True  # A+ and the range/null split of A's SVD (proposal, twist); a latent A(z) has none
@@ -72,6 +107,12 @@ class TDSConfig(SolverConfig):
             raise ValueError(f"max_dense must be a positive integer, got {self.max_dense!r}")
         if self.proposal not in ("kalman", "gradient"):
             raise ValueError(f"TDS proposal must be 'kalman' or 'gradient', got {self.proposal!r}")
+        if self.final_twist not in FINAL_TWISTS:
+            raise ValueError(f"TDS final_twist must be one of {', '.join(FINAL_TWISTS)}, got {self.final_twist!r}")
+        if isinstance(self.final_dense, bool) or not isinstance(self.final_dense, int) or self.final_dense < 1:
+            raise ValueError(f"final_dense must be a positive integer, got {self.final_dense!r}")
+        if not isinstance(self.stop_before_zero, bool):
+            raise ValueError(f"stop_before_zero must be true or false, got {self.stop_before_zero!r}")
         if not isinstance(self.chain_correction, bool):
             raise ValueError(f"chain_correction must be true or false, got {self.chain_correction!r}")
         if self.eta <= 0.0 and self.step_kind != "ddpm":
@@ -197,7 +238,8 @@ class TDSKernel:
              cfg: TDSConfig, noise: Noise) -> tuple[torch.Tensor, TDSState]:
         chain = ChainVariances.of(den.schedule, timesteps, cfg, lambda a, b, c: transition_std(a, b, c))
         t0 = timesteps[0]
-        ev = evaluate_twist(cfg.twist, den, problem, x_T, t0, cond, cfg.max_dense, self._map(chain, t0, cfg))
+        kind, dense = _twist_at(cfg, chain, t0, problem.y[0].numel())
+        ev = evaluate_twist(kind, den, problem, x_T, t0, cond, dense, self._map(chain, t0, cfg))
         return ev.log_twist, _state(ev, chain)  # initial weight p~_T(y | x_T)
 
     @staticmethod
@@ -218,8 +260,8 @@ class TDSKernel:
         mean_p, c = transition(state.x0_hat, state.eps, abar_t, abar_s, cfg)  # the model's p(x_s | x_t)
         z = noise.like(x_t)
         x_s, log_pq = kalman_proposal(state, problem, x_t, mean_p, c, t, t_next, abar_s, cfg, z)
-        ev = evaluate_twist(cfg.twist, den, problem, x_s, t_next, cond, cfg.max_dense,
-                            self._map(state.chain, t_next, cfg))
+        kind, dense = _twist_at(cfg, state.chain, t_next, problem.y[0].numel())
+        ev = evaluate_twist(kind, den, problem, x_s, t_next, cond, dense, self._map(state.chain, t_next, cfg))
         log_w = ev.log_twist - state.log_twist + log_pq  # eq. 8: p p~_s / (p~_t q)
         return StepResult(x_next=x_s.detach(), x0_hat=state.x0_hat, x0=x0_y.detach(), log_weight=log_w,
                           state=_state(ev, state.chain))

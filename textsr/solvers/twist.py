@@ -77,6 +77,40 @@ def _vjp(x0_hat: torch.Tensor, x_in: torch.Tensor, v: torch.Tensor, retain: bool
     return torch.zeros_like(x_in) if g is None else g
 
 
+VJP_CHUNK = 32  # vector-Jacobian products per batched backward pass (memory: chunk x particles x image)
+
+
+def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
+    """``J^T v_j`` per particle for every row ``v_j`` of ``rows`` ``(m, *in_shape)`` (shared by all particles):
+    vmapped backward passes in chunks of ``VJP_CHUNK`` (``is_grads_batched``; halved while they run out of
+    memory), one pass per row where the model's ops have no batching rule.  The graph of x0_hat is freed
+    after the last row."""
+    m = rows.shape[0]
+    out: list[torch.Tensor] = []
+    j, chunk = 0, VJP_CHUNK
+    batched = True
+    while j < m:
+        n = min(chunk, m - j) if batched else 1
+        last = j + n >= m
+        v = rows[j:j + n].unsqueeze(1).expand(n, *x0_hat.shape).to(x0_hat.dtype)
+        if batched:
+            try:
+                (g,) = torch.autograd.grad(x0_hat, x_in, grad_outputs=v, retain_graph=True,
+                                           is_grads_batched=True, allow_unused=True)
+            except torch.OutOfMemoryError:  # n backward passes at once do not fit: fewer at a time
+                chunk = max(1, n // 2)
+                batched = chunk > 1
+                continue
+            except RuntimeError:  # an op without a vmap rule: one backward pass per row
+                batched = False
+                continue
+            out.extend(g.unbind(0) if g is not None else [torch.zeros_like(x_in)] * n)
+        else:
+            out.append(_vjp(x0_hat, x_in, v[0], retain=not last))
+        j += n
+    return out
+
+
 def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, cond: Any,
                    max_dense: int = 64, chain: ChainMap | None = None) -> TwistEval:
     """Call the denoiser at ``x_t`` (with autograd) and evaluate the twist ``kind`` and its gradient.
@@ -181,9 +215,7 @@ def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, chai
     P = r.shape[0]
     eye = torch.eye(m, dtype=x0_hat.dtype, device=x0_hat.device).reshape(m, *A.out_shape)
     At_e = A.At(eye)  # row j: A^T e_j
-    cols = []
-    for j in range(m):  # J^T A^T e_j per particle
-        cols.append(_vjp(x0_hat, x_in, At_e[j:j + 1].expand_as(x0_hat), retain=j < m - 1))
+    cols = _vjps(x0_hat, x_in, At_e)  # J^T A^T e_j per particle, j = 1..m
     AJA = torch.stack([A.A(c).reshape(P, m) for c in cols], dim=-1).to(torch.float64)  # (P, m, m): A J^T A^T
     S = 0.5 * k_t * (AJA + AJA.transpose(1, 2))  # A Cov A^T, symmetrised
     # x units: Cov in the range of A in A's SVD coordinates, Sigma_rr = D^-1 U^T S U D^-1 (A A^T = U D^2 U^T)

@@ -331,7 +331,8 @@ def test_last_level_twist_and_the_timesteps_visited(monkeypatch, options, last_k
         calls.append((kind, t)), real(kind, den, problem, x, t, *a))[1])
     op = ops.AvgPool(2, (1, 4, 4))
     res = sample(GaussianDenoiser(SCHED, c=0.5), Problem(op, torch.zeros(1, 1, 2, 2, dtype=F64), 0.0),
-                 make_config("tds", steps=5, particles=3, twist="rayleigh", **options), Noise.from_seeds([0], dtype=F64))
+                 make_config("tds", steps=5, particles=3, twist="rayleigh", **options),
+                 Noise.from_seeds([0], dtype=F64))
     assert [t for _, t in calls] == visits and res.timesteps == visits and res.grid_steps == 5
     assert [k for k, _ in calls] == ["rayleigh"] * (len(visits) - 1) + [last_kind]
 

@@ -77,6 +77,17 @@ def _lr(shape, colour, bg, size, pos, scale):
 BATCH = 10  # samples per cascade run in --fractions
 
 
+def total_variation(names: list[str], exact: dict[str, float]) -> float:
+    """Total variation between the shape frequencies of ``names`` and the exact ``P(shape | y)``."""
+    return 0.5 * sum(abs(names.count(k) / len(names) - exact.get(k, 0.0)) for k in set(exact) | set(names))
+
+
+def combined_log_z(logz: torch.Tensor) -> float:
+    """``log mean Z_hat`` over independent runs (the unbiased combination; -inf when none is finite)."""
+    finite = logz[torch.isfinite(logz)]
+    return float(torch.logsumexp(finite, 0)) - math.log(len(logz)) if len(finite) else float("-inf")
+
+
 def fractions(scales, samples: int, steps: int, particles: int, twist: str = "auto",
               scene_index: int = 0, tds_opts: dict | None = None, baselines: bool = True) -> list[dict]:
     """No-prompt shape fractions vs the exact P(shape | y) through the backend's two-stage cascade."""
@@ -91,8 +102,6 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
         op = AvgPool(scale, (3, 64, 64))
         exact = backend.shape_posterior(y, op)
         exact_logz = backend.exact_evidence(y, op)
-        tv = lambda names, exact=exact: 0.5 * sum(abs(names.count(k) / len(names) - exact.get(k, 0.0))  # noqa: E731
-                                                  for k in set(exact) | set(names))
         post = backend.exact_posterior(y, op)
         draws = post.sample(samples, torch.Generator().manual_seed(7))
         rows = [("exact posterior draws", backend.sample_shapes(draws), None, 0.0)]
@@ -113,13 +122,11 @@ def fractions(scales, samples: int, steps: int, particles: int, twist: str = "au
         for label, names, logz, secs in rows:
             rec = {"scale": scale, "scene": f"{size} {colour} {shape} on {bg}", "method": label, "samples": samples,
                    "fractions": {k: names.count(k) / len(names) for k in sorted(set(names))},
-                   "exact": {k: round(v, 4) for k, v in exact.items() if v > 1e-4}, "tv": tv(names),
+                   "exact": {k: round(v, 4) for k, v in exact.items() if v > 1e-4}, "tv": total_variation(names, exact),
                    "exact_log_evidence": exact_logz, "seconds": secs}
             if logz is not None:
-                finite = logz[torch.isfinite(logz)]
                 rec["log_evidence_median"] = float(logz.median())
-                rec["log_evidence_combined"] = (float(torch.logsumexp(finite, 0)) - math.log(len(logz))
-                                                if len(finite) else float("-inf"))
+                rec["log_evidence_combined"] = combined_log_z(logz)
             recs.append(rec)
     return recs
 

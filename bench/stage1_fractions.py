@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from builtin_world import SCENES, _lr  # noqa: E402
+from builtin_world import SCENES, _lr, combined_log_z, total_variation  # noqa: E402
 
 from textsr.gaussian_mixture import MixtureDenoiser  # noqa: E402
 from textsr.model_registry import load_model  # noqa: E402
@@ -54,12 +54,9 @@ def run(be, scale: int, opts: dict, samples: int, batch: int, device: str, seed:
     c = Counter(names)
     frac = {s: c[s] / len(names) for s in sorted(set(c) | set(exact))}
     lz = torch.tensor(logz, dtype=torch.float64)
-    fin = lz[torch.isfinite(lz)]
     return {"scale": scale, "options": opts, "samples": len(names), "fractions": frac,
-            "exact": {k: round(v, 4) for k, v in exact.items()},
-            "tv": 0.5 * sum(abs(frac.get(s, 0.0) - exact.get(s, 0.0)) for s in set(frac) | set(exact)),
-            "log_z_median": float(lz.median()),
-            "log_z_combined": float(torch.logsumexp(fin, 0) - math.log(len(lz))) if len(fin) else -math.inf,
+            "exact": {k: round(v, 4) for k, v in exact.items()}, "tv": total_variation(names, exact),
+            "log_z_median": float(lz.median()), "log_z_combined": combined_log_z(lz),
             "exact_log_z": be.exact_evidence(y.float(), op64), "ess_min_median": float(torch.tensor(ess_min).median()),
             "seconds": time.perf_counter() - t0}
 

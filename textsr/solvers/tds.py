@@ -46,14 +46,11 @@ from .twist import TWISTS, TwistEval, evaluate_twist, mean_s2, resolve_twist, su
 FINAL_TWISTS = ("auto", "exact", "same")
 
 
-def final_is_exact(cfg: TDSConfig, m: int) -> bool:
-    """Whether the last noisy level uses the dense Tweedie twist for a measurement of m values."""
-    return cfg.final_twist == "exact" or (cfg.final_twist == "auto" and m <= cfg.final_dense)
-
-
 def _twist_at(cfg: TDSConfig, chain: ChainVariances, t: int, m: int) -> tuple[str, int]:
-    """The twist kind and its ``max_dense`` at level t: the last noisy level may be dense (``final_twist``)."""
-    if t == chain.timesteps[-1] and final_is_exact(cfg, m):
+    """The twist kind and its ``max_dense`` at level t for a measurement of m values: the last noisy level
+    is dense when ``final_twist`` says so."""
+    exact = cfg.final_twist == "exact" or (cfg.final_twist == "auto" and m <= cfg.final_dense)
+    if t == chain.timesteps[-1] and exact:
         return "tweedie", max(m, cfg.max_dense)
     return cfg.twist, cfg.max_dense
 
@@ -75,9 +72,6 @@ class TDSConfig(SolverConfig):
     Gaussian there.  The grid's last step to t = 0 shrinks the noise variance ~60-fold at 50 steps (v = 0.0063
     -> 0.0001 on the linear schedule), a step whose weights no Gaussian twist follows when the prior is sharp
     (`bench/particle_trace.py`: the built-in world at x16 loses ~50 nats there, all particles alike)."""
-
-    def trim_timesteps(self, ts: list[int]) -> list[int]:
-        return ts[:-1] if self.stop_before_zero and len(ts) > 1 and ts[-1] == 0 else ts
 
     eta: float = 1.0
     step_kind: StepKind = "ddim"
@@ -121,6 +115,9 @@ class TDSConfig(SolverConfig):
             raise ValueError("time-travel changes the sampled chain; particle solvers need travel_repeat = 1")
         if self.init != "noise":
             raise ValueError("particle solvers start from the model's x_T ~ N(0, I): use init='noise'")
+
+    def trim_timesteps(self, ts: list[int]) -> list[int]:
+        return ts[:-1] if self.stop_before_zero and len(ts) > 1 and ts[-1] == 0 else ts
 
 
 def transition(x0: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float,

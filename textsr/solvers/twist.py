@@ -83,15 +83,14 @@ VJP_CHUNK = 32  # vector-Jacobian products per batched backward pass (memory: ch
 def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
     """``J^T v_j`` per particle for every row ``v_j`` of ``rows`` ``(m, *in_shape)`` (shared by all particles):
     vmapped backward passes in chunks of ``VJP_CHUNK`` (``is_grads_batched``; halved while they run out of
-    memory), one pass per row where the model's ops have no batching rule.  The graph of x0_hat is freed
-    after the last row."""
+    memory), one pass per row where the model's ops have no batching rule.  The graph of x0_hat is kept
+    (a failed chunk is retried) and goes with x0_hat."""
     m = rows.shape[0]
     out: list[torch.Tensor] = []
     j, chunk = 0, VJP_CHUNK
     batched = True
     while j < m:
         n = min(chunk, m - j) if batched else 1
-        last = j + n >= m
         v = rows[j:j + n].unsqueeze(1).expand(n, *x0_hat.shape).to(x0_hat.dtype)
         if batched:
             try:
@@ -106,7 +105,7 @@ def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[
                 continue
             out.extend(g.unbind(0) if g is not None else [torch.zeros_like(x_in)] * n)
         else:
-            out.append(_vjp(x0_hat, x_in, v[0], retain=not last))
+            out.append(_vjp(x0_hat, x_in, v[0], retain=True))
         j += n
     return out
 

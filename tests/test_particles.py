@@ -99,10 +99,22 @@ def test_repeat_cond_repeats_per_sample_parts_only():
 @pytest.mark.parametrize("bad", [dict(particles=0), dict(particles=2.5), dict(twist="exact"), dict(ess_threshold=1.5),
                                  dict(eta=0.0), dict(travel_repeat=2), dict(init="pinv"), dict(proposal="x"),
                                  dict(max_dense=0), dict(final_twist="tweedie"), dict(final_dense=0),
-                                 dict(stop_before_zero=1)])
+                                 dict(stop_before_zero=1), dict(ess_threshold="never"), dict(ess_threshold=True),
+                                 dict(temper=-1.0), dict(temper=math.inf)])
 def test_tds_config_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         make_config("tds", **bad)
+
+
+def test_auto_threshold_resamples_only_with_the_exact_twist_at_every_level():
+    """``ess_threshold="auto"``: 0.5 when every level's twist is the exact dense one, else 0 (bench/
+    stage1_fractions.py: resampling on the Rayleigh twist moved the built-in world's shape frequencies to
+    TV 0.50 from 0.13 without it); an explicit threshold is used as given."""
+    assert make_config("tds").resample_threshold(16) == 0.5  # twist auto -> tweedie
+    assert make_config("tds").resample_threshold(17) == 0.0  # auto -> rayleigh
+    assert make_config("tds", twist="rayleigh").resample_threshold(4) == 0.0
+    assert make_config("tds", twist="tweedie").resample_threshold(100) == 0.5
+    assert make_config("tds", twist="rayleigh", ess_threshold=0.3).resample_threshold(4) == 0.3
 
 
 def test_tds_declares_particles():
@@ -137,16 +149,19 @@ def chain_log_evidence(steps, mu, c, y, op, sigma_y, cfg):
     return float(torch.distributions.MultivariateNormal(M * Ad.sum(1), cov).log_prob(y.flatten()))
 
 
-@pytest.mark.parametrize("twist,sigma_y", [("tweedie", 0.1), ("tweedie", 0.0), ("rayleigh", 0.1), ("rayleigh", 0.0),
-                                           ("scalar", 0.1)])  # scalar, noiseless: weights too heavy-tailed to check
-def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y):
+@pytest.mark.parametrize("twist,sigma_y,options", [
+    ("tweedie", 0.1, {}), ("tweedie", 0.0, {}), ("rayleigh", 0.1, {}), ("rayleigh", 0.0, {}),
+    ("rayleigh", 0.1, {"ess_threshold": 0.5}), ("rayleigh", 0.0, {"ess_threshold": 0.5}),
+    ("tweedie", 0.1, {"temper": 2.0}), ("rayleigh", 0.1, {"temper": 2.0, "ess_threshold": 0.5}),
+    ("scalar", 0.1, {"ess_threshold": 0.5})])  # scalar, noiseless: weights too heavy-tailed to check
+def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y, options):
     op = ops.AvgPool(2, (1, 4, 4))
     mu, c = 0.3, 0.7
     den = GaussianDenoiser(SCHED, mu=mu, c=c)
     g = torch.Generator().manual_seed(0)
     x = mu + c * torch.randn(1, 1, 4, 4, generator=g, dtype=F64)
     y = op.A(x) + sigma_y * torch.randn(1, 1, 2, 2, generator=g, dtype=F64)
-    cfg = make_config("tds", steps=10, particles=4, twist=twist)
+    cfg = make_config("tds", steps=10, particles=4, twist=twist, **options)
     res = sample(den, Problem(op, y, sigma_y), cfg, Noise.from_seeds(range(300), dtype=F64))
     log_z = chain_log_evidence(10, mu, c, y, op, sigma_y, cfg)
     ratio = torch.exp(res.log_evidence - log_z)  # Z_hat / Z, unbiased: mean 1
@@ -154,9 +169,11 @@ def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y):
     assert abs(float(ratio.mean()) - 1.0) < half, (float(ratio.mean()), half)
     if sigma_y == 0:
         assert float((op.A(res.x) - y).abs().max()) < 1e-10  # the range is exact for noiseless y
-    if twist == "tweedie":  # the twist is then the chain's exact p(y | x_t): all weights after the initial
-        # p~_T(y | x_T) are 1, and that one varies little (x_T hardly depends on x0)
+    if twist == "tweedie" and not options:  # the twist is then the chain's exact p(y | x_t): all weights after
+        # the initial p~_T(y | x_T) are 1, and that one varies little (x_T hardly depends on x0)
         assert float(res.log_evidence.std()) < 0.05 and float((res.log_evidence - log_z).abs().max()) < 0.2
+    if twist == "tweedie" and "temper" in options:  # the tempered intermediate targets are not the exact ones:
+        assert float(res.log_evidence.std()) > 0.2  # the weights vary (0.45 measured; 0.02 untempered)
 
 
 def test_evidence_of_the_chain_approaches_the_exact_evidence_with_steps():

@@ -155,7 +155,7 @@ class SolverConfig:
     needs_grad: ClassVar[bool] = False  # differentiates through the denoiser (DPS, PiGDM)
     needs_svd: ClassVar[bool] = False  # always needs A's singular values (operator.spectral): PiGDM
     projects: ClassVar[bool] = False  # projects x0_hat onto A x = y itself (DDNM family)
-    #: particle (SMC) solvers (TDS): the config has ``particles`` and ``ess_threshold`` and the registered
+    #: particle (SMC) solvers (TDS): the config has ``particles`` and ``resample_threshold(m)`` and the registered
     #: step is a ``ParticleKernel`` (``textsr.solvers.smc``); the loop then keeps weights and the evidence
     takes_particles: ClassVar[bool] = False
 

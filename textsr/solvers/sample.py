@@ -101,9 +101,9 @@ def sample(
     y = y.to(device=noise.device, dtype=noise.dtype).expand(B, *y.shape[1:])
     N, system = 1, None
     if cfg.takes_particles:  # B systems of N particles, flat (B * N, ...)
-        pcfg: Any = cfg  # a particle solver's config carries particles and ess_threshold
+        pcfg: Any = cfg  # a particle solver's config carries particles and resample_threshold
         N = int(pcfg.particles)
-        system = ParticleSystem(B, N, float(pcfg.ess_threshold), noise)
+        system = ParticleSystem(B, N, pcfg.resample_threshold(y[0].numel()), noise)
         noise, cond = noise.particles(N), repeat_cond(cond, B, N)
         y = y.repeat_interleave(N, 0)
     problem = Problem(problem.operator, y, problem.sigma_y)

@@ -99,14 +99,15 @@ def test_repeat_cond_repeats_per_sample_parts_only():
 @pytest.mark.parametrize("bad", [dict(particles=0), dict(particles=2.5), dict(twist="exact"), dict(ess_threshold=1.5),
                                  dict(eta=0.0), dict(travel_repeat=2), dict(init="pinv"), dict(proposal="x"),
                                  dict(max_dense=0), dict(final_twist="tweedie"), dict(final_dense=0),
-                                 dict(stop_before_zero=1), dict(ess_threshold="never"), dict(ess_threshold=True),
+                                 dict(stop_before_zero=1), dict(proposal="Kalman"),
+                                 dict(ess_threshold="never"), dict(ess_threshold=True),
                                  dict(temper=-1.0), dict(temper=math.inf)])
 def test_tds_config_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         make_config("tds", **bad)
 
 
-def test_auto_threshold_resamples_only_with_the_exact_twist_at_every_level():
+def test_auto_threshold_and_proposal_follow_whether_the_twist_is_exact_at_every_level():
     """``ess_threshold="auto"``: 0.5 when every level's twist is the exact dense one, else 0 (bench/
     stage1_fractions.py: resampling on the Rayleigh twist moved the built-in world's shape frequencies to
     TV 0.50 from 0.13 without it); an explicit threshold is used as given."""
@@ -115,6 +116,9 @@ def test_auto_threshold_resamples_only_with_the_exact_twist_at_every_level():
     assert make_config("tds", twist="rayleigh").resample_threshold(4) == 0.0
     assert make_config("tds", twist="tweedie").resample_threshold(100) == 0.5
     assert make_config("tds", twist="rayleigh", ess_threshold=0.3).resample_threshold(4) == 0.3
+    # and the proposal: the Kalman step only with the exact twist, TDS's gradient step otherwise
+    assert make_config("tds").proposal_for(16) == "kalman" and make_config("tds").proposal_for(17) == "gradient"
+    assert make_config("tds", twist="rayleigh", proposal="kalman").proposal_for(4) == "kalman"
 
 
 def test_tds_declares_particles():

@@ -96,7 +96,7 @@ class TDSConfig(SolverConfig):
     ess_threshold: float | str = "auto"
     max_dense: int = 64
     chain_correction: bool = True
-    proposal: str = "kalman"
+    proposal: str = "auto"
     final_twist: str = "auto"
     final_dense: int = 256
     stop_before_zero: bool = True
@@ -117,8 +117,8 @@ class TDSConfig(SolverConfig):
             raise ValueError(f"ess_threshold is a fraction of the particle count in [0, 1] or 'auto', got {thr!r}")
         if isinstance(self.max_dense, bool) or not isinstance(self.max_dense, int) or self.max_dense < 1:
             raise ValueError(f"max_dense must be a positive integer, got {self.max_dense!r}")
-        if self.proposal not in ("kalman", "gradient"):
-            raise ValueError(f"TDS proposal must be 'kalman' or 'gradient', got {self.proposal!r}")
+        if self.proposal not in ("auto", "kalman", "gradient"):
+            raise ValueError(f"TDS proposal must be 'auto', 'kalman' or 'gradient', got {self.proposal!r}")
         if self.final_twist not in FINAL_TWISTS:
             raise ValueError(f"TDS final_twist must be one of {', '.join(FINAL_TWISTS)}, got {self.final_twist!r}")
         if isinstance(self.final_dense, bool) or not isinstance(self.final_dense, int) or self.final_dense < 1:
@@ -137,14 +137,25 @@ class TDSConfig(SolverConfig):
         if self.init != "noise":
             raise ValueError("particle solvers start from the model's x_T ~ N(0, I): use init='noise'")
 
+    def exact_twist(self, m: int) -> bool:
+        """Whether the twist is the exact dense one at every level for a measurement of m values
+        (``twist="tweedie"``, or ``"auto"`` with m <= 16)."""
+        return resolve_twist(self.twist, m) == "tweedie"
+
     def resample_threshold(self, m: int) -> float:
-        """The ESS fraction below which a system resamples, for a measurement of m values: ``"auto"`` is
-        ``AUTO_THRESHOLD`` (0.5) when the twist at every level is the exact dense one (``twist="tweedie"``,
-        or ``"auto"`` with m <= 16), and 0 otherwise: an approximate twist's weights decide nothing until the
-        last level, whose twist is exact (the run is then importance sampling with the twisted proposal)."""
+        """The ESS fraction below which a system resamples: ``"auto"`` is ``AUTO_THRESHOLD`` (0.5) with the
+        exact twist at every level, else 0: an approximate twist's weights then decide nothing until the
+        last level, whose twist is exact (the run is importance sampling with the twisted proposal)."""
         if self.ess_threshold != "auto":
             return float(self.ess_threshold)
-        return AUTO_THRESHOLD if resolve_twist(self.twist, m) == "tweedie" else 0.0
+        return AUTO_THRESHOLD if self.exact_twist(m) else 0.0
+
+    def proposal_for(self, m: int) -> str:
+        """``"auto"``: the Kalman step with the exact twist at every level (it sets the range's step noise
+        from the twist's variance), else TDS's gradient step (which keeps the model's step noise)."""
+        if self.proposal != "auto":
+            return self.proposal
+        return "kalman" if self.exact_twist(m) else "gradient"
 
     def trim_timesteps(self, ts: list[int]) -> list[int]:
         return ts[:-1] if self.stop_before_zero and len(ts) > 1 and ts[-1] == 0 else ts
@@ -212,7 +223,7 @@ def kalman_proposal(state: TDSState, problem: Problem, x_t: torch.Tensor, mean_p
     any operator (the iso approximation only affects efficiency).
     """
     A, y = problem.operator, problem.y
-    if cfg.proposal == "gradient":
+    if cfg.proposal_for(y[0].numel()) == "gradient":
         x_s = mean_p + c * c * state.grad + c * z
         delta = (c * c * state.grad).flatten(1).to(torch.float64)
         zf = z.flatten(1).to(torch.float64)

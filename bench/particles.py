@@ -43,8 +43,8 @@ BASELINES = [gmb.Method("DDNM+", "ddnm+"), gmb.Method("DPS zeta=0.3", "dps", (("
 F64 = torch.float64
 
 
-def tds_config(N: int, twist: str = "auto"):
-    return make_config("tds", steps=STEPS, particles=N, twist=twist)
+def tds_config(N: int, twist: str = "auto", opts: dict | None = None):
+    return make_config("tds", **{"steps": STEPS, "particles": N, "twist": twist, **(opts or {})})
 
 
 def mode_tv(x: torch.Tensor, post) -> float:
@@ -79,7 +79,7 @@ def _run(label: str, N: int | None, x_of, probs, posts, refs, floors) -> dict:
     return rec
 
 
-def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=()) -> list[dict]:
+def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(), tds_opts=None) -> list[dict]:
     probs = [mcgdiff_problem(seed, d, dy) for seed in range(n_problems)]
     posts = [posterior(p.prior, p.operator, p.y, p.sigma_y) for p in probs]
     refs, floors, floor_tv = [], [], []
@@ -101,11 +101,12 @@ def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(
         rows.append(("exact posterior score", None, lambda k, p, post: sample(
             gmb.exact_posterior_denoiser(p), prob(p), make_config("plain", steps=STEPS), gmb.noise_for(k, n_samples))))
     for N in Ns:
-        rows.append((f"TDS N={N}", N, lambda k, p, post, N=N: sample(prior_den(p), prob(p), tds_config(N),
+        rows.append((f"TDS N={N}", N, lambda k, p, post, N=N: sample(prior_den(p), prob(p),
+                                                                      tds_config(N, opts=tds_opts),
                                                                       gmb.noise_for(k, n_samples))))
     for twist, N in extra_twists:
         rows.append((f"TDS N={N} twist={twist}", N, lambda k, p, post, N=N, tw=twist: sample(
-            prior_den(p), prob(p), tds_config(N, tw), gmb.noise_for(k, n_samples))))
+            prior_den(p), prob(p), tds_config(N, tw, tds_opts), gmb.noise_for(k, n_samples))))
     for label, N, x_of in rows:
         rec = _run(label, N, x_of, probs, posts, refs, floors)
         recs.append(rec)
@@ -114,12 +115,12 @@ def table4a(d: int, dy: int, n_problems: int, n_samples: int, Ns, extra_twists=(
         print(f"  T4a d={d} dy={dy} {label}: SW {rec['sw']:.3f} within2x {rec['within_2x_floor']}/{n_problems} "
               f"TV {rec['mode_tv']:.3f}{ev} ({rec['cpu_seconds']:.0f} s)", file=sys.stderr)
     for r in recs:
-        r.update(table="4a", d=d, dy=dy, steps=STEPS, samples=n_samples)
+        r.update(table="4a", d=d, dy=dy, steps=STEPS, samples=n_samples, tds_options=tds_opts or {})
     return recs
 
 
 # ---------------------------------------------------------------------------------------- Table 4b
-def table4b(n_problems: int, n_samples: int, Ns) -> list[dict]:
+def table4b(n_problems: int, n_samples: int, Ns, tds_opts=None) -> list[dict]:
     tps = [gmb.hard_text_problem(2000 + k) for k in range(n_problems)]
     sig = gmb.SIGMA_Y
     exact_logz = [torch.stack([posterior(tp.prior, tp.op, tp.y, sig, tags=t).log_evidence[0] for t in gmb.TAGS])
@@ -149,7 +150,8 @@ def table4b(n_problems: int, n_samples: int, Ns) -> list[dict]:
             else:  # one run per tag: the prompt's posterior probability among the 4 tags
                 logz_all, logz_one = [], []
                 for j, t in enumerate(gmb.TAGS):
-                    res = sample(den(tp), prob(tp), tds_config(N), gmb.noise_for(k * 10 + j, n_samples), t)
+                    res = sample(den(tp), prob(tp), tds_config(N, opts=tds_opts), gmb.noise_for(k * 10 + j, n_samples),
+                                 t)
                     logz_all.append(torch.logsumexp(res.log_evidence, 0) - math.log(n_samples))
                     logz_one.append(res.log_evidence[0])
                     if t == tp.tag:
@@ -176,6 +178,7 @@ def table4b(n_problems: int, n_samples: int, Ns) -> list[dict]:
               file=sys.stderr)
     for r in recs:
         r.update(table="4b", d=gmb.SIDE * gmb.SIDE, dy=4, steps=STEPS, samples=n_samples, problems=n_problems,
+                 tds_options=tds_opts or {},
                  sw_floor=sum(floors) / n_problems)
     return recs
 
@@ -217,11 +220,11 @@ def print_tables(recs: list[dict]) -> None:
                   f"{pp} | {_f(r.get('logz_err_median'))} | {_f(r.get('ess_min'))} |")
 
 
-def run_job(job: tuple, problems: int, samples: int, Ns: tuple, extra: tuple) -> list[dict]:
+def run_job(job: tuple, problems: int, samples: int, Ns: tuple, extra: tuple, tds_opts: dict) -> list[dict]:
     torch.set_num_threads(1)
     if job[0] == "4a":
-        return table4a(job[1], job[2], problems, samples, Ns, extra if job[1] == 8 else ())
-    return table4b(problems, samples, tuple(n for n in Ns if n <= 64))
+        return table4a(job[1], job[2], problems, samples, Ns, extra if job[1] == 8 else (), tds_opts)
+    return table4b(problems, samples, tuple(n for n in Ns if n <= 64), tds_opts)
 
 
 def main(argv=None) -> None:
@@ -235,6 +238,8 @@ def main(argv=None) -> None:
     ap.add_argument("--twists", default="rayleigh,scalar",
                     help="extra rows at d = 8, N = 64 with these twists (tweedie, rayleigh, scalar, forward)")
     ap.add_argument("--no-baselines", action="store_true", help="only the TDS rows (and the noise floor)")
+    ap.add_argument("--tds-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TDS setting for every TDS row, the value as JSON (e.g. ess_threshold=0.5)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes (one table cell each)")
     ap.add_argument("--json", default=str(Path(__file__).resolve().parent / "results" / "particles.json"))
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
@@ -254,7 +259,8 @@ def main(argv=None) -> None:
     jobs = [("4a", d, dy) for d in ds for dy in (1, 2, 4)] if "a" in args.tables else []
     if "b" in args.tables:
         jobs.append(("4b",))
-    run = functools.partial(run_job, problems=problems, samples=samples, Ns=Ns, extra=extra)
+    tds_opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
+    run = functools.partial(run_job, problems=problems, samples=samples, Ns=Ns, extra=extra, tds_opts=tds_opts)
     recs = gmb.run_jobs(run, jobs, args.jobs)
     print_tables(recs)
     print(f"\n{platform.machine()}, torch {torch.__version__}, {args.jobs} process(es) x 1 thread; "

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from textsr import explore
+from textsr.cli import parse_kv
 from textsr.model_registry import load_model
 from textsr.shapes_world import render_scene
 
@@ -174,7 +175,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     scales = [int(s) for s in args.scales.split(",")]
     if args.fractions:
-        tds_opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
+        tds_opts = parse_kv(args.tds_option, "--tds-option")
         recs = fractions(scales, args.samples, args.steps, args.particles, args.twist, tds_opts=tds_opts,
                          baselines=not args.no_baselines)
         title = f"scene '{recs[0]['scene']}', no prompt, {args.samples} samples, {args.steps}"

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from textsr import explore
+from textsr.cli import parse_kv
 from textsr.model_registry import load_model
 from textsr.testing.tiny_deepfloyd_if import build_tiny_if
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
                     help="a TDS setting for the tds rows (value parsed as JSON), e.g. final_twist='\"same\"'")
     args = ap.parse_args(argv)
     steps = tuple(int(s) for s in args.steps.split(","))
-    tds_options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
+    tds_options = parse_kv(args.tds_option, "--tds-option")
     recs = run([int(n) for n in args.particles.split(",")], args.samples, steps, tds_options=tds_options)
     print(f"Tiny DeepFloyd IF (CPU, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"{platform.machine()}), "

@@ -12,7 +12,6 @@ last ``--show`` reweightings (ESS / N, log Z_hat so far, max - min and median of
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from builtin_world import SCENES, _lr  # noqa: E402
 
 from textsr.cascade import run_cascade  # noqa: E402
+from textsr.cli import parse_kv  # noqa: E402
 from textsr.model_registry import load_model  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.solvers import smc  # noqa: E402
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
         records.append((self.log_z.clone(), i.max(-1).values - i.min(-1).values, i.median(-1).values, e / self.N))
         return e
 
-    opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    opts = parse_kv(args.option, "--option")
     stages = be.build_stages("tds", {"steps": args.steps, "particles": args.particles, "twist": args.twist, **opts}, {})
     cond = be.encode_prompt(args.prompt) if args.prompt else None
     smc.ParticleSystem.reweight = traced

@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gaussian_mixture as gmb  # noqa: E402  (the problem generators, metrics and exact samplers)
 
+from textsr.cli import parse_kv  # noqa: E402
 from textsr.gaussian_mixture import MixtureDenoiser, mcgdiff_problem, posterior  # noqa: E402
 from textsr.metrics import mean_ci  # noqa: E402
 from textsr.solvers import Problem, make_config, sample  # noqa: E402
@@ -259,7 +260,7 @@ def main(argv=None) -> None:
     jobs = [("4a", d, dy) for d in ds for dy in (1, 2, 4)] if "a" in args.tables else []
     if "b" in args.tables:
         jobs.append(("4b",))
-    tds_opts = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.tds_option)}
+    tds_opts = parse_kv(args.tds_option, "--tds-option")
     run = functools.partial(run_job, problems=problems, samples=samples, Ns=Ns, extra=extra, tds_opts=tds_opts)
     recs = gmb.run_jobs(run, jobs, args.jobs)
     print_tables(recs)

@@ -24,7 +24,9 @@ OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators
 PRESET_CHOICES = preset_names()
 
 
-def _parse_kv(pairs: tuple[str, ...], what: str) -> dict:
+def parse_kv(pairs, what: str) -> dict:
+    """``KEY=VALUE`` pairs as a dict: the value parsed as JSON where it is JSON, else the string; dashes in
+    keys become underscores.  Also used by the benchmarks' ``--tds-option``."""
     out = {}
     for p in pairs:
         if "=" not in p:
@@ -211,7 +213,7 @@ def _parse_prior(text: str | None) -> list[float] | None:
 def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, preset, sigma_y,
                   steps, eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels,
                   particles=None, prompt_prior=None) -> dict:
-    sopts = _parse_kv(solver_opts, "--solver-option")
+    sopts = parse_kv(solver_opts, "--solver-option")
     for k, v in (("eta", eta), ("zeta", zeta)):
         if v is not None:
             sopts[k] = v
@@ -220,7 +222,7 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
     return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
                 solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y,
                 steps=steps,
-                solver_options=sopts, model_options=_parse_kv(model_opts, "--option"), device=device, dtype=dtype,
+                solver_options=sopts, model_options=parse_kv(model_opts, "--option"), device=device, dtype=dtype,
                 batch_size=batch_size, max_pixels=max_pixels, particles=particles,
                 prompt_prior=_parse_prior(prompt_prior))
 
@@ -266,7 +268,7 @@ def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, mod
     bar = _ProgressBar(quiet or as_json)
     try:
         r = rank(image, list(prompts), scale=scale, model=model, particles=particles, samples=samples, seed=seed,
-                 prompt_prior=_parse_prior(prompt_prior), model_options=_parse_kv(model_opts, "--option"), steps=steps,
+                 prompt_prior=_parse_prior(prompt_prior), model_options=parse_kv(model_opts, "--option"), steps=steps,
                  operator=operator, sigma_y=sigma_y, device=device, dtype=dtype, callback=bar)
     except (TextSRError, ValueError) as e:
         bar.close()

@@ -266,6 +266,11 @@ class MixtureBatch(MixtureOps):
         lw = self._logw if self._logw.shape[0] == 1 else self._logw.repeat_interleave(n, 0)
         return MixtureBatch(lw, self.means.repeat_interleave(n), self.cov, self.tags, self.event_shape)
 
+    def batch_slice(self, sl: slice) -> MixtureBatch:
+        """Batch items ``sl`` (a chunk of a particle sampler's rows, ``solvers.chunks``)."""
+        lw = self._logw if self._logw.shape[0] == 1 else self._logw[sl]
+        return MixtureBatch(lw, self.means.batch_slice(sl), self.cov, self.tags, self.event_shape)
+
     def item(self, b: int) -> GaussianMixture:
         """Batch item b as a plain ``GaussianMixture`` (means materialised, ``(K, d)``)."""
         lw = self._logw[b if self._logw.shape[0] > 1 else 0]

@@ -79,6 +79,13 @@ class Means:
             return self
         return Means(mu=self.mu, base=rep(self.base), beta=self.beta, coef=rep(self.coef), offset=rep(self.offset))
 
+    def batch_slice(self, sl: slice) -> Means:
+        """The means of batch items ``sl`` (shared means are unchanged)."""
+        cut = lambda t: t if t is None or t.shape[0] == 1 else t[sl]  # noqa: E731
+        if not self.per_item:
+            return self
+        return Means(mu=self.mu, base=cut(self.base), beta=self.beta, coef=cut(self.coef), offset=cut(self.offset))
+
     def item(self, b: int) -> Means:
         """The means of batch item b (batch 1)."""
         sl = slice(b, b + 1) if self.batch > 1 else slice(0, 1)

@@ -1,8 +1,8 @@
 """The one sampling loop: every solver, every backend, every cascade stage goes through ``sample``.
 
 Particle solvers (``cfg.takes_particles``, e.g. TDS) run through the same loop: each of the B samples is
-its own system of ``cfg.particles`` particles, all ``B * N`` particles go through one batched denoiser call
-per step, and the loop does the bookkeeping (``smc.ParticleSystem``): log-weights, ESS, systematic
+its own system of ``cfg.particles`` particles, the ``B * N`` particles go through the denoiser in chunks of
+at most ``max_rows`` (``chunks.py``: memory flat in N), and the loop does the bookkeeping (``smc.ParticleSystem``): log-weights, ESS, systematic
 resampling, the evidence estimate and the final draw of one particle per sample.
 """
 
@@ -87,11 +87,13 @@ def sample(
     x_T: torch.Tensor | None = None,
     callback: StepCallback | None = None,
     stage: str = "",
+    max_rows: int | None = None,
 ) -> SampleResult:
     """Run ``cfg``'s solver from the first timestep to t = -1; one batch item per generator in ``noise``.
 
     ``problem.y`` may have batch 1 (shared by all samples) or one row per sample.  For a particle solver
-    ``x_T`` (if given) holds all ``B * N`` particles, sample k's in rows ``k N .. k N + N - 1``.
+    ``x_T`` (if given) holds all ``B * N`` particles, sample k's in rows ``k N .. k N + N - 1``, and the
+    denoiser sees at most ``max_rows`` of them per call (None: all at once; the results are the same).
     """
     step = step_function(cfg)
     B = len(noise)
@@ -115,7 +117,7 @@ def sample(
     x0, state = x, None
     kernel = cast(ParticleKernel, step)  # a particle solver registers a ParticleKernel
     if system is not None:
-        log_w0, state = kernel.init(den, problem, x, ts, cond, cfg, noise)
+        log_w0, state = kernel.init(den, problem, x, ts, cond, cfg, noise, max_rows)
         system.reweight(log_w0)
         x, x0, state = _resample(system, x, x0, state)
     grad_ctx = torch.no_grad if not cfg.needs_grad else torch.enable_grad

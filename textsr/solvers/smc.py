@@ -118,12 +118,13 @@ class ParticleSystem:
 # ------------------------------------------------------------------------------------------------
 def take(obj: Any, idx: torch.Tensor, rows: int) -> Any:
     """Gather rows ``idx`` of every tensor with ``rows`` leading rows inside ``obj`` (tensors, dataclasses,
-    lists, tuples, dicts); anything else is returned unchanged."""
+    lists, tuples, dicts); anything else is returned unchanged, and so is a dataclass field marked
+    ``metadata={"shared": True}`` (run-wide data, e.g. a particle solver's plan)."""
     if isinstance(obj, torch.Tensor):
         return obj[idx.to(obj.device)] if obj.ndim and obj.shape[0] == rows else obj
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.replace(obj, **{f.name: take(getattr(obj, f.name), idx, rows)
-                                           for f in dataclasses.fields(obj) if f.init})
+                                           for f in dataclasses.fields(obj) if f.init and not f.metadata.get("shared")})
     if isinstance(obj, (list, tuple)):
         return type(obj)(take(v, idx, rows) for v in obj)
     if isinstance(obj, dict):
@@ -162,8 +163,9 @@ class ParticleKernel(Protocol):
     """A particle solver's steps over flat ``(B * N, ...)`` particles; the loop owns the weights."""
 
     def init(self, den: Denoiser, problem: Problem, x_T: torch.Tensor, timesteps: list[int], cond: Any,
-             cfg: SolverConfig, noise: Noise) -> tuple[torch.Tensor, Any]:
-        """``(initial log-weights (B * N,), state)`` at the first of ``timesteps`` (the run's steps)."""
+             cfg: SolverConfig, noise: Noise, max_rows: int | None = None) -> tuple[torch.Tensor, Any]:
+        """``(initial log-weights (B * N,), state)`` at the first of ``timesteps`` (the run's steps); the
+        denoiser is to see at most ``max_rows`` particles per call (None: all)."""
 
     def __call__(self, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, t_next: int, cond: Any,
                  cfg: SolverConfig, noise: Noise, state: Any) -> StepResult:

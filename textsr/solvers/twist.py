@@ -6,7 +6,7 @@ with ``k_t = (1 - abar_t) / sqrt(abar_t)`` (exact for an exact denoiser; the Jac
 positive semi-definite).  With ``r = y - A x0_pred``:
 
 * ``"tweedie"``: the whole ``m x m`` matrix ``k_t A J A^T`` from m vector-Jacobian products (symmetrised,
-  negative eigenvalues clipped).  Exact for a Gaussian prior; m backward passes per step: small m only.
+  negative eigenvalues clipped).  Exact for an exact denoiser; m backward passes per step.
 * ``"rayleigh"``: ``Cov ~ kappa I`` in the range of A, ``kappa`` the Rayleigh quotient of Tweedie's covariance
   along ``A^T (rho_t^2 A A^T + sigma_y^2 I)^-1 r``; one backward pass (the cost of DPS), which also gives
   the gradient.
@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -36,7 +36,6 @@ from .base import Problem
 
 ChainMap = Callable[[torch.Tensor], torch.Tensor]
 
-TwistKind = Literal["tweedie", "rayleigh", "scalar"]
 TWISTS: tuple[str, ...] = ("auto", "tweedie", "rayleigh", "scalar", "forward")
 AUTO_DENSE = 16  # "auto": the exact "tweedie" twist up to this many measurement dimensions, else "rayleigh"
 
@@ -46,6 +45,8 @@ def resolve_twist(kind: str, m: int) -> str:
     if kind == "auto":
         return "tweedie" if m <= AUTO_DENSE else "rayleigh"
     return kind
+
+
 LOG2PI = math.log(2 * math.pi)
 MIN_VAR = 1e-12  # floor of the twist's variances (float64), only against division by zero
 
@@ -61,6 +62,12 @@ class TwistEval:
     #: (P,) float64: Cov[x0 | x_t] in the range of A summarised by one variance (continuous model, no
     #: chain correction, x units): what the Kalman proposal predicts the next level from
     kappa: torch.Tensor
+
+
+def concat(parts: list[TwistEval]) -> TwistEval:
+    """The evaluations of consecutive chunks of particles as one."""
+    return TwistEval(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x0_hat", "eps", "log_twist", "grad",
+                                                                          "kappa")))
 
 
 def sum_squares(v: torch.Tensor) -> torch.Tensor:
@@ -111,7 +118,7 @@ def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[
 
 
 def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, cond: Any,
-                   max_dense: int = 64, chain: ChainMap | None = None) -> TwistEval:
+                   chain: ChainMap | None = None) -> TwistEval:
     """Call the denoiser at ``x_t`` (with autograd) and evaluate the twist ``kind`` and its gradient.
 
     ``chain``: maps Tweedie variances (x units, float64) to the sampled chain's ``Var[x0 | x_t]``
@@ -136,7 +143,7 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
         A, y, sigma2 = problem.operator, problem.y, problem.sigma_y**2
         r = (y - A.A(pred.x0)).detach()
         if kind == "tweedie":
-            log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, max_dense, chain)
+            log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, chain)
         elif kind == "rayleigh":
             log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
         elif kind == "scalar":
@@ -204,13 +211,8 @@ def _scalar(x0_hat, x_in, A, r, sigma2: float, rho2: float):
     return log_tw, _vjp(x0_hat, x_in, v, retain=False)
 
 
-def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, max_dense: int, chain: ChainMap | None):
+def _tweedie(x0_hat, x_in, A, r, sigma2: float, k_t: float, chain: ChainMap | None):
     m = r[0].numel()
-    if m > max_dense:
-        raise ValueError(
-            f"the 'tweedie' twist needs one backward pass per measurement dimension (m = {m} > max_dense = "
-            f"{max_dense}); use twist='rayleigh' for images, or raise max_dense"
-        )
     P = r.shape[0]
     eye = torch.eye(m, dtype=x0_hat.dtype, device=x0_hat.device).reshape(m, *A.out_shape)
     At_e = A.At(eye)  # row j: A^T e_j

@@ -235,6 +235,7 @@ def main(argv=None) -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--ns", default="1,4,16,64,256", help="particle counts")
     ap.add_argument("--ds", default="8,80")
+    ap.add_argument("--dys", default="1,2,4", help="measurement dimensions dy of Table 4a (comma-separated)")
     ap.add_argument("--tables", default="ab")
     ap.add_argument("--twists", default="rayleigh,scalar",
                     help="extra rows at d = 8, N = 64 with these twists (tweedie, rayleigh, scalar, forward)")
@@ -257,7 +258,8 @@ def main(argv=None) -> None:
     extra = tuple((t, 64) for t in args.twists.split(",") if t) if 64 in Ns else ()
     if args.no_baselines:
         BASELINES.clear()
-    jobs = [("4a", d, dy) for d in ds for dy in (1, 2, 4)] if "a" in args.tables else []
+    dys = tuple(int(v) for v in args.dys.split(","))
+    jobs = [("4a", d, dy) for d in ds for dy in dys if dy <= d] if "a" in args.tables else []
     if "b" in args.tables:
         jobs.append(("4b",))
     tds_opts = parse_kv(args.tds_option, "--tds-option")

@@ -102,7 +102,7 @@ def test_repeat_cond_repeats_per_sample_parts_only():
                                  dict(eta=0.0), dict(travel_repeat=2), dict(init="pinv"),
                                  dict(ess_threshold="never"), dict(ess_threshold=True), dict(research="kalman"),
                                  dict(research={"proposal": "x"}), dict(research={"proposal": "Kalman"}),
-                                 dict(research={"last_twist": "tweedie"}), dict(research={"last_exact_max": -1}),
+                                 dict(research={"last_twist": "tweedie"}), dict(research={"probes": 0}),
                                  dict(research={"stop_before_zero": 1}), dict(research={"temper": 1.0}),
                                  dict(temper=1.0), dict(max_dense=64), dict(proposal="kalman")])
 def test_tds_config_rejects_bad_options(bad):
@@ -123,8 +123,9 @@ def test_auto_threshold_and_proposal_follow_whether_the_twist_is_exact_at_every_
     plan = lambda m, **kw: make_plan(make_config("tds", **kw), SCHED, [800, 400, 200], m)  # noqa: E731
     assert plan(16).proposal == "kalman" and plan(17).proposal == "gradient"
     assert plan(4, twist="rayleigh", research={"proposal": "kalman"}).proposal == "kalman"
-    assert plan(300).twists == {800: "rayleigh", 400: "rayleigh", 200: "rayleigh"}  # more than 256 values
-    assert plan(256).twists == {800: "rayleigh", 400: "rayleigh", 200: "tweedie"}  # the last level exact
+    assert plan(17).twists == {800: "lowrank", 400: "lowrank", 200: "lowrank"}  # more than 16 values: low rank
+    assert plan(17, twist="rayleigh").twists == {800: "rayleigh", 400: "rayleigh", 200: "lowrank"}
+    assert plan(16).twists == {800: "tweedie", 400: "tweedie", 200: "tweedie"}  # exact at every level
 
 
 def test_tds_declares_particles():
@@ -169,6 +170,7 @@ PIXEL_STD = 0.25 + 0.6 * torch.rand(1, 4, 4, generator=torch.Generator().manual_
 @pytest.mark.parametrize("twist,sigma_y,options", [
     ("tweedie", 0.1, {}), ("tweedie", 0.0, {}), ("rayleigh", 0.1, {}), ("rayleigh", 0.0, {}),
     ("rayleigh", 0.1, {"ess_threshold": 0.5}), ("rayleigh", 0.0, {"ess_threshold": 0.5}),
+    ("lowrank", 0.1, {}), ("lowrank", 0.0, {}), ("lowrank", 0.1, {"ess_threshold": 0.5}),
     ("scalar", 0.1, {"ess_threshold": 0.5})])  # scalar, noiseless: weights too heavy-tailed to check
 def test_evidence_mean_over_seeds_matches_exact_chain_evidence(twist, sigma_y, options, prior):
     """Z_hat is unbiased for the chain's exact evidence with any twist; "per-pixel" (a prior std per pixel, so
@@ -353,10 +355,10 @@ def test_noiseless_evidence_with_the_kalman_proposal_chain_variances_and_the_ear
 # the last level: the chain stops before t = 0, its twist is the exact dense one
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("options, last_kind, visits", [
-    ({}, "tweedie", [800, 600, 400, 200]),  # y has 4 values <= last_exact_max: exact at the last level
+    ({}, "lowrank", [800, 600, 400, 200]),  # an approximate run: the low-rank twist at the last level
     ({"last_twist": "same"}, "rayleigh", [800, 600, 400, 200]),
-    ({"last_exact_max": 3}, "rayleigh", [800, 600, 400, 200]),
-    ({"stop_before_zero": False}, "tweedie", [800, 600, 400, 200, 0])])
+    ({"last_twist": "exact"}, "tweedie", [800, 600, 400, 200]),
+    ({"stop_before_zero": False}, "lowrank", [800, 600, 400, 200, 0])])
 def test_last_level_twist_and_the_timesteps_visited(monkeypatch, options, last_kind, visits):
     from textsr.solvers import tds
 
@@ -425,3 +427,59 @@ def test_builtin_world_evidence_with_the_approximate_twist_needs_no_intermediate
     res = sample(den, Problem(ops.AvgPool(4, (3, 16, 16)), y, 0.0), cfg, Noise.from_seeds(range(1000, 1012), dtype=F64))
     err = abs(float(res.log_evidence.median()) - exact)
     assert lo <= err < hi, (float(res.log_evidence.median()), exact)
+
+
+# ------------------------------------------------------------------------------------------------
+# particles through the denoiser in chunks (memory flat in N)
+# ------------------------------------------------------------------------------------------------
+class _RowCounter:
+    """A denoiser wrapper recording how many rows each call sees."""
+
+    def __init__(self, den):
+        self.den, self.schedule, self.rows = den, den.schedule, []
+
+    def __call__(self, x, t, cond=None):
+        self.rows.append(x.shape[0])
+        return self.den(x, t, cond)
+
+
+@pytest.mark.parametrize("twist", ["tweedie", "rayleigh", "lowrank"])
+def test_chunked_particles_give_the_same_numbers_and_never_exceed_the_chunk(twist):
+    """The denoiser sees at most ``max_rows`` particles per call, and the run is the same: bit for bit with
+    a denoiser whose rows are computed independently (elementwise), to float rounding with the mixture's
+    matrix products (whose summation order depends on the batch)."""
+    op = ops.AvgPool(2, (1, 4, 4))
+    y = op.A(0.3 + PIXEL_STD * torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=F64))
+    cfg = make_config("tds", steps=8, particles=5, twist=twist)
+    runs = {}
+    for max_rows in (None, 4, 1):
+        den = _RowCounter(GaussianDenoiser(SCHED, mu=0.3, c=PIXEL_STD))
+        runs[max_rows] = sample(den, Problem(op, y, 0.05), cfg, Noise.from_seeds([3, 4, 5], dtype=F64),
+                                max_rows=max_rows)
+        assert max(den.rows) == (15 if max_rows is None else max_rows)
+    for max_rows in (4, 1):
+        assert torch.equal(runs[max_rows].x, runs[None].x)
+        assert torch.equal(runs[max_rows].log_evidence, runs[None].log_evidence)
+    p = mcgdiff_problem(1, 80, 20)
+    mix = [sample(MixtureDenoiser(p.prior, SCHED), Problem(p.operator, p.y, p.sigma_y), cfg,
+                  Noise.from_seeds([7, 8], dtype=F64), max_rows=m) for m in (None, 3)]
+    torch.testing.assert_close(mix[1].x, mix[0].x, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(mix[1].log_evidence, mix[0].log_evidence, rtol=0, atol=1e-8)
+
+
+def test_a_stage_two_condition_is_cut_with_its_particles():
+    """Stage II of the built-in world conditions each particle on its own mixture (``MixtureBatch``): a chunk of
+    particles gets the rows of the condition that belong to it."""
+    from textsr.model_registry import load_model
+    from textsr.solvers.chunks import cond_rows
+
+    be = load_model("builtin-shapes")
+    st2 = be.build_stages("tds", {"steps": 4, "particles": 3}, {})[1]
+    lo = torch.stack([be.mixture_lo64.sample(1, torch.Generator().manual_seed(s))[0] for s in (1, 2)])
+    cond = st2.condition(("circle",), lo, Noise.from_seeds([3, 4], dtype=F64))
+    rows = cond.repeat_interleave(3)  # 6 particles
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(0), dtype=F64)
+    full = st2.denoiser(x, 300, rows).x0
+    part = torch.cat([st2.denoiser(x[sl], 300, cond_rows(rows, sl, 6)).x0 for sl in (slice(0, 4), slice(4, 6))])
+    torch.testing.assert_close(part, full, rtol=1e-10, atol=1e-10)
+    assert cond_rows("red", slice(0, 2), 6) == "red" and cond_rows(None, slice(0, 1), 6) is None

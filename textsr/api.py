@@ -30,6 +30,7 @@ import torch
 from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
+from .ranking import Ranking, rank  # ranking prompts by P(prompt | y): textsr.ranking
 
 __all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts", "explore", "rank"]
 
@@ -354,7 +355,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
                           sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
-                          device=backend.device, dtype=backend.work_dtype, callback=cb)
+                          device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=req.batch_size)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
@@ -519,6 +520,11 @@ def explore(
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
     stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
     base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+    if base_cfg.takes_particles:  # refused before any work if the particles cannot fit (textsr.solvers.budget)
+        from .solvers.budget import check_particle_memory, stages_request
+
+        check_particle_memory(stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.batch_size,
+                                             torch.finfo(backend.work_dtype).bits // 8), backend.device)
     results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
                for i, p in enumerate(req.prompts)]
     fill_probabilities(results, req.prompt_prior)
@@ -528,53 +534,3 @@ def explore(
     return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,
                        timings=timings, reference=meas.reference,
                        reference_metrics=None if meas.reference is None else reference_scores(meas.reference, results))
-
-
-# ------------------------------------------------------------------------------------------------
-# ranking prompts by P(prompt | y)
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class Ranking:
-    """Prompts ranked by ``P(prompt | y)`` at guidance scale 1 (``entries``: prompt, probability, log_z,
-    spread, ess_min, highest first), the options the run used to get there and its exploration."""
-
-    entries: list[dict]
-    neutral_options: dict
-    exploration: Exploration
-
-    def to_json(self) -> list[dict]:
-        return [{"prompt": e["prompt"], "probability": e["probability"], "log_z": e["log_z"]} for e in self.entries]
-
-
-def _logit(ev) -> float:
-    lz = ev.log_z if ev.log_z is not None and math.isfinite(ev.log_z) else -math.inf
-    return lz + (math.log(ev.prior) if ev.prior else -math.inf)
-
-
-def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "builtin-shapes", particles: int = 16,
-         samples: int = 4, seed: int = 0, prompt_prior: Sequence[float] | None = None,
-         model_options: dict | None = None, **kwargs: Any) -> Ranking:
-    """Rank ``prompts`` by how well each explains the LR ``image``: ``P(prompt | y) ∝ prior * p(y | prompt)``
-    with ``p(y | prompt)`` the particle solver's evidence.  Runs at guidance scale 1: every option of the
-    model that tilts its sampler away from ``p(x | prompt)`` (classifier-free guidance scales, CLIP guidance,
-    embedding mixing; ``Backend.neutral_options``) is set to its neutral value.  Other ``explore``
-    arguments pass through."""
-    req_prompts = expand_prompts(prompts)
-    if len(req_prompts) < 2:
-        raise UsageError("ranking needs at least two prompts (-p ... -p ...)")
-    dev, dt = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    req = check_inputs(image, req_prompts, scale=scale, model=model, solver="tds", samples=samples, seed=seed,
-                       template=None, values=None, operator=kwargs.get("operator"), sigma_y=kwargs.get("sigma_y", 0.0),
-                       steps=None, solver_options=None, model_options=model_options, device=dev, dtype=dt,
-                       simulate=False, batch_size=None, max_pixels=kwargs.get("max_pixels", 4_000_000),
-                       particles=particles)
-    backend = resolve_backend(req)
-    neutral = backend.neutral_guidance(dict(model_options or {}))
-    ex = explore(image, req_prompts, scale=scale, model=backend, particles=particles, samples=samples, seed=seed,
-                 prompt_prior=prompt_prior, model_options=neutral, **kwargs)
-    entries = [{"prompt": p.prompt, "probability": p.evidence.probability, "log_z": p.evidence.log_z,
-                "spread": p.evidence.spread, "ess_min": p.evidence.ess_min} for p in ex.prompts]
-    # by posterior log-odds (log prior + log Z): probabilities underflow to 0 for every prompt but the best
-    logit = {p.prompt: _logit(p.evidence) for p in ex.prompts}
-    entries.sort(key=lambda e: logit[e["prompt"]], reverse=True)
-    return Ranking(entries, {k: neutral[k] for k in backend.neutral_options}, ex)

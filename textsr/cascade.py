@@ -98,8 +98,10 @@ def run_cascade(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     callback: Callable[[StepInfo], None] | None = None,
+    max_rows: int | None = None,
 ) -> CascadeResult:
-    """Sample ``len(seeds)`` images whose final stage output downsamples (by ``scale``) to ``y``."""
+    """Sample ``len(seeds)`` images whose final stage output downsamples (by ``scale``) to ``y``; a particle
+    solver's denoiser calls take at most ``max_rows`` particles each (``solvers.sample``)."""
     if not stages:
         raise ValueError("a cascade needs at least one stage")
     _, _, h, w = y.shape
@@ -120,7 +122,7 @@ def run_cascade(
         noise = Noise.from_seeds(stage_seeds(seeds, k), device=device, dtype=dtype)
         stage_cond = st.condition(cond, prev, noise) if st.condition is not None else cond
         res = sample(den, Problem(op, y, sigma_y), st.solver or solver, noise, stage_cond,
-                     callback=callback, stage=st.name)
+                     callback=callback, stage=st.name, max_rows=max_rows)
         prev = res.x
         outputs.append(res.x)
         ops.append(op)

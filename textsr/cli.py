@@ -245,8 +245,12 @@ def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
 @click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="A description (give two or more).")
-@click.option("--particles", type=int, default=16, show_default=True, help="Particles per sample.")
+@click.option("--method", type=click.Choice(["exact", "particles"]),
+              help="exact: the closed-form evidence (built-in world; the default there); particles: the particle "
+                   "solver's estimate (the default elsewhere, and with --particles).")
+@click.option("--particles", type=int, help="Particles per run (particle method; default 16).")
 @click.option("--samples", "-n", type=int, default=4, show_default=True, help="Independent particle runs per prompt.")
+@click.option("--batch-size", type=int, help="Particle runs per batch (each holds batch-size x particles particles).")
 @click.option("--steps", type=int, help="Denoising steps per stage (default: the model's).")
 @click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts, comma-separated (default: uniform).")
 @click.option("--model", "-m", default="builtin-shapes", show_default=True, help="Model name, folder or JSON spec.")
@@ -258,8 +262,8 @@ def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {prompt, probability, log_z}.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, model, model_opts, seed, operator, sigma_y,
-             device, dtype, as_json, quiet):
+def rank_cmd(image, scale, prompts, method, particles, samples, batch_size, steps, prompt_prior, model, model_opts, seed,
+             operator, sigma_y, device, dtype, as_json, quiet):
     """Rank the prompts by P(prompt | IMAGE): which description explains the low-resolution image, and how
     likely each is, in the model's belief at guidance scale 1, among the prompts given."""
     from .api import rank
@@ -267,9 +271,10 @@ def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, mod
 
     bar = _ProgressBar(quiet or as_json)
     try:
-        r = rank(image, list(prompts), scale=scale, model=model, particles=particles, samples=samples, seed=seed,
-                 prompt_prior=_parse_prior(prompt_prior), model_options=parse_kv(model_opts, "--option"), steps=steps,
-                 operator=operator, sigma_y=sigma_y, device=device, dtype=dtype, callback=bar)
+        r = rank(image, list(prompts), scale=scale, model=model, method=method, particles=particles, samples=samples,
+                 batch_size=batch_size, seed=seed, prompt_prior=_parse_prior(prompt_prior),
+                 model_options=parse_kv(model_opts, "--option"), steps=steps, operator=operator, sigma_y=sigma_y,
+                 device=device, dtype=dtype, callback=bar)
     except (TextSRError, ValueError) as e:
         bar.close()
         click.echo(f"error: {e}", err=True)
@@ -279,16 +284,19 @@ def rank_cmd(image, scale, prompts, particles, samples, steps, prompt_prior, mod
         click.echo(json.dumps(r.to_json(), indent=2))
         return
     neutral = ", ".join(f"{k}={v}" for k, v in r.neutral_options.items()) or "no guidance options"
+    how = ("exact (closed form)" if r.method == "exact" else
+           f"estimated by {r.particles} particles x {r.samples} runs per prompt")
     click.echo(f"P(prompt | image) among the {len(r.entries)} prompts given (uniform prior unless --prior), the model "
-               f"at guidance scale 1 ({neutral}); {particles} particles x {samples} runs per prompt")
+               f"at guidance scale 1 ({neutral}); {how}")
     width = 30
     for entry in r.entries:
         p = entry["probability"]
         bar_s = "#" * int(round((p or 0.0) * width))
         lz = "n/a" if entry["log_z"] is None or entry["log_z"] != entry["log_z"] else f"{entry['log_z']:.1f}"
+        est = "" if r.method == "exact" else f" (spread {entry['spread']:.1f}, ESS min {entry['ess_min']:.2f})"
         click.echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {entry['prompt'] or '(no prompt)'}   "
-                   f"log p(y|prompt) {lz} (spread {entry['spread']:.1f}, ESS min {entry['ess_min']:.2f})")
-    for n in r.exploration.notes:
+                   f"log p(y|prompt) {lz}{est}")
+    for n in r.notes:
         click.echo(f"note: {n}")
 
 

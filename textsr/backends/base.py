@@ -113,6 +113,14 @@ class Backend(ABC, Generic[C]):
         """Metrics against the exact posterior, for worlds that have one (results.json ``exact``)."""
         return {}
 
+    #: whether ``exact_evidence`` is available (worlds with a closed-form prior: ``textsr rank``'s default method)
+    closed_form_evidence: ClassVar[bool] = False
+
+    def exact_evidence(self, y: torch.Tensor, operator: LinearOperator, prompt: str = "",
+                       sigma_y: float = 0.0) -> float:
+        """Exact ``log p(y | prompt)`` (nats, a density on y's [-1, 1] units) where ``closed_form_evidence``."""
+        raise NotImplementedError(f"{self.info.name} has no closed-form evidence")
+
     # -- the evidence's calibration ------------------------------------------------------------
     #: sampling options that tilt the sampled distribution away from the model's own p(x | prompt), each
     #: with the value at which it does not (classifier-free guidance scales: 1; CLIP guidance and

@@ -60,6 +60,7 @@ class ShapesBackend(Backend):
     info = INFO
     channels = 3
     exact = True  # float64 solver math; the mixture runs in float32
+    closed_form_evidence = True
 
     def __init__(self, device: torch.device | str = "cpu", catalog=None, schedule: NoiseSchedule | None = None):
         from ..shapes_world import build_catalog
@@ -203,12 +204,26 @@ class ShapesBackend(Backend):
         components carrying the prompt's tags, weights renormalised among them.  The default two-stage
         cascade has the same evidence (its stage I is this prior pushed through 4x pooling and stage II is
         the exact conditional; ``gaussian_mixture.cascade_log_evidence``).  Float64 on the float32
-        mixture's parameters."""
+        mixture's parameters; for average pooling computed at the LR size (the prior pushed through A)."""
         from ..gaussian_mixture import log_evidence
+        from ..operators import AvgPool
 
         tags = self.parse(prompt).tags or None
-        mix = self.mixture.to(dtype=torch.float64)
-        return float(log_evidence(mix, operator, y[:1].to(self.device, torch.float64), sigma_y, tags=tags)[0])
+        y64 = y[:1].to(self.device, torch.float64)
+        if isinstance(operator, AvgPool) and tuple(operator.in_shape) == (3, SIZE, SIZE):
+            lr = AvgPool(1, tuple(operator.out_shape))  # the identity on the LR image
+            return float(log_evidence(self._pooled64(operator.factor), lr, y64, sigma_y, tags=tags)[0])
+        return float(log_evidence(self.mixture64, operator, y64, sigma_y, tags=tags)[0])
+
+    def _pooled64(self, factor: int):
+        """The float64 prior pushed through ``AvgPool(factor)`` (cached): the exact distribution of the LR image."""
+        from ..gaussian_mixture import push_forward
+        from ..operators import AvgPool
+
+        cache = self.__dict__.setdefault("_pooled_cache", {})
+        if factor not in cache:
+            cache[factor] = push_forward(self.mixture64, AvgPool(factor, (3, SIZE, SIZE)))
+        return cache[factor]
 
     def shape_posterior(self, y: torch.Tensor, operator, prompt: str = "", sigma_y: float = 0.0) -> dict[str, float]:
         """Exact ``P(shape | y, prompt)``: the posterior component weights summed per shape."""

@@ -12,8 +12,9 @@ Target: the posterior of the *discretised* model (the chain of ``cfg.steps`` Gau
 * the last step (to the clean image): the chain's final transition is taken as
   ``x_0 ~ N(x0_hat, Cov[x0 | x_t])`` with the twist's covariance, so ``p(y | x_t) = p~_t(y | x_t)`` at the
   last noisy level and the weights there are final (no weight degeneracy for small or zero sigma_y).  That
-  makes the last level's twist the likelihood the sampler converges to, so it is the exact dense Tweedie
-  one there whenever y has at most ``LAST_EXACT_MAX`` = 256 values, and the chain ends at the grid's last
+  makes the last level's twist the likelihood the sampler converges to, so it is the exact dense Tweedie one
+  there when y has at most 16 values and the ``"lowrank"`` one otherwise (exact when the covariance there is
+  isotropic plus a low-rank part, as for a sharply peaked posterior), and the chain ends at the grid's last
   timestep above 0 (the grid's step to t = 0 shrinks the noise variance ~60-fold, which no Gaussian twist's
   weights follow for a sharp prior).  The output is ``E[x_0 | x_t, y] = x0_hat + k_t grad log p~_t`` and,
   for noiseless y, its exact projection onto ``A x = y`` (the range space exact, as DDNM).
@@ -38,11 +39,12 @@ from ..denoiser import Denoiser
 from .base import Noise, Problem, SolverConfig, StepKind, StepResult
 from .chain import ChainVariances
 from .chunks import cond_rows, row_slices
+from .lowrank_twist import PROBES
 from .step import fresh_noise_std, transition
 from .twist import TWISTS, TwistEval, concat, evaluate_twist, mean_s2, resolve_twist, sum_squares
 
 RESAMPLE_ON_EXACT = 0.5  # ess_threshold="auto" with the exact dense twist at every level
-LAST_EXACT_MAX = 256  # the last level's twist is the exact dense one for y of at most this many values
+LAST_PROBES = 16  # the "lowrank" twist's probes at the last level (whose twist the final weights use)
 
 
 @dataclass(frozen=True)
@@ -51,24 +53,25 @@ class TDSResearch:
 
     proposal: ``"auto"`` (the Kalman step when the twist is exact at every level, else TDS's gradient step),
     ``"kalman"`` or ``"gradient"``; chain_variances: map the twist's Tweedie variances to the sampled chain's
-    (``chain.py``); last_twist: the twist at the last noisy level, ``"auto"`` (exact dense for y of at most
-    ``last_exact_max`` values), ``"exact"`` or ``"same"`` (the run's twist); stop_before_zero: end the chain
-    at the grid's last timestep above 0."""
+    (``chain.py``); last_twist: the twist at the last noisy level, ``"auto"`` (the run's twist where it is
+    exact, else ``"lowrank"``), ``"exact"`` (dense, m backward passes), ``"lowrank"`` or ``"same"`` (the run's
+    twist); stop_before_zero: end the chain at the grid's last timestep above 0; probes: the ``"lowrank"``
+    twist's fixed probes at intermediate levels (at least ``LAST_PROBES`` at the last one)."""
 
     proposal: str = "auto"
     chain_variances: bool = True
     last_twist: str = "auto"
-    last_exact_max: int = LAST_EXACT_MAX
     stop_before_zero: bool = True
+    probes: int = PROBES
 
     def __post_init__(self) -> None:
         if self.proposal not in ("auto", "kalman", "gradient"):
             raise ValueError(f"TDS proposal must be 'auto', 'kalman' or 'gradient', got {self.proposal!r}")
-        if self.last_twist not in ("auto", "exact", "same"):
-            raise ValueError(f"TDS last_twist must be 'auto', 'exact' or 'same', got {self.last_twist!r}")
-        m = self.last_exact_max
-        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-            raise ValueError(f"last_exact_max must be an integer >= 0, got {m!r}")
+        if self.last_twist not in ("auto", "exact", "same", "lowrank"):
+            raise ValueError(f"TDS last_twist must be 'auto', 'exact', 'lowrank' or 'same', got {self.last_twist!r}")
+        k = self.probes
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"probes must be a positive integer, got {k!r}")
         for name in ("chain_variances", "stop_before_zero"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -161,6 +164,7 @@ class TDSPlan:
     chain_variances: bool
     forward_twist: bool  # the run's twist is MCGdiff's (the proposal then predicts x0 from the mean)
     max_rows: int | None  # particles per denoiser call (None: all)
+    probes: int = PROBES
 
     def chain_map(self, t: int):
         """Tweedie variances -> the sampled chain's at level t (None: the continuous model's as they are)."""
@@ -172,12 +176,13 @@ def make_plan(cfg: TDSConfig, schedule, timesteps: list[int], m: int, max_rows: 
     r = cfg.research
     chain = ChainVariances.of(schedule, timesteps, cfg, fresh_noise_std)
     run_twist = resolve_twist(cfg.twist, m)
-    last_exact = r.last_twist == "exact" or (r.last_twist == "auto" and m <= r.last_exact_max)
     twists = {t: run_twist for t in timesteps}
-    if last_exact:
-        twists[timesteps[-1]] = "tweedie"
+    if r.last_twist == "auto":
+        twists[timesteps[-1]] = run_twist if run_twist == "tweedie" else "lowrank"
+    elif r.last_twist != "same":
+        twists[timesteps[-1]] = {"exact": "tweedie", "lowrank": "lowrank"}[r.last_twist]
     proposal = r.proposal if r.proposal != "auto" else ("kalman" if run_twist == "tweedie" else "gradient")
-    return TDSPlan(chain, twists, proposal, r.chain_variances, run_twist == "forward", max_rows)
+    return TDSPlan(chain, twists, proposal, r.chain_variances, run_twist == "forward", max_rows, r.probes)
 
 
 def evaluate(plan: TDSPlan, den: Denoiser, problem: Problem, x: torch.Tensor, t: int, cond: Any) -> TwistEval:
@@ -185,7 +190,8 @@ def evaluate(plan: TDSPlan, den: Denoiser, problem: Problem, x: torch.Tensor, t:
     (each chunk's graph is freed before the next: memory flat in the number of particles)."""
     rows = x.shape[0]
     parts = [evaluate_twist(plan.twists[t], den, Problem(problem.operator, problem.y[sl], problem.sigma_y), x[sl], t,
-                            cond_rows(cond, sl, rows), plan.chain_map(t))
+                            cond_rows(cond, sl, rows), plan.chain_map(t),
+                            max(plan.probes, LAST_PROBES) if t == plan.chain.timesteps[-1] else plan.probes)
              for sl in row_slices(rows, plan.max_rows)]
     return parts[0] if len(parts) == 1 else concat(parts)
 

@@ -14,7 +14,9 @@ positive semi-definite).  With ``r = y - A x0_pred``:
   a PiGDM-like form).  One backward pass for the gradient.
 * ``"forward"``: MCGdiff's potential (Cardoso et al. 2024): ``x0_pred = x_t / sqrt(abar_t)`` and ``Cov =
   rho_t^2 I``: the observation diffused forward, no model Jacobian, no backward pass.
-* ``"auto"`` (default): ``"tweedie"`` when y has at most ``AUTO_DENSE`` = 16 entries, else ``"rayleigh"``.
+* ``"lowrank"`` (``lowrank_twist.py``): an isotropic floor plus a low-rank excess from k fixed probes (k + 1
+  backward passes), exact when the excess has rank <= k - 2, else the Rayleigh twist.
+* ``"auto"`` (default): ``"tweedie"`` when y has at most ``AUTO_DENSE`` = 16 entries, else ``"lowrank"``.
 
 Each variance is mapped to the *sampled chain's* (``chain.ChainVariances``) unless the caller passes
 ``chain=None``.  The gradient ``g = grad_{x_t} log p~_t(y | x_t)`` holds ``C`` fixed; it only steers the
@@ -36,14 +38,14 @@ from .base import Problem
 
 ChainMap = Callable[[torch.Tensor], torch.Tensor]
 
-TWISTS: tuple[str, ...] = ("auto", "tweedie", "rayleigh", "scalar", "forward")
-AUTO_DENSE = 16  # "auto": the exact "tweedie" twist up to this many measurement dimensions, else "rayleigh"
+TWISTS: tuple[str, ...] = ("auto", "tweedie", "lowrank", "rayleigh", "scalar", "forward")
+AUTO_DENSE = 16  # "auto": the exact "tweedie" twist up to this many measurement dimensions, else "lowrank"
 
 
 def resolve_twist(kind: str, m: int) -> str:
-    """``"auto"`` -> ``"tweedie"`` for ``m <= AUTO_DENSE`` measurement dimensions, else ``"rayleigh"``."""
+    """``"auto"`` -> ``"tweedie"`` for ``m <= AUTO_DENSE`` measurement dimensions, else ``"lowrank"``."""
     if kind == "auto":
-        return "tweedie" if m <= AUTO_DENSE else "rayleigh"
+        return "tweedie" if m <= AUTO_DENSE else "lowrank"
     return kind
 
 
@@ -88,7 +90,8 @@ VJP_CHUNK = 32  # vector-Jacobian products per batched backward pass (memory: ch
 
 
 def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
-    """``J^T v_j`` per particle for every row ``v_j`` of ``rows`` ``(m, *in_shape)`` (shared by all particles):
+    """``J^T v_j`` per particle for every row ``v_j`` of ``rows``: ``(m, *in_shape)`` (shared by all particles)
+    or ``(m, P, *in_shape)`` (one vector per particle);
     vmapped backward passes in chunks of ``VJP_CHUNK`` (``is_grads_batched``; halved while they run out of
     memory), one pass per row where the model's ops have no batching rule.  The graph of x0_hat is kept
     (a failed chunk is retried) and goes with x0_hat."""
@@ -98,7 +101,8 @@ def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[
     batched = True
     while j < m:
         n = min(chunk, m - j) if batched else 1
-        v = rows[j:j + n].unsqueeze(1).expand(n, *x0_hat.shape).to(x0_hat.dtype)
+        v = rows[j:j + n]
+        v = (v if v.ndim == x0_hat.ndim + 1 else v.unsqueeze(1).expand(n, *x0_hat.shape)).to(x0_hat.dtype)
         if batched:
             try:
                 (g,) = torch.autograd.grad(x0_hat, x_in, grad_outputs=v, retain_graph=True,
@@ -118,12 +122,12 @@ def _vjps(x0_hat: torch.Tensor, x_in: torch.Tensor, rows: torch.Tensor) -> list[
 
 
 def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor, t: int, cond: Any,
-                   chain: ChainMap | None = None) -> TwistEval:
+                   chain: ChainMap | None = None, probes: int = 8) -> TwistEval:
     """Call the denoiser at ``x_t`` (with autograd) and evaluate the twist ``kind`` and its gradient.
 
     ``chain``: maps Tweedie variances (x units, float64) to the sampled chain's ``Var[x0 | x_t]``
     (``chain.ChainVariances``); applied to ``A Cov A^T`` through ``A A^T ~ mean(s^2) I``.  None: the
-    continuous model's Tweedie covariance as it is."""
+    continuous model's Tweedie covariance as it is.  ``probes``: the ``"lowrank"`` twist's (``lowrank_twist``)."""
     sch = den.schedule
     abar = sch.abar(t)
     k_t = (1.0 - abar) / math.sqrt(abar)
@@ -144,6 +148,10 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
         r = (y - A.A(pred.x0)).detach()
         if kind == "tweedie":
             log_tw, grad, lam = _tweedie(pred.x0, x_in, A, r, sigma2, k_t, chain)
+        elif kind == "lowrank":
+            from .lowrank_twist import lowrank_twist
+
+            log_tw, grad, lam = lowrank_twist(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain, probes)
         elif kind == "rayleigh":
             log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
         elif kind == "scalar":
@@ -192,8 +200,18 @@ def _rayleigh(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, chain:
     ``u = A^T (rho2 A A^T + sigma_y^2 I)^-1 r`` (``rho2 = (1 - abar_t) / abar_t``: the direction of the scalar
     twist's gradient, which discounts directions that sigma_y drowns; ``A+ r`` instead would be dominated by
     A's smallest singular values).  One backward pass gives kappa and the gradient."""
-    u = A.spectral(A.A_pinv(r), lambda s: s**2 / (s**2 + sigma2 / rho2)) if sigma2 > 0 else A.A_pinv(r)
-    w = _vjp(x0_hat, x_in, u, retain=False)  # J^T u
+    u = rayleigh_direction(A, r, sigma2, rho2)
+    return rayleigh_from(_vjp(x0_hat, x_in, u, retain=False), u, A, r, sigma2, k_t, rho2, chain)
+
+
+def rayleigh_direction(A, r: torch.Tensor, sigma2: float, rho2: float) -> torch.Tensor:
+    """``u = A^T (rho2 A A^T + sigma_y^2 I)^-1 r`` up to a scale per singular value: the Rayleigh twist's direction."""
+    return A.spectral(A.A_pinv(r), lambda s: s**2 / (s**2 + sigma2 / rho2)) if sigma2 > 0 else A.A_pinv(r)
+
+
+def rayleigh_from(w: torch.Tensor, u: torch.Tensor, A, r, sigma2: float, k_t: float, rho2: float,
+                  chain: ChainMap | None):
+    """The Rayleigh twist from ``w = J^T u`` (``_rayleigh``): ``(log p~, grad, kappa)``."""
     kappa = (k_t * _dot(w, u) / sum_squares(u).clamp(min=1e-300)).clamp(min=0.0)  # u^T Cov u / |u|^2
     kap = kappa if chain is None else chain(kappa)
     log_tw, _ = _range_iso(A, r, kap, sigma2)

@@ -1,0 +1,121 @@
+"""What a particle run asks of the machine, known before any work: the particles it holds at once, the memory of
+their state and the denoiser evaluations it needs.  ``explore`` and ``rank`` refuse a request whose particle
+state cannot fit (``check_particle_memory``); the web app caps its requests with ``particle_request``.
+
+A particle run of ``samples`` samples in batches of ``batch_size`` holds ``batch_size x particles`` particles
+at once, each with a few image-sized tensors (``STATE_TENSORS``: x_t, Tweedie's estimate, eps, the twist's
+gradient, the proposal's temporaries); the denoiser sees at most ``batch_size`` of them per call
+(``sample(..., max_rows=batch_size)``), so the model's own activations take what a plain run of
+``batch_size`` samples takes, whatever the number of particles.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+STATE_TENSORS = 10  # image-sized float tensors per particle, the step's temporaries included (measured: 7-9)
+MEMORY_SHARE = 0.5  # a request may hold at most this share of the memory available when it starts
+
+
+@dataclass(frozen=True)
+class ParticleRequest:
+    """A particle run's size: ``samples`` per prompt in batches of ``batch_size``, ``particles`` each, over
+    stages of ``shapes`` (C, H, W) with ``steps`` each, values of ``value_bytes`` bytes."""
+
+    samples: int
+    particles: int
+    batch_size: int
+    shapes: tuple[tuple[int, ...], ...]
+    steps: tuple[int, ...]
+    value_bytes: int = 8
+
+    @property
+    def held(self) -> int:
+        """Particles held at once (one batch of samples)."""
+        return min(self.batch_size, self.samples) * self.particles
+
+    @property
+    def max_rows(self) -> int:
+        """Particles per denoiser call: the batch size."""
+        return max(1, min(self.batch_size, self.samples))
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory of the particles' state at the largest stage (the model's activations come on top: those of
+        ``max_rows`` images)."""
+        return self.held * max(math.prod(s) for s in self.shapes) * self.value_bytes * STATE_TENSORS
+
+    @property
+    def denoiser_evaluations(self) -> int:
+        """Images through the denoiser per prompt: samples x particles x steps, summed over the stages (each
+        with its twist's backward passes on top)."""
+        return self.samples * self.particles * sum(self.steps)
+
+
+def particle_request(samples: int, particles: int, shapes: Sequence[Sequence[int]], steps: Sequence[int],
+                     batch_size: int | None = None, value_bytes: int = 8) -> ParticleRequest:
+    """The size of a particle run (see ``ParticleRequest``); ``batch_size`` None: all samples at once."""
+    return ParticleRequest(int(samples), int(particles), int(batch_size or samples),
+                           tuple(tuple(int(v) for v in s) for s in shapes), tuple(int(v) for v in steps),
+                           int(value_bytes))
+
+
+def stages_request(stages: Sequence[Any], base_cfg: Any, lr_hw: tuple[int, int], scale: int, samples: int,
+                   batch_size: int | None, value_bytes: int) -> ParticleRequest:
+    """The ``ParticleRequest`` of a cascade (``cascade.Stage``s: ``channels``, ``divisor``, ``solver``) run on an
+    LR image of ``lr_hw`` at ``scale``; a stage without its own solver config uses ``base_cfg``."""
+    h, w = lr_hw
+    shapes = [(st.channels, h * scale // st.divisor, w * scale // st.divisor) for st in stages]
+    cfgs = [st.solver or base_cfg for st in stages]
+    return particle_request(samples, max(getattr(c, "particles", 1) for c in cfgs), shapes, [c.steps for c in cfgs],
+                            batch_size, value_bytes)
+
+
+def available_memory(device) -> int | None:
+    """Bytes free for a new request on ``device``: the GPU's free memory, or the host's available memory
+    (``/proc/meminfo``); None where it cannot be read."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:,.1f} GB"
+
+
+def check_particle_memory(req: ParticleRequest, device, available: int | None = None) -> None:
+    """``UsageError`` naming what to lower when the particles' state would take more than ``MEMORY_SHARE`` of
+    the memory available on ``device`` (``available`` overrides the reading); nothing when it fits or the
+    memory cannot be read."""
+    from ..errors import UsageError
+
+    free = available if available is not None else available_memory(device)
+    if free is None or req.state_bytes <= MEMORY_SHARE * free:
+        return
+    per_particle = max(math.prod(s) for s in req.shapes) * req.value_bytes * STATE_TENSORS
+    budget = MEMORY_SHARE * free
+    fit_particles = int(budget // (per_particle * req.max_rows))
+    fit_batch = int(budget // (per_particle * req.particles))
+    hint = f"lower --particles to at most {fit_particles}" if fit_particles >= 1 else "lower --batch-size"
+    if fit_batch >= 1:
+        hint += f", or --batch-size (samples per batch, -n by default) to at most {fit_batch}"
+    raise UsageError(
+        f"this particle run holds {req.max_rows} samples x {req.particles} particles = {req.held:,} particles at "
+        f"once, about {_gb(req.state_bytes)} of state, more than half of the {_gb(free)} free on {device}: {hint}")

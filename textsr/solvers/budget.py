@@ -97,7 +97,7 @@ def available_memory(device) -> int | None:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 2**30:,.1f} GB"
+    return f"{n / 2**30:,.1f} GB" if n >= 2**30 else f"{n / 2**20:,.0f} MB"
 
 
 def check_particle_memory(req: ParticleRequest, device, available: int | None = None) -> None:
@@ -113,9 +113,14 @@ def check_particle_memory(req: ParticleRequest, device, available: int | None = 
     budget = MEMORY_SHARE * free
     fit_particles = int(budget // (per_particle * req.max_rows))
     fit_batch = int(budget // (per_particle * req.particles))
-    hint = f"lower --particles to at most {fit_particles}" if fit_particles >= 1 else "lower --batch-size"
-    if fit_batch >= 1:
-        hint += f", or --batch-size (samples per batch, -n by default) to at most {fit_batch}"
+    if fit_particles >= 1:
+        hint = f"lower --particles to at most {fit_particles}"
+        if fit_batch >= 1:
+            hint += f", or --batch-size (samples per batch, -n by default) to at most {fit_batch}"
+    elif budget >= per_particle:
+        hint = f"set --batch-size 1 and lower --particles to at most {int(budget // per_particle)}"
+    else:
+        hint = "not even one particle's state fits: free memory or use a smaller output"
     raise UsageError(
         f"this particle run holds {req.max_rows} samples x {req.particles} particles = {req.held:,} particles at "
         f"once, about {_gb(req.state_bytes)} of state, more than half of the {_gb(free)} free on {device}: {hint}")

@@ -1,0 +1,72 @@
+"""A particle run's size known before any work: what it holds, the refusal of one that cannot fit, and the
+denoiser never seeing more particles at once than the batch size (memory flat in the number of particles)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from textsr.cli import main
+from textsr.errors import UsageError
+from textsr.solvers.budget import STATE_TENSORS, check_particle_memory, particle_request
+
+
+def test_a_request_holds_one_batch_of_particles():
+    req = particle_request(16, 64, [(3, 16, 16), (3, 64, 64)], [100, 100], batch_size=4)
+    assert req.held == 4 * 64 and req.max_rows == 4
+    assert req.state_bytes == 4 * 64 * 3 * 64 * 64 * 8 * STATE_TENSORS  # the largest stage
+    assert req.denoiser_evaluations == 16 * 64 * 200
+    assert particle_request(2, 8, [(1, 4, 4)], [10]).max_rows == 2  # batch size None: all samples at once
+
+
+def test_a_run_that_cannot_fit_is_refused_with_what_to_lower():
+    req = particle_request(256, 4096, [(3, 64, 64)], [100])
+    with pytest.raises(UsageError) as e:
+        check_particle_memory(req, "cpu", available=16 * 2**30)
+    msg = str(e.value)
+    # 0.94 MB of state per 64x64 particle: 8 GiB hold 8,738 particles
+    assert "1,048,576 particles" in msg and "--particles to at most 34," in msg and "to at most 2" in msg
+    with pytest.raises(UsageError, match=r"--particles to at most 34, or --batch-size .* to at most 8$"):
+        check_particle_memory(particle_request(16, 64, [(3, 64, 64)], [100], batch_size=16), "cpu", available=2**30)
+    check_particle_memory(particle_request(16, 64, [(3, 64, 64)], [100], batch_size=8), "cpu", available=2**30)
+    with pytest.raises(UsageError, match=r"set --batch-size 1 and lower --particles to at most 1$"):
+        check_particle_memory(particle_request(2, 4096, [(3, 64, 64)], [100], batch_size=2), "cpu",
+                              available=3 * 3 * 64 * 64 * 8 * STATE_TENSORS)
+    with pytest.raises(UsageError, match="not even one particle"):
+        check_particle_memory(particle_request(1, 1, [(3, 64, 64)], [100]), "cpu", available=2**20)
+
+
+def test_absurd_particle_requests_end_in_a_message_before_any_work(tmp_path, monkeypatch):
+    from textsr.demo import demo_image
+
+    def no_work(*a, **k):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr("textsr.cascade.sample", no_work)
+    img = tmp_path / "lr.png"
+    Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(img)
+    res = CliRunner().invoke(main, ["upscale", str(img), "--scale", "8", "--particles", "4096", "-n", "256",
+                                    "-o", str(tmp_path / "out"), "-q"])
+    assert res.exit_code == 2 and "--particles to at most" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out" / "results.json").exists()
+    monkeypatch.setattr("textsr.solvers.budget.available_memory", lambda device: 2**30)
+    res = CliRunner().invoke(main, ["rank", str(img), "--scale", "8", "-p", "a", "-p", "b", "--method", "particles",
+                                    "--particles", "4096", "-n", "256"])
+    assert res.exit_code == 2 and "--particles to at most" in res.output
+
+
+def test_the_denoiser_sees_at_most_the_batch_size_of_particles(monkeypatch):
+    from textsr import explore, rank
+    from textsr.demo import demo_image
+    from textsr.gaussian_mixture import MixtureDenoiser
+
+    rows, real = [], MixtureDenoiser.__call__
+    monkeypatch.setattr(MixtureDenoiser, "__call__", lambda self, x, t, cond=None: (rows.append(x.shape[0]),
+                                                                                   real(self, x, t, cond))[1])
+    explore(demo_image(), ["a red circle"], scale=8, particles=6, samples=3, batch_size=2, steps=2)
+    assert max(rows) == 2
+    rows.clear()
+    rank(demo_image(), ["a red circle", ""], scale=8, particles=5, samples=3, steps=2)  # batch size: the samples
+    assert max(rows) == 3

@@ -169,7 +169,7 @@ def main(argv=None) -> None:
     ap.add_argument("--particles", type=int, default=16)
     ap.add_argument("--twist", default="auto")
     ap.add_argument("--tds-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="more TDS settings for --fractions, e.g. max_dense=192 (values parsed as JSON)")
+                    help="more TDS settings for --fractions, e.g. ess_threshold=0.5 (values parsed as JSON)")
     ap.add_argument("--no-baselines", action="store_true", help="--fractions: skip DDNM+")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

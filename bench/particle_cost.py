@@ -3,7 +3,7 @@ on the tiny DeepFloyd IF pipeline (``textsr.testing.tiny_deepfloyd_if``: two sta
 call), same steps per stage, same LR image.
 
     python bench/particle_cost.py [--particles 1,4,16] [--samples 2] [--steps 20,10] [--json PATH]
-        [--tds-option final_twist='"same"']    # more TDS settings (values parsed as JSON)
+        [--tds-option 'research={"last_twist": "same"}']    # more TDS settings (values parsed as JSON)
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", default="20,10", help="stage I, stage II")
     ap.add_argument("--json")
     ap.add_argument("--tds-option", action="append", default=[], metavar="KEY=VALUE",
-                    help="a TDS setting for the tds rows (value parsed as JSON), e.g. final_twist='\"same\"'")
+                    help="a TDS setting for the tds rows (value parsed as JSON), e.g. twist=rayleigh")
     args = ap.parse_args(argv)
     steps = tuple(int(s) for s in args.steps.split(","))
     tds_options = parse_kv(args.tds_option, "--tds-option")

@@ -3,7 +3,7 @@ log-weights of ``tds`` on stage I of the built-in world (the 16 px prior against
 ``log p(y | prompt)``.  A diagnostic, not a table of the README's benchmarks.
 
     python bench/particle_trace.py --scale 16 --twist rayleigh --samples 3 [--prompt TEXT] [--dtype float64]
-        [--steps 50] [--particles 16] [--option max_dense=64] [--show 8]
+        [--steps 50] [--particles 16] [--option 'research={"proposal": "kalman"}'] [--show 8]
 
 Output: the exact evidence and P(shape | y), the final log Z_hat per sample and the minimum ESS, then the
 last ``--show`` reweightings (ESS / N, log Z_hat so far, max - min and median of the increments).

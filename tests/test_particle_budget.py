@@ -10,15 +10,16 @@ from PIL import Image
 
 from textsr.cli import main
 from textsr.errors import UsageError
-from textsr.solvers.budget import STATE_TENSORS, check_particle_memory, particle_request
+from textsr.solvers.budget import DEFAULT_ROWS, STATE_TENSORS, check_particle_memory, particle_request
 
 
 def test_a_request_holds_one_batch_of_particles():
     req = particle_request(16, 64, [(3, 16, 16), (3, 64, 64)], [100, 100], batch_size=4)
-    assert req.held == 4 * 64 and req.max_rows == 4
+    assert req.held == 4 * 64 and req.max_rows == 4  # a given batch size bounds the rows per call
     assert req.state_bytes == 4 * 64 * 3 * 64 * 64 * 8 * STATE_TENSORS  # the largest stage
     assert req.denoiser_evaluations == 16 * 64 * 200
-    assert particle_request(2, 8, [(1, 4, 4)], [10]).max_rows == 2  # batch size None: all samples at once
+    assert particle_request(16, 64, [(1, 4, 4)], [10]).max_rows == DEFAULT_ROWS  # none given
+    assert particle_request(2, 8, [(1, 4, 4)], [10]).max_rows == 16  # all the particles there are
 
 
 def test_a_run_that_cannot_fit_is_refused_with_what_to_lower():
@@ -68,5 +69,8 @@ def test_the_denoiser_sees_at_most_the_batch_size_of_particles(monkeypatch):
     explore(demo_image(), ["a red circle"], scale=8, particles=6, samples=3, batch_size=2, steps=2)
     assert max(rows) == 2
     rows.clear()
-    rank(demo_image(), ["a red circle", ""], scale=8, particles=5, samples=3, steps=2)  # batch size: the samples
+    rank(demo_image(), ["a red circle", ""], scale=8, particles=5, samples=3, steps=2, batch_size=3)
     assert max(rows) == 3
+    rows.clear()
+    explore(demo_image(), ["a red circle"], scale=8, particles=40, samples=2, steps=2)  # no batch size: 64 at most
+    assert max(rows) == DEFAULT_ROWS

@@ -340,9 +340,11 @@ def _progress_callback(callback: Callable[[Progress], None] | None, stages: list
 
 
 def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
-                  index: int, prompt: str, callback: Callable[[Progress], None] | None = None) -> PromptResult:
+                  index: int, prompt: str, callback: Callable[[Progress], None] | None = None,
+                  max_rows: int | None = None) -> PromptResult:
     """Phase 4: ``req.samples`` samples for one prompt (in batches of ``req.batch_size``), then the
-    per-sample metrics.  Adds notes to ``meas.notes``."""
+    per-sample metrics.  Adds notes to ``meas.notes``.  ``max_rows``: a particle solver's particles per
+    denoiser call (``textsr.solvers.budget``)."""
     from .cascade import run_cascade
     from .operators import make_operator
 
@@ -355,7 +357,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
                           sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
-                          device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=req.batch_size)
+                          device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=max_rows)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
@@ -520,12 +522,15 @@ def explore(
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
     stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
     base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+    max_rows = None
     if base_cfg.takes_particles:  # refused before any work if the particles cannot fit (textsr.solvers.budget)
         from .solvers.budget import check_particle_memory, stages_request
 
-        check_particle_memory(stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.batch_size,
-                                             torch.finfo(backend.work_dtype).bits // 8), backend.device)
-    results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
+        preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, batch_size,
+                              torch.finfo(backend.work_dtype).bits // 8)
+        check_particle_memory(preq, backend.device)
+        max_rows = preq.max_rows
+    results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback, max_rows)
                for i, p in enumerate(req.prompts)]
     fill_probabilities(results, req.prompt_prior)
     settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else ())

@@ -6,9 +6,9 @@ model's belief at guidance scale 1, among the prompts given (``textsr.rank``, ``
 
 * ``"exact"``: the closed form of a backend that has one (``Backend.exact_evidence``: the built-in world, a
   Gaussian mixture); the default there.  Milliseconds, no sampling.
-* ``"particles"``: the particle solver's estimate (``tds``; docs/method.md, "Particle (SMC) sampling and the
-  evidence"), ``samples`` independent runs of ``particles`` particles per prompt, combined without bias.  Only
-  the stage whose evidence is reported runs (the first of a cascade: a later stage's estimate would count y
+* ``"particles"``: the particle solver's estimate (``tds``; docs/evidence.md, "Two methods"), ``samples``
+  independent runs of ``particles`` particles per prompt, combined without bias.  Only the stage whose
+  evidence is reported runs (the first of a cascade: a later stage's estimate would count y
   twice), with every option that tilts the sampler away from ``p(x | prompt)`` at its neutral value
   (``Backend.neutral_options``).
 """
@@ -74,7 +74,7 @@ def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "
     """Rank ``prompts`` by ``P(prompt | y) ∝ prior * p(y | prompt)`` (module docstring).  ``method``: ``"exact"``,
     ``"particles"`` or None (exact where the backend has the closed form and ``particles`` is not given);
     ``particles`` (default 16) x ``samples`` runs per prompt, in batches of ``batch_size`` samples (each batch
-    holds ``batch_size x particles`` particles; the denoiser sees ``batch_size`` at a time).  Every argument is
+    holds ``batch_size x particles`` particles; the denoiser sees ``batch_size`` at a time, 64 when None).  Every argument is
     checked before any work; ``UsageError`` says what to pass."""
     from . import api
     from .evidence import check_prior, prompt_probabilities
@@ -99,7 +99,7 @@ def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "
     if chosen == "exact":
         rows = _exact(backend, req, meas)
     else:
-        rows = _particles(backend, replace(req, model_options=neutral), meas, callback)
+        rows = _particles(backend, replace(req, model_options=neutral), meas, batch_size, callback)
     probs = prompt_probabilities([r["log_z"] for r in rows], pi)
     for r, p, q in zip(rows, probs, pi):
         r["probability"], r["logit"] = p, _logit(r["log_z"], q)
@@ -120,7 +120,8 @@ def _exact(backend: Any, req: Any, meas: Any) -> list[dict]:
     return rows
 
 
-def _particles(backend: Any, req: Any, meas: Any, callback: Callable[[Any], None] | None) -> list[dict]:
+def _particles(backend: Any, req: Any, meas: Any, batch_size: int | None,
+               callback: Callable[[Any], None] | None) -> list[dict]:
     """The first stage's evidence per prompt (the stage whose estimate is reported; the others do not run)."""
     from . import api
     from .cascade import run_cascade
@@ -130,7 +131,7 @@ def _particles(backend: Any, req: Any, meas: Any, callback: Callable[[Any], None
 
     stages = backend.build_stages("tds", req.solver_options, req.model_options)[:1]
     base_cfg = make_config("tds")
-    preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.batch_size,
+    preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, batch_size,
                           torch.finfo(backend.work_dtype).bits // 8)
     check_particle_memory(preq, backend.device)
     rows = []

@@ -4,9 +4,10 @@ state cannot fit (``check_particle_memory``); the web app caps its requests with
 
 A particle run of ``samples`` samples in batches of ``batch_size`` holds ``batch_size x particles`` particles
 at once, each with a few image-sized tensors (``STATE_TENSORS``: x_t, Tweedie's estimate, eps, the twist's
-gradient, the proposal's temporaries); the denoiser sees at most ``batch_size`` of them per call
-(``sample(..., max_rows=batch_size)``), so the model's own activations take what a plain run of
-``batch_size`` samples takes, whatever the number of particles.
+gradient, the proposal's temporaries); the denoiser sees at most ``max_rows`` of them per call
+(``sample(..., max_rows=...)``): the batch size when the caller gives one (a plain run of ``batch_size``
+samples puts as many images through the model at once), else ``DEFAULT_ROWS``, so the model's own
+activations do not grow with the number of particles.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 STATE_TENSORS = 10  # image-sized float tensors per particle, the step's temporaries included (measured: 7-9)
 MEMORY_SHARE = 0.5  # a request may hold at most this share of the memory available when it starts
+DEFAULT_ROWS = 64  # particles per denoiser call when no batch size is given (fewer cost more calls)
 
 
 @dataclass(frozen=True)
@@ -32,16 +34,12 @@ class ParticleRequest:
     shapes: tuple[tuple[int, ...], ...]
     steps: tuple[int, ...]
     value_bytes: int = 8
+    max_rows: int = DEFAULT_ROWS  # particles per denoiser call
 
     @property
     def held(self) -> int:
         """Particles held at once (one batch of samples)."""
         return min(self.batch_size, self.samples) * self.particles
-
-    @property
-    def max_rows(self) -> int:
-        """Particles per denoiser call: the batch size."""
-        return max(1, min(self.batch_size, self.samples))
 
     @property
     def state_bytes(self) -> int:
@@ -58,10 +56,13 @@ class ParticleRequest:
 
 def particle_request(samples: int, particles: int, shapes: Sequence[Sequence[int]], steps: Sequence[int],
                      batch_size: int | None = None, value_bytes: int = 8) -> ParticleRequest:
-    """The size of a particle run (see ``ParticleRequest``); ``batch_size`` None: all samples at once."""
+    """The size of a particle run (see ``ParticleRequest``); ``batch_size`` None: all samples at once, and
+    ``DEFAULT_ROWS`` particles per denoiser call (the batch size when given)."""
+    held = min(int(batch_size or samples), int(samples)) * int(particles)
+    rows = int(batch_size) if batch_size else min(DEFAULT_ROWS, held)
     return ParticleRequest(int(samples), int(particles), int(batch_size or samples),
                            tuple(tuple(int(v) for v in s) for s in shapes), tuple(int(v) for v in steps),
-                           int(value_bytes))
+                           int(value_bytes), max(1, rows))
 
 
 def stages_request(stages: Sequence[Any], base_cfg: Any, lr_hw: tuple[int, int], scale: int, samples: int,
@@ -111,7 +112,7 @@ def check_particle_memory(req: ParticleRequest, device, available: int | None = 
         return
     per_particle = max(math.prod(s) for s in req.shapes) * req.value_bytes * STATE_TENSORS
     budget = MEMORY_SHARE * free
-    fit_particles = int(budget // (per_particle * req.max_rows))
+    fit_particles = int(budget // (per_particle * min(req.batch_size, req.samples)))
     fit_batch = int(budget // (per_particle * req.particles))
     if fit_particles >= 1:
         hint = f"lower --particles to at most {fit_particles}"
@@ -122,5 +123,6 @@ def check_particle_memory(req: ParticleRequest, device, available: int | None = 
     else:
         hint = "not even one particle's state fits: free memory or use a smaller output"
     raise UsageError(
-        f"this particle run holds {req.max_rows} samples x {req.particles} particles = {req.held:,} particles at "
+        f"this particle run holds {min(req.batch_size, req.samples)} samples x {req.particles} particles = "
+        f"{req.held:,} particles at "
         f"once, about {_gb(req.state_bytes)} of state, more than half of the {_gb(free)} free on {device}: {hint}")

@@ -19,14 +19,16 @@ def row_slices(rows: int, max_rows: int | None) -> list[slice]:
     return [slice(i, min(i + max_rows, rows)) for i in range(0, rows, max_rows)]
 
 
-def cond_rows(cond: Any, sl: slice, rows: int) -> Any:
-    """Rows ``sl`` of a condition built for ``rows`` rows (``smc.repeat_cond``'s output): every per-row part
+def cond_rows(cond: Any, sl: slice | Any, rows: int) -> Any:
+    """Rows ``sl`` (a slice or a tensor of row indices) of a condition built for ``rows`` rows
+    (``smc.repeat_cond``'s output): every per-row part
     (a tensor with ``rows`` leading rows, an object with ``batch == rows`` and ``batch_slice`` such as a
     Gaussian-mixture ``MixtureBatch``, a list of ``rows`` per-row conditions) is sliced; shared parts (batch-1
     tensors, strings, numbers) are kept.  Dataclass conditions are rebuilt field by field."""
-    if cond is None or (sl.start == 0 and sl.stop >= rows):
-        return cond
     import torch
+
+    if cond is None or (isinstance(sl, slice) and sl.start == 0 and sl.stop >= rows):
+        return cond
 
     if isinstance(cond, torch.Tensor):
         return cond[sl] if cond.ndim and cond.shape[0] == rows else cond
@@ -37,5 +39,5 @@ def cond_rows(cond: Any, sl: slice, rows: int) -> Any:
         return dataclasses.replace(cond, **{f.name: cond_rows(getattr(cond, f.name), sl, rows)
                                             for f in dataclasses.fields(cond) if f.init})
     if isinstance(cond, list) and len(cond) == rows and not all(isinstance(c, str) for c in cond):
-        return cond[sl]
+        return cond[sl] if isinstance(sl, slice) else [cond[int(i)] for i in sl]
     return cond

@@ -71,7 +71,8 @@ def _range_rows(A, X: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) 
 
 def lowrank_twist(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, chain: ChainMap | None,
                   probes: int = PROBES):
-    """``(log p~_t(y | x_t), grad, kappa)`` per particle for the low-rank twist (module docstring)."""
+    """``(log p~_t(y | x_t), grad, kappa, found)`` per particle for the low-rank twist (module docstring);
+    ``found``: whether the probes found the floor (the twist is then the model above, else Rayleigh's)."""
     P, shape = r.shape[0], tuple(x_in.shape[1:])
     k = max(1, min(probes, r[0].numel()))  # at most the dimension of the range of A^T
     u = rayleigh_direction(A, r, sigma2, rho2)
@@ -124,4 +125,4 @@ def lowrank_twist(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, ch
                                              k_t, rho2, chain)
     found = mu[:, 1] <= FLOOR_TOL * mu[:, 0].clamp(min=0.0) if k > 1 else torch.zeros_like(a, dtype=torch.bool)
     grad = torch.where(found.unsqueeze(-1), grad, ray_grad.flatten(1).to(torch.float64))
-    return torch.where(found, log_tw, ray_log), grad.reshape(P, *shape).to(x0_hat.dtype), kappa
+    return torch.where(found, log_tw, ray_log), grad.reshape(P, *shape).to(x0_hat.dtype), kappa, found

@@ -44,6 +44,7 @@ from .step import fresh_noise_std, transition
 from .twist import TWISTS, TwistEval, concat, evaluate_twist, mean_s2, resolve_twist, sum_squares
 
 RESAMPLE_ON_EXACT = 0.5  # ess_threshold="auto" with the exact dense twist at every level
+RETRY = 8  # a particle whose low-rank twist found no floor tries it again at every RETRY-th level
 LAST_PROBES = 16  # the "lowrank" twist's probes at the last level (whose twist the final weights use)
 
 
@@ -163,6 +164,7 @@ class TDSPlan:
     proposal: str  # "kalman" | "gradient"
     chain_variances: bool
     forward_twist: bool  # the run's twist is MCGdiff's (the proposal then predicts x0 from the mean)
+    level: dict  # timestep -> its index in the run (0 at the first level)
     max_rows: int | None  # particles per denoiser call (None: all)
     probes: int = PROBES
 
@@ -182,18 +184,37 @@ def make_plan(cfg: TDSConfig, schedule, timesteps: list[int], m: int, max_rows: 
     elif r.last_twist != "same":
         twists[timesteps[-1]] = {"exact": "tweedie", "lowrank": "lowrank"}[r.last_twist]
     proposal = r.proposal if r.proposal != "auto" else ("kalman" if run_twist == "tweedie" else "gradient")
-    return TDSPlan(chain, twists, proposal, r.chain_variances, run_twist == "forward", max_rows, r.probes)
+    return TDSPlan(chain, twists, proposal, r.chain_variances, run_twist == "forward",
+                   {t: i for i, t in enumerate(timesteps)}, max_rows, r.probes)
 
 
-def evaluate(plan: TDSPlan, den: Denoiser, problem: Problem, x: torch.Tensor, t: int, cond: Any) -> TwistEval:
+def evaluate(plan: TDSPlan, den: Denoiser, problem: Problem, x: torch.Tensor, t: int, cond: Any,
+             found: torch.Tensor | None = None) -> TwistEval:
     """The denoiser and the twist of level t at the particles ``x``, ``plan.max_rows`` particles at a time
-    (each chunk's graph is freed before the next: memory flat in the number of particles)."""
-    rows = x.shape[0]
-    parts = [evaluate_twist(plan.twists[t], den, Problem(problem.operator, problem.y[sl], problem.sigma_y), x[sl], t,
-                            cond_rows(cond, sl, rows), plan.chain_map(t),
-                            max(plan.probes, LAST_PROBES) if t == plan.chain.timesteps[-1] else plan.probes)
-             for sl in row_slices(rows, plan.max_rows)]
-    return parts[0] if len(parts) == 1 else concat(parts)
+    (each chunk's graph is freed before the next: memory flat in the number of particles).
+
+    ``found``: per particle, whether the low-rank twist found the covariance's floor at the previous level.
+    Below the last level a particle that did not gets the Rayleigh twist (what the low-rank twist falls back
+    to there anyway, for one backward pass instead of k + 1), except at every ``RETRY``-th level, where every
+    particle tries the low-rank twist again (the covariance's rank falls as t does)."""
+    rows, kind, last = x.shape[0], plan.twists[t], t == plan.chain.timesteps[-1]
+    probes = max(plan.probes, LAST_PROBES) if last else plan.probes
+    groups: list[tuple[str, torch.Tensor | None]] = [(kind, None)]
+    if kind == "lowrank" and found is not None and not last and plan.level[t] % RETRY and not bool(found.all()):
+        groups = [("lowrank", found.nonzero().flatten()), ("rayleigh", (~found).nonzero().flatten())]
+    parts, index = [], []
+    for k, sel in groups:
+        if sel is not None and sel.numel() == 0:
+            continue
+        for sl in row_slices(rows if sel is None else sel.numel(), plan.max_rows):
+            rows_ = sl if sel is None else sel[sl]
+            parts.append(evaluate_twist(k, den, Problem(problem.operator, problem.y[rows_], problem.sigma_y), x[rows_],
+                                        t, cond_rows(cond, rows_, rows), plan.chain_map(t), probes))
+            if sel is not None:
+                index.append(sel[sl])
+    if len(parts) == 1:
+        return parts[0]
+    return concat(parts, torch.cat(index) if index else None)
 
 
 @dataclass
@@ -206,11 +227,12 @@ class TDSState:
     log_twist: torch.Tensor
     grad: torch.Tensor
     kappa: torch.Tensor
+    found: torch.Tensor  # (P,) bool: the low-rank twist found the covariance's floor (``evaluate``)
     plan: TDSPlan = field(metadata={"shared": True})
 
 
 def _state(ev: TwistEval, plan: TDSPlan) -> TDSState:
-    return TDSState(ev.x0_hat, ev.eps, ev.log_twist, ev.grad, ev.kappa, plan)
+    return TDSState(ev.x0_hat, ev.eps, ev.log_twist, ev.grad, ev.kappa, ev.rows_found(), plan)
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -310,7 +332,7 @@ class TDSKernel:
         mean_p, c = step.mean(state.x0_hat), float(step.std)
         z = noise.like(x_t)
         x_s, log_pq = propose(state, problem, mean_p, c, t, t_next, abar_s, z)
-        ev = evaluate(state.plan, den, problem, x_s, t_next, cond)
+        ev = evaluate(state.plan, den, problem, x_s, t_next, cond, state.found)
         log_w = ev.log_twist - state.log_twist + log_pq  # eq. 8: p p~_s / (p~_t q)
         return StepResult(x_next=x_s.detach(), x0_hat=state.x0_hat, x0=x0_y.detach(), log_weight=log_w,
                           state=_state(ev, state.plan))

@@ -64,12 +64,23 @@ class TwistEval:
     #: (P,) float64: Cov[x0 | x_t] in the range of A summarised by one variance (continuous model, no
     #: chain correction, x units): what the Kalman proposal predicts the next level from
     kappa: torch.Tensor
+    #: (P,) bool: the "lowrank" twist found the covariance's floor for this particle (was exact); else False
+    found: torch.Tensor | None = None
+
+    def rows_found(self) -> torch.Tensor:
+        return self.found if self.found is not None else torch.zeros_like(self.kappa, dtype=torch.bool)
 
 
-def concat(parts: list[TwistEval]) -> TwistEval:
-    """The evaluations of consecutive chunks of particles as one."""
-    return TwistEval(*(torch.cat([getattr(p, f) for p in parts]) for f in ("x0_hat", "eps", "log_twist", "grad",
-                                                                          "kappa")))
+def concat(parts: list[TwistEval], index: torch.Tensor | None = None) -> TwistEval:
+    """The evaluations of chunks of particles as one; ``index``: the rows each chunk's rows are (in order of
+    ``parts``), None: consecutive chunks."""
+    fields_ = [torch.cat([p.x0_hat for p in parts]), torch.cat([p.eps for p in parts]),
+               torch.cat([p.log_twist for p in parts]), torch.cat([p.grad for p in parts]),
+               torch.cat([p.kappa for p in parts]), torch.cat([p.rows_found() for p in parts])]
+    if index is not None:
+        order = torch.argsort(index.to(fields_[0].device))
+        fields_ = [f[order.to(f.device)] for f in fields_]
+    return TwistEval(*fields_)
 
 
 def sum_squares(v: torch.Tensor) -> torch.Tensor:
@@ -151,7 +162,9 @@ def evaluate_twist(kind: str, den: Denoiser, problem: Problem, x_t: torch.Tensor
         elif kind == "lowrank":
             from .lowrank_twist import lowrank_twist
 
-            log_tw, grad, lam = lowrank_twist(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain, probes)
+            log_tw, grad, lam, found = lowrank_twist(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain,
+                                                     probes)
+            return TwistEval(pred.x0.detach(), pred.eps.detach(), log_tw, grad.detach(), lam.clamp(min=MIN_VAR), found)
         elif kind == "rayleigh":
             log_tw, grad, lam = _rayleigh(pred.x0, x_in, A, r, sigma2, k_t, (1.0 - abar) / abar, chain)
         elif kind == "scalar":

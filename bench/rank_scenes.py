@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 
@@ -28,8 +27,8 @@ TIE = 0.05  # nats: prompts whose exact evidences are this close are tied (the i
 SCENES = [
     (8, ("circle", "red", "blue", "small", (1, 1)), 1,
      ["a red circle", "a small red circle in the center", "a red ring on blue", ""]),
-    (8, ("star", "yellow", "black", "large", (0, 0)), 2, ["a yellow star", "a large yellow star on black", "a white star",
-                                                        ""]),
+    (8, ("star", "yellow", "black", "large", (0, 0)), 2,
+     ["a yellow star", "a large yellow star on black", "a white star", ""]),
     (8, ("triangle", "blue", "black", "small", (0, 2)), 3,
      ["a small blue triangle", "a blue triangle at the top right", "a large blue triangle", ""]),
     (8, ("square", "green", "blue", "large", (2, 0)), 4,
@@ -50,7 +49,8 @@ SCENES = [
      ["a yellow triangle", "a large yellow star", "a small yellow triangle", ""]),
     (16, ("cross", "green", "black", "small", (1, 1)), 13,
      ["a green cross", "a small green cross in the center", "a red cross", ""]),
-    (8, ("star", "white", "blue", "small", (2, 0)), 14, ["a white star", "a star", "a white cross at the bottom left", ""]),
+    (8, ("star", "white", "blue", "small", (2, 0)), 14,
+     ["a white star", "a star", "a white cross at the bottom left", ""]),
 ]
 
 
@@ -98,8 +98,8 @@ def run(indices, particles: int | None, samples: int, steps: int | None, seed: i
 
 
 def table(recs: list[dict]) -> str:
-    lines = ["| # | x | scene (draw) | prompt | exact log Z | exact P | rank log Z (spread) | rank P | TV | best first |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| # | x | scene (draw) | prompt | exact log Z | exact P | rank log Z (spread) | rank P | TV | "
+             "best first |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         order = sorted(r["prompts"], key=lambda p: -r["exact_log_z"][p])
         for j, p in enumerate(order):

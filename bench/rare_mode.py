@@ -49,7 +49,8 @@ def main(argv=None) -> None:
     exact = float(log_evidence(prior, A, y, sig)[0])
     w = posterior(prior, A, y, sig).weights[0]
     print(f"exact log p(y) {exact:.2f}; exact posterior weights {w[0]:.2e} / {w[1]:.6f}")
-    print("| N | steps | log Z_hat median | combined | spread (std over runs) | samples in the rare mode | final ESS / N |")
+    print("| N | steps | log Z_hat median | combined | spread (std over runs) | samples in the rare mode | "
+          "final ESS / N |")
     print("|---|---|---|---|---|---|---|")
     for steps in (int(s) for s in args.steps.split(",")):
         for N in (int(n) for n in args.ns.split(",")):

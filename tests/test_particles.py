@@ -406,15 +406,14 @@ def test_batched_vector_jacobian_products_equal_one_pass_each_and_survive_runnin
 # ------------------------------------------------------------------------------------------------
 # the built-in world: image-sized noiseless y, an approximate twist
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("options, lo, hi", [({}, 0.0, 10.0),
-                                              ({"research": {"proposal": "kalman"}, "ess_threshold": 0.5}, 100.0,
-                                               math.inf)])
-def test_builtin_world_evidence_with_the_approximate_twist_needs_no_intermediate_resampling(options, lo, hi):
-    """Stage I of the built-in world at 16x (48 noiseless values, the Rayleigh twist): with the defaults
-    (``proposal``/``ess_threshold`` "auto": TDS's gradient step, no resampling before the exact last level) the
-    median log Z_hat is within a few nats of the exact evidence (bench/stage1_fractions.py, 100 samples:
-    250.1 / 247.9 at N = 16 / 4, exact 251.2); the Kalman step with resampling on the Rayleigh twist (the
-    defaults before) is hundreds of nats low (-326.4 at N = 16)."""
+@pytest.mark.parametrize("options, particles, lo, hi", [
+    ({}, 16, 0.0, 1.5), ({"research": {"proposal": "kalman"}, "ess_threshold": 0.5}, 4, 100.0, math.inf)])
+def test_builtin_world_evidence_within_about_a_nat_and_no_resampling_on_an_approximate_twist(options, particles,
+                                                                                              lo, hi):
+    """Stage I of the built-in world at 16x (48 noiseless values; the low-rank twist, which is not exact at every
+    level here): with the defaults (TDS's gradient step, no resampling before the last level) the median
+    log Z_hat of 8 runs of 16 particles is within 1.5 nats of the exact evidence (0.6 measured; 12 runs: 250.40
+    against 251.19); the Kalman step with resampling at 0.5 on an approximate twist is hundreds of nats low."""
     from textsr.model_registry import load_model
     from textsr.shapes_world import render_scene
 
@@ -423,8 +422,8 @@ def test_builtin_world_evidence_with_the_approximate_twist_needs_no_intermediate
     y = torch.from_numpy(hr.reshape(4, 16, 4, 16, 3).mean(axis=(1, 3))).permute(2, 0, 1)[None].double() * 2 - 1
     exact = be.exact_evidence(y.float(), ops.AvgPool(16, (3, 64, 64)))
     den = MixtureDenoiser(be.mixture_lo64, be.schedule)
-    cfg = make_config("tds", steps=50, particles=4, **options)
-    res = sample(den, Problem(ops.AvgPool(4, (3, 16, 16)), y, 0.0), cfg, Noise.from_seeds(range(1000, 1012), dtype=F64))
+    cfg = make_config("tds", steps=50, particles=particles, **options)
+    res = sample(den, Problem(ops.AvgPool(4, (3, 16, 16)), y, 0.0), cfg, Noise.from_seeds(range(1000, 1008), dtype=F64))
     err = abs(float(res.log_evidence.median()) - exact)
     assert lo <= err < hi, (float(res.log_evidence.median()), exact)
 

@@ -17,7 +17,6 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace

@@ -262,8 +262,8 @@ def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {prompt, probability, log_z}.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def rank_cmd(image, scale, prompts, method, particles, samples, batch_size, steps, prompt_prior, model, model_opts, seed,
-             operator, sigma_y, device, dtype, as_json, quiet):
+def rank_cmd(image, scale, prompts, method, particles, samples, batch_size, steps, prompt_prior, model, model_opts,
+             seed, operator, sigma_y, device, dtype, as_json, quiet):
     """Rank the prompts by P(prompt | IMAGE): which description explains the low-resolution image, and how
     likely each is, in the model's belief at guidance scale 1, among the prompts given."""
     from .api import rank

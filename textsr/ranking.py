@@ -74,8 +74,8 @@ def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "
     """Rank ``prompts`` by ``P(prompt | y) ∝ prior * p(y | prompt)`` (module docstring).  ``method``: ``"exact"``,
     ``"particles"`` or None (exact where the backend has the closed form and ``particles`` is not given);
     ``particles`` (default 16) x ``samples`` runs per prompt, in batches of ``batch_size`` samples (each batch
-    holds ``batch_size x particles`` particles; the denoiser sees ``batch_size`` at a time, 64 when None).  Every argument is
-    checked before any work; ``UsageError`` says what to pass."""
+    holds ``batch_size x particles`` particles; the denoiser sees ``batch_size`` at a time, 64 when None).  Every
+    argument is checked before any work; ``UsageError`` says what to pass."""
     from . import api
     from .evidence import check_prior, prompt_probabilities
 
@@ -139,11 +139,14 @@ def _particles(backend: Any, req: Any, meas: Any, batch_size: int | None,
         cond = backend.encode_prompt(p)
         meas.notes.extend(backend.prompt_notes(p))
         cb = api._progress_callback(callback, stages, i, len(req.prompts), p)
-        log_z, ess = [], []
+        log_z: list[torch.Tensor] = []
+        ess: list[torch.Tensor] = []
         for b0 in range(0, req.samples, req.batch_size):
             res = run_cascade(stages, meas.y, req.scale, base_cfg, req.seeds[b0:b0 + req.batch_size], cond,
                               sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
                               device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=preq.max_rows)
+            if res.log_evidence is None or res.stage_ess[0] is None:
+                raise TypeError("the particle solver returned no evidence")
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
         ev = api.prompt_evidence(torch.cat(log_z), torch.cat(ess, dim=1), stages, backend, req)

@@ -2,8 +2,9 @@
 
 Particle solvers (``cfg.takes_particles``, e.g. TDS) run through the same loop: each of the B samples is
 its own system of ``cfg.particles`` particles, the ``B * N`` particles go through the denoiser in chunks of
-at most ``max_rows`` (``chunks.py``: memory flat in N), and the loop does the bookkeeping (``smc.ParticleSystem``): log-weights, ESS, systematic
-resampling, the evidence estimate and the final draw of one particle per sample.
+at most ``max_rows`` (``chunks.py``: memory flat in N), and the loop does the bookkeeping
+(``smc.ParticleSystem``): log-weights, ESS, systematic resampling, the evidence estimate and the final draw of
+one particle per sample.
 """
 
 from __future__ import annotations

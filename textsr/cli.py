@@ -89,14 +89,14 @@ def _checked(check):
 def _run_and_report(kwargs: dict, out: Path, quiet: bool, overwrite: bool = False) -> None:
     from .api import explore
     from .errors import TextSRError
-    from .outdir import check_output_folder
+    from .outdir import reserve
 
     bar = _ProgressBar(quiet)
     t0 = time.perf_counter()
     try:
-        check_output_folder(out, overwrite=overwrite)  # before any work: a bad folder costs nothing
-        result = explore(callback=bar, **kwargs)
-        files = result.save(out, overwrite=overwrite)
+        with reserve(out, overwrite=overwrite):  # before any work: a bad or busy folder costs nothing
+            result = explore(callback=bar, **kwargs)
+            files = result.save(out, overwrite=overwrite)
     except TextSRError as e:
         bar.close()
         click.echo(f"error: {e}", err=True)

@@ -175,14 +175,16 @@ class Exploration:
     def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:
         """Write input/baselines/samples/std maps/grid/index.html, then results.json (``textsr.outdir``).
 
-        A folder holding another run is refused unless ``overwrite`` (then only textsr's files are
-        removed); if writing fails, nothing half-written stays and ``OutputWriteError.rescued`` names
-        the fallback folder holding the complete run."""
+        ``directory`` must name a folder: None or an empty name raise ``UsageError`` (pass '.' for the
+        current folder). A folder holding another run is refused unless ``overwrite`` (then only the
+        files textsr's records list are removed), and so is one holding files of textsr's names that
+        textsr did not write, or links where it writes; if writing fails, nothing half-written stays
+        and ``OutputWriteError.rescued`` names the fallback folder holding the complete run."""
         from .report import write_outputs
 
         samples = {p.label: list(p.samples) for p in self.prompts}
         std_maps = {p.label: p.std_map for p in self.prompts}
-        return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
+        return write_outputs(directory, lr=self.lr, samples=samples, std_maps=std_maps,
                              results=self.results_dict(), scale=self.scale, notes=[], overwrite=overwrite)
 
     def summary(self) -> list[str]:

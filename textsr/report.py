@@ -28,7 +28,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from textsr import io, outdir
-from textsr.errors import UsageError
 from textsr.schema import validate_results
 
 # Anchor colours of matplotlib's viridis at 0, 1/8, ..., 1; interpolated to a 256-entry LUT.
@@ -79,9 +78,7 @@ def write_outputs(
     ``overwrite`` (then only textsr's files are removed), results.json last, and on a write error
     nothing half-written is left and the run goes to a fallback folder (``OutputWriteError``).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} is a file, not a folder. Choose another output folder.")
+    out = outdir.folder_arg(out_dir)  # None, '' (the current folder by accident) or a file: refused first
     lr = _image(lr, "lr")
     entries = _prompt_entries(results, samples)
     out_size = (lr.shape[0] * scale, lr.shape[1] * scale)

@@ -67,3 +67,11 @@ def test_mcgdiff_problems_prints_the_problem_behind_the_readme(capsys):
     out = capsys.readouterr().out
     assert "| 0 | 0.7412, 0.0045 | 0.4326 | 0.0103 |" in out
     assert "mixture weights of problem k identical in every (d, dy) cell: True" in out
+
+
+def test_label_wrap_bench_counts_the_wrapping_work(capsys):
+    lw = _load("label_wrap")
+    lw.main(["--sizes", "3000", "30000", "--repeat", "1"])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0].replace(",", "")) for r in rows] == [3000, 30000]
+    assert rows[0][3] == rows[1][3]  # characters measured: the same for 10x the prompt

@@ -1,41 +1,17 @@
 """The output folder: checked and held before any work, written with results.json last, never mixed,
-nothing lost, and nothing touched that textsr did not write.
+nothing lost, nothing touched that textsr did not write (the whole story: docs/output-folder.md).
 
-**The layout.** textsr writes only these names in a run's folder::
-
-    input.png  nearest.png  bicubic.png  grid.png  index.html  results.json
-    NN-slug/sample-NN.png  NN-slug/std.png          (NN-slug: a prompt folder, e.g. 00-a-red-circle)
-
-**Records.** A file is textsr's only when a textsr *record* lists it, never because of its name alone:
-
-- ``results.json`` (a JSON object with ``textsr_version``), written last: it marks the run complete
-  and lists every file of the run;
-- ``.textsr-run.json``, written *first* by every write: it lists the files that write will create and
-  those of the run it replaces, and is removed once results.json is in place. A write killed midway
-  leaves it behind, vouching for what it wrote (the folder then holds an *interrupted* run).
-
-A record vouches only for layout names: anything else it lists (``notes.txt``, ``sub/x.txt``,
-``../x``) is ignored. A file at a layout name that no record lists (a user's ``grid.png``, a photo
-folder ``2023-holiday/sample-01.png``) makes the folder *refused*, with or without ``overwrite``:
-textsr would have to replace it or mix its run with it. ``overwrite`` replaces a run: it removes
-the files the records vouch for (results.json first) and nothing else.
-
-**Nothing outside the folder.** The folder given is resolved once; below it no link is followed: a
-layout name that is a link (``00-a-red-circle -> ../userdata``) makes the folder refused, and every
-path is checked again (each component a real folder, the file a plain file) right before it is
-written or removed.
-
-**One run at a time.** ``reserve`` holds the folder from before the work until the files are
-written: a second run into it is refused at once with a message naming the process that holds it.
-The hold is an advisory ``flock`` on ``.textsr-lock``, which the operating system releases when its
-process ends however it ends, so a run killed with ``kill -9`` never blocks the next one (its
-``.textsr-lock`` file may stay; it holds nothing). A run that reserved its folder never loses its
-work: if the folder cannot take it at the end, it goes to a fresh fallback folder like a failed write.
-
-**Failed writes.** Every file is written atomically (a hidden ``.NAME.XXXXXXXX.tmp`` renamed into
-place). If a write fails (disk full, permissions, read-only file system) the files it created are
-removed again and the whole run is written to a fallback folder instead (``OutputWriteError`` says
-where).
+- **Layout**: ``TOP_FILES`` and ``NN-slug/sample-NN.png``, ``NN-slug/std.png``: the only names written.
+- **Records**: a file is textsr's only when a record lists it: results.json (written last, the run
+  is complete) or ``.textsr-run.json`` (written first by every write, removed when it completes; a
+  killed write leaves it, vouching for what it wrote). Records vouch for layout names only.
+- **Refused**: files of layout names no record lists, with or without ``overwrite``; links where
+  textsr writes; another run unless ``overwrite`` (then exactly the recorded files are removed).
+- **Nothing outside**: the folder is resolved once; below it every path is checked right before it
+  is written or removed (no link, folders are folders, files plain files).
+- **One run at a time**: ``reserve`` holds the folder (``textsr.folder_lock``) from before the work;
+  a run that held it and cannot write there at the end goes to a fallback folder, as does a failed
+  write (files written atomically; on an error those written are removed again).
 """
 
 from __future__ import annotations
@@ -52,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import io
+from ._version import __version__
 from .errors import OutputFolderError, OutputWriteError, UsageError
 from .folder_lock import held, hold
 
@@ -338,7 +315,7 @@ def _check_files(files: Mapping[str, bytes]) -> None:
 def _replace_run(root: Path, files: Mapping[str, bytes]) -> dict[str, Path]:
     old = scan(root)  # checked by reserve: nothing foreign, no links
     listed = sorted({*old.vouched, *files})
-    marker = {"textsr_version": _version(), "files": listed,
+    marker = {"textsr_version": __version__, "files": listed,
               "note": "textsr is writing this folder; if this file stays, that write was interrupted"}
     io.write_bytes_atomic(json.dumps(marker, indent=1).encode(), _checked(root, MARKER))
     try:
@@ -350,12 +327,6 @@ def _replace_run(root: Path, files: Mapping[str, bytes]) -> dict[str, Path]:
         raise
     _checked(root, MARKER).unlink()  # complete: results.json vouches for the run now
     return written
-
-
-def _version() -> str:
-    from ._version import __version__
-
-    return __version__
 
 
 def _checked(root: Path, rel: str, folder: bool = False) -> Path:

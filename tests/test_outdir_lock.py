@@ -13,32 +13,20 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
-from PIL import Image
 
 import textsr.api
-from textsr.cli import main
 from textsr.demo import demo_image
 from textsr.errors import OutputFolderError
 from textsr.outdir import check_output_folder, reserve
 
+try:  # tests/ is not a package: pytest puts it on sys.path
+    from test_cli_hardening import img, run  # noqa: F401 - img is a fixture
+except ImportError:  # pragma: no cover
+    from tests.test_cli_hardening import img, run  # noqa: F401
+
 FAST = ["--steps", "3", "--samples", "2", "--quiet"]
 LOCK = ".textsr-lock"
-
-
-@pytest.fixture()
-def img(tmp_path):
-    p = tmp_path / "in.png"
-    Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(p)
-    return p
-
-
-def run(args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    return res
 
 
 def holding(folder: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:

@@ -117,6 +117,8 @@ def _release(fd: int, path: Path) -> None:
     try:
         if _same_file(fd, path):
             os.unlink(path)  # while still locked: a run that opened it meanwhile sees it gone and retries
+    except OSError:  # e.g. the folder turned read-only: the file stays, and holds nothing once closed
+        pass
     finally:
         os.close(fd)
 
@@ -131,6 +133,6 @@ def _holder(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0) or b"{}")
         pid, host, since = int(info["pid"]), _PLAIN.sub("", str(info["host"]))[:64], _PLAIN.sub("", str(info["since"]))
     except (OSError, ValueError, KeyError, TypeError):
-        return "its process did not say which it is yet"
+        return "a process that has not written its id yet"
     here = " (this process)" if pid == os.getpid() and host == socket.gethostname() else ""
     return f"process {pid}{here} on {host}, since {since[:19]}"

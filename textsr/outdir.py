@@ -229,7 +229,7 @@ def check_output_folder(out: str | os.PathLike[str], *, overwrite: bool = False)
     To keep other runs out while you work, use ``reserve`` instead."""
     with reserve(out, overwrite=overwrite):
         pass
-    return Path(out)  # type: ignore[arg-type]  # folder_arg checked it
+    return Path(out)
 
 
 def _make_dirs(out: Path) -> list[Path]:
@@ -415,8 +415,8 @@ def _rescued(files: Mapping[str, bytes], out: Path, why: str) -> OutputWriteErro
             continue
         return OutputWriteError(
             f"could not write the results to {out} ({why}); nothing was left half-written there. The complete "
-            f"results were written to {folder} instead: copy them from there (free some space or fix the "
-            "folder's permissions first).", rescued=folder)
+            f"results were written to {folder} instead: copy them from there once the folder can take them "
+            "(free some space, fix its permissions, or move away what is in the way).", rescued=folder)
     return OutputWriteError(
         f"could not write the results to {out} ({why}), nor to a fallback folder ({'; '.join(tried)}). "
         "Nothing was left half-written. From Python the Exploration still holds every sample: call "

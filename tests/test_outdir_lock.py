@@ -133,3 +133,16 @@ def test_a_held_run_that_its_folder_refuses_at_the_end_is_rescued(tmp_path, img,
     finally:
         shutil.rmtree(rescued)
     assert sorted(os.listdir(out)) == ["grid.png"] and (out / "grid.png").read_bytes() == b"someone's grid"
+
+
+def test_a_file_system_without_locks_warns_and_writes(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match="does not support file locks .*No locks available"):
+        check_output_folder(tmp_path / "o")
+    assert not (tmp_path / "o").exists()

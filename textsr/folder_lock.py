@@ -9,18 +9,21 @@ process exclude each other too; a thread that already holds a folder may take it
 holds: the CLI holds the folder while sampling, ``write_run`` again while writing).
 
 Limits: advisory (a program that ignores the lock is not kept out; textsr's own runs are); on
-network file systems ``flock`` works where the server supports locks (NFSv4; NFSv3 needs lockd).
+network file systems ``flock`` works where the server supports locks (NFSv4; NFSv3 needs lockd);
+where the file system has no locks at all, the run goes on unlocked with a warning.
 Needs POSIX file locks (``fcntl``: Linux, macOS, BSD); elsewhere writing a run raises
 ``OutputFolderError`` saying so.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import socket
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -34,6 +37,9 @@ except ImportError:  # pragma: no cover - not POSIX (Windows)
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".textsr-lock"
+# flock's answers on file systems without locks (NFSv3 without lockd, some FUSE and SMB mounts): the run
+# goes on unlocked, with a warning, rather than refusing to write where it always could
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 _mine = threading.local()  # .depth: {resolved folder: nesting depth} for the folders this thread holds
 
@@ -88,9 +94,13 @@ def _acquire(path: Path, shown: Path) -> int:
                 f"the output folder {shown} is in use by another textsr run ({holder}); nothing was started. Wait "
                 "until it finishes, or choose another output folder.") from None
         except OSError as e:
-            os.close(fd)
-            raise OutputFolderError(f"cannot lock the output folder {shown} ({e.strerror or e}). Choose an output "
-                                    "folder on a file system that supports file locks.") from None
+            if e.errno not in _NO_LOCKS:
+                os.close(fd)
+                raise OutputFolderError(f"cannot lock the output folder {shown} ({e.strerror or e}). Choose "
+                                        "another output folder.") from None
+            warnings.warn(f"the file system of the output folder {shown} does not support file locks "
+                          f"({e.strerror or e}): textsr cannot keep a second run out of this folder while this "
+                          "one runs", stacklevel=4)
         if _same_file(fd, path):
             break
         os.close(fd)  # the holder removed the file as we opened it: lock the one at the path now

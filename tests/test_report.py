@@ -102,7 +102,7 @@ def test_non_finite_metrics_become_null_with_a_note(tmp_path):
     assert doc["prompts"][0]["samples"][1]["lr_psnr"] is None
     assert doc["prompts"][1]["text_consistency"] is None
     assert any("prompts/0/samples/1/lr_psnr was inf" in n for n in doc["notes"])
-    assert "LR-PSNR n/a" in (tmp_path / "index.html").read_text()
+    assert "LR-PSNR &gt;=100 dB" in (tmp_path / "index.html").read_text()  # inf: A x = y exactly
 
 
 def test_index_html_escapes_prompts_and_shows_metrics(tmp_path):
@@ -110,7 +110,7 @@ def test_index_html_escapes_prompts_and_shows_metrics(tmp_path):
     assert "<script" not in html.lower() and "onerror=" not in html.replace("onerror=&quot;", "")
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in html
     assert "&amp; &quot;q&quot;" in html
-    assert "LR-PSNR 31.00 dB" in html and "text 0.26" in html and "seed 1235" in html
+    assert "LR-PSNR 31.0 dB" in html and "text 0.26" in html and "seed 1235" in html
     for ref in ['src="input.png"', 'src="bicubic.png"', 'src="00-a-red-circle/std.png"', 'href="results.json"']:
         assert ref in html
     assert "http://" not in html and "https://" not in html and "<link" not in html  # fully offline

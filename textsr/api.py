@@ -7,7 +7,8 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 ``explore`` runs in named phases, each a function below:
 
-1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
+1. ``check_inputs``: an ``ExploreRequest`` (``textsr.request``: the arguments, each checked when it is
+   built) checked against the world before any model is loaded -> ``CheckedRequest``;
 2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
    ``apply_preset``: the preset (``textsr.presets``), if any, merged under the explicit options;
 3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
@@ -30,38 +31,30 @@ import torch
 from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
+from .request import ExploreRequest, expand_prompts, is_backend
 
-__all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts", "explore", "rank"]
+__all__ = ["CheckedRequest", "Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts",
+           "explore", "explore_request", "rank", "rank_request"]
 
 MAX_SAMPLES = validate.MAX_SAMPLES
-MAX_PARTICLES = 4096
+MAX_PARTICLES = validate.MAX_PARTICLES
 
 
 # ------------------------------------------------------------------------------------------------
 # phase 1: inputs
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExploreRequest:
-    """The checked arguments of one ``explore`` call (see ``explore`` for their meaning)."""
+class CheckedRequest:
+    """An ``ExploreRequest`` after phase 1: the image read, the model named (the built-in world chosen
+    when none was given and it explains the input), and what phase 2 (the preset) resolves."""
 
-    image: tuple[np.ndarray, InputInfo, tuple[str, ...]]  # (h, w, C) in [0, 1], where from, notes: read already
-    prompts: list[str]
-    scale: int
-    model: Any
-    solver: str  # the registry name
-    samples: int
-    seed: int
+    request: ExploreRequest
+    image: tuple[np.ndarray, InputInfo, tuple[str, ...]]  # (h, w, C) in [0, 1], where from, notes
+    model: Any  # a registry name, folder, spec file or a loaded Backend
     operator: str | None  # None: the preset's (after apply_preset), else avgpool
-    sigma_y: float
-    solver_options: dict
+    operator_options: dict
+    solver_options: dict  # the engine's: the request's shorthands (steps, eta, travel ...) written in
     model_options: dict
-    device: str | None
-    dtype: str | None
-    simulate: bool
-    batch_size: int
-    max_pixels: int
-    preset: str | None = None
-    prompt_prior: tuple[float, ...] | None = None  # P(prompt) for the evidence (None: uniform)
 
     @property
     def operator_name(self) -> str:
@@ -70,145 +63,91 @@ class ExploreRequest:
             raise RuntimeError("the operator is resolved by apply_preset (phase 2b) before it is used")
         return self.operator
 
-    @property
-    def seeds(self) -> list[int]:
-        """Sample k uses ``seed + k`` (its own generator: a batch item equals the same seed alone)."""
-        return [self.seed + k for k in range(self.samples)]
+    def make_operator(self, factor: int, shape: tuple[int, ...]) -> Any:
+        """The run's operator at ``factor`` (a cascade stage's, or the final one) for images of ``shape``."""
+        from .operators import make_operator
+
+        return make_operator(self.operator_name, factor, shape, **self.operator_options)
+
+    # the request's values the phases read
+    prompts = property(lambda self: list(self.request.all_prompts))
+    solver = property(lambda self: self.request.solver_name)
+    scale = property(lambda self: self.request.scale)
+    samples = property(lambda self: self.request.samples)
+    seed = property(lambda self: self.request.seed)
+    seeds = property(lambda self: self.request.seeds)
+    sigma_y = property(lambda self: self.request.sigma_y)
+    simulate = property(lambda self: self.request.simulate)
+    preset = property(lambda self: self.request.preset)
+    prompt_prior = property(lambda self: self.request.prompt_prior)
+    batch_size = property(lambda self: self.request.batch_size or self.request.samples)
 
 
-def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = None,
-                   values: Sequence[str] | str | None = None) -> list[str]:
-    """Prompts plus a template sweep: ``template="a {shape} on blue", values="circle,star"``."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    out = [p.strip() for p in (prompts or [])]
-    if template is not None or values is not None:
-        if template is None or values is None:
-            raise UsageError("a prompt sweep needs both a template (e.g. 'a {shape} on blue') and values")
-        if isinstance(values, str):
-            values = [v for v in values.split(",")]
-        vals = [v.strip() for v in values if v.strip()]
-        if not vals:
-            raise UsageError("the sweep's values are empty; give a comma-separated list like 'circle,star,ring'")
-        import string
-
-        slots = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        if len(slots) != 1:
-            raise UsageError(f"the template {template!r} needs exactly one {{slot}}, e.g. 'a {{shape}} on blue'")
-        out += [template.replace("{" + slots[0] + "}", v) for v in vals]
-    if not out:
-        out = [""]
-    if len(out) != len(set(out)):
-        raise UsageError("the same prompt is given twice; each prompt must be distinct")
-    return out
-
-
-def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str | None,
-                 samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
-                 operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
-                 model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
-                 batch_size: int | None, max_pixels: int, preset: str | None = None, particles: int | None = None,
-                 prompt_prior: Sequence[float] | None = None) -> ExploreRequest:
-    """Phase 1: validate every argument before any model loads or any sampling starts; each check is
-    ``textsr.validate``'s, shared with the CLI and batch manifests (a preset is checked against the
-    model's backend from its spec, without loading it). The image is read here too (an unreadable file
-    or a bad array fails before the model loads): ``req.image``.  ``solver=None``: ``ddnm+``, or ``tds``
-    with ``particles``."""
-    from .operators import OPERATORS
+def check_inputs(req: ExploreRequest) -> CheckedRequest:
+    """Phase 1: everything that can be checked before a model loads or sampling starts (the fields
+    themselves are checked when the ``ExploreRequest`` is built): the image is read (an unreadable file
+    or a bad array fails here), the model is named and a preset checked against its backend (from its
+    spec, no weights loaded), memory options are refused for an already loaded model."""
     from .presets import check_preset
-    from .solver_registry import canonical_name, config_class
 
-    scale = validate.scale(scale)
-    samples = validate.samples(samples)
-    seed = validate.seed(seed)
-    sigma_y = validate.sigma_y(sigma_y)
-    steps = validate.steps(steps)
-    batch_size = validate.batch_size(batch_size)
-    max_pixels = validate.max_pixels(max_pixels)
-    prompt_list = validate.prompts(prompts)
-    template = validate.text(template, "template")
-    values = validate.sweep_values(values)
-    solver_options = validate.options(solver_options, "solver_options")
-    model_options = validate.options(model_options, "model_options")
-    if operator is not None:  # None: the preset's, else avgpool
-        operator = validate.choice(operator, "operator", sorted(OPERATORS))
-    simulate = validate.flag(simulate, "simulate")
-    _check_model(model)
-    for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"),
-                           ("dtype", dtype, "float32, float16 or auto")):
-        if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
-            raise UsageError(f"{name} must be a string ({kinds}) or None, got {v!r}")
-    if preset is not None:
-        check_preset(validate.text(preset, "preset"), model_backend(model))
-    try:
-        solver = canonical_name(solver if solver is not None else ("tds" if particles is not None else "ddnm+"))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    if steps is not None:
-        solver_options["steps"] = steps
-    if particles is not None:
-        if isinstance(particles, bool) or not isinstance(particles, int) or not 1 <= particles <= MAX_PARTICLES:
-            raise UsageError(f"particles must be an integer from 1 to {MAX_PARTICLES}, got {particles!r}")
-        if not config_class(solver).takes_particles:
-            raise UsageError(f"--particles needs a particle solver (tds); solver {solver!r} keeps one sample per "
-                             "seed. Leave the solver out or use --solver tds")
-        solver_options["particles"] = particles
-    prompts_all = expand_prompts(prompt_list, template, values)
-    if prompt_prior is not None:
-        from .evidence import check_prior
+    arr, info, notes = _as_array(req.image, req.max_pixels)  # read and checked now, before the model loads
+    if req.model is not None and not is_backend(req.model):
+        from .model_registry import check_model
 
-        prompt_prior = tuple(check_prior(prompt_prior, len(prompts_all)))
-    arr, info, notes = _as_array(image, max_pixels)  # read and checked now, before the model loads
-    return ExploreRequest(
-        image=(arr, info, tuple(notes)), prompts=prompts_all, scale=scale,
-        model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y,
-        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype, simulate=simulate,
-        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset, prompt_prior=prompt_prior)
+        check_model(req.model)  # an unknown name, folder or spec, or weights that cannot be had, fail now
+    if req.preset is not None:
+        check_preset(req.preset, None if req.model is None else model_backend(req.model))
+    if is_backend(req.model) and req.load_options():
+        raise UsageError(f"memory options {sorted(req.load_options())} apply when textsr loads the model; this "
+                         "model is already loaded: pass them to load_model(..., load={...}) instead")
+    operator_options = {}
+    if req.operator is not None:
+        from .operator_registry import check_operator
+
+        operator_options = check_operator(req.operator, req.operator_options)[1]
+    model = req.model if req.model is not None else "builtin-shapes"
+    return CheckedRequest(request=req, image=(arr, info, tuple(notes)), model=model, operator=req.operator,
+                          operator_options=operator_options, solver_options=req.engine_solver_options(),
+                          model_options=dict(req.model_options))
 
 
 def model_backend(model: Any) -> str:
     """The backend kind (``"deepfloyd-if"`` ...) of a loaded backend, registry name, folder or spec,
     read from its spec (no weights loaded)."""
-    from .backends.base import Backend
     from .model_registry import resolve_spec
 
-    if isinstance(model, Backend):
+    if is_backend(model):
         return model.info.backend
     return str(resolve_spec(model)["backend"])
-
-
-def _check_model(model: Any) -> None:
-    from .backends.base import Backend
-
-    if not isinstance(model, (str, Path, Backend)):
-        raise UsageError(f"model must be a registry name (see `textsr models`), a model folder, a spec file or a "
-                         f"loaded Backend; got {model!r} ({type(model).__name__})")
 
 
 # ------------------------------------------------------------------------------------------------
 # phase 2: the model
 # ------------------------------------------------------------------------------------------------
-def resolve_backend(req: ExploreRequest) -> Any:
-    """Phase 2: ``req.model`` as a loaded ``Backend`` (an already loaded one is used as is)."""
-    from .backends.base import Backend
+def resolve_backend(req: CheckedRequest) -> Any:
+    """Phase 2: ``req.model`` as a loaded ``Backend`` (an already loaded one is used as is), loaded with
+    the request's device, dtype and memory options."""
     from .device import resolve_device, resolve_dtype
     from .model_registry import load_model
 
-    if isinstance(req.model, Backend):
+    if is_backend(req.model):
         return req.model
-    dev = resolve_device(req.device)
-    return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+    r = req.request
+    dev = resolve_device(r.device)
+    return load_model(req.model, device=dev, dtype=resolve_dtype(r.dtype, dev), load=r.load_options())
 
 
-def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
+def apply_preset(req: CheckedRequest, backend: Any) -> CheckedRequest:
     """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
     under the explicit ones, for this backend's stages (``textsr.presets``)."""
+    from .operator_registry import check_operator
     from .presets import resolve_preset
 
     r = resolve_preset(req.preset, backend=backend.describe()["backend"], solver=req.solver, operator=req.operator,
                        solver_options=req.solver_options, model_options=req.model_options,
                        stages=backend.stage_names)
-    return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
+    return replace(req, operator=r.operator, operator_options=check_operator(r.operator, req.operator_options)[1],
+                   solver_options=r.solver_options, model_options=r.model_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,15 +204,14 @@ def _fit_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarra
     raise UsageError(f"cannot feed a {arr.shape[2]}-channel image to a {channels}-channel model")
 
 
-def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndarray:
+def _simulate(arr: np.ndarray, req: CheckedRequest, notes: list[str]) -> np.ndarray:
     """Simulation mode: the HR original -> its LR image by ``req.operator`` (+ ``sigma_y`` noise)."""
     from .io import check_scale
-    from .operators import make_operator
 
     h, w = arr.shape[:2]
     check_scale(h, w, req.scale)
     x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-    y = make_operator(req.operator_name, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    y = req.make_operator(req.scale, tuple(x_hr.shape[1:])).A(x_hr)
     if req.sigma_y > 0:
         gen = torch.Generator().manual_seed(req.seed + 10_007)
         y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -283,11 +221,9 @@ def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndar
     return lr
 
 
-def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
+def build_measurement(req: CheckedRequest, backend: Any) -> Measurement:
     """Phase 3: read the image, fit it to the model (channels, size), check the size, build ``y`` and
     the final operator ``A`` (output size -> LR size)."""
-    from .operators import make_operator
-
     arr, info, notes = req.image[0], req.image[1], list(req.image[2])
     arr = _fit_channels(arr, backend.channels, notes)
     reference = None
@@ -301,7 +237,7 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
     backend.check_size((h, w), req.scale)
     notes.extend(backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    operator = req.make_operator(req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
                        notes=notes, reference=reference)
 
@@ -338,12 +274,11 @@ def _progress_callback(callback: Callable[[Progress], None] | None, stages: list
     return cb
 
 
-def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
+def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
                   index: int, prompt: str, callback: Callable[[Progress], None] | None = None) -> PromptResult:
     """Phase 4: ``req.samples`` samples for one prompt (in batches of ``req.batch_size``), then the
     per-sample metrics.  Adds notes to ``meas.notes``."""
     from .cascade import run_cascade
-    from .operators import make_operator
 
     t0 = time.perf_counter()
     cond = backend.encode_prompt(prompt)
@@ -353,7 +288,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
     xs, log_z, ess = [], [], []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
-                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
+                          sigma_y=req.sigma_y, operator=req.make_operator,
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
         xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
         if res.log_evidence is not None and res.stage_ess[0] is not None:
@@ -383,7 +318,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
                         backend.prompt_tags(prompt), extra, steps_ran, evidence)
 
 
-def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: ExploreRequest):
+def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: CheckedRequest):
     """The first stage's per-sample ``log Z_hat`` -> ``PromptEvidence`` (probability filled in later)."""
     from .evidence import PromptEvidence, combine
 
@@ -409,33 +344,66 @@ def fill_probabilities(results: list[PromptResult], prior: Sequence[float] | Non
 # ------------------------------------------------------------------------------------------------
 # phase 5: settings
 # ------------------------------------------------------------------------------------------------
-def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stages: list,
+def collect_settings(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,
                      base_cfg: Any, steps_ran: Sequence[int] = ()) -> ExploreSettings:
-    """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config
-    with the steps it ran (``steps_ran``; a request the schedule could not honour is kept as
-    ``steps_requested`` and noted in ``meas.notes``)."""
-    known = base_cfg.to_dict()
-    solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
+    """Phase 5: what ran: each stage's solver config with the steps it ran (``steps_ran``; a request the
+    schedule could not honour is kept as ``steps_requested`` and noted in ``meas.notes``) and the time
+    travel it did; the top-level solver block holds what every stage ran (a list where they differ)."""
     per_stage = tuple({"stage": s.name, **(s.solver or base_cfg).to_dict(),
                        **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
-    meas.notes.extend(record_steps_ran(solver, per_stage, steps_ran))
+    meas.notes.extend(record_steps_ran(per_stage, steps_ran))
+    meas.notes.extend(record_travel(per_stage))
+    solver = common_settings(per_stage)
+    if any("steps_requested" in st for st in per_stage):
+        solver["steps_requested"] = req.solver_options.get("steps")
     return ExploreSettings(
         input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
+        operator_options=dict(req.operator_options),
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
         device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
 
 
-def record_steps_ran(solver: dict, per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
-    """Write the steps each stage ran into ``per_stage`` (and, when a stage was clamped, the top-level
-    ``solver``), keeping the request as ``steps_requested``; returns a note for each clamped stage."""
+def common_settings(per_stage: Sequence[dict]) -> dict:
+    """The top-level solver block of results.json: each setting the stages ran, one value where every
+    stage ran the same, else the list of the stages' values."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for st in per_stage for k in st):
+        if key in ("stage", "model_options", "steps_requested", "travel_requested"):
+            continue
+        vals = [st.get(key) for st in per_stage]
+        out[key] = vals[0] if all(v == vals[0] for v in vals) else vals
+    return out
+
+
+def record_steps_ran(per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
+    """Write the steps each stage ran into ``per_stage``, keeping the request as ``steps_requested``;
+    returns a note for each clamped stage."""
     notes = []
     for st, n in zip(per_stage, ran):
         if st.get("steps") != n:
             notes.append(f"stage {st['stage']}: {st.get('steps')} steps requested, but its schedule (and start) allow "
                          f"{n}: ran {n}")
             st["steps_requested"], st["steps"] = st.get("steps"), n
-    if notes and solver.get("steps") not in ran:
-        solver["steps_requested"], solver["steps"] = solver.get("steps"), max(ran)
+    return notes
+
+
+def record_travel(per_stage: Sequence[dict]) -> list[str]:
+    """Time-travel as it ran (``textsr.schedule.travel_schedule`` over the steps the stage ran): each
+    stage's ``transitions`` (steps taken, jumps back included); a stage too short for one jump back of
+    ``travel_length`` ran none, and records ``travel_repeat = 1`` with the request as ``travel_requested``."""
+    from .schedule import travel_schedule
+
+    notes = []
+    for st in per_stage:
+        length, repeat, n = st.get("travel_length", 1), st.get("travel_repeat", 1), st.get("steps")
+        if repeat == 1 or not isinstance(n, int):
+            continue
+        if length >= n:
+            notes.append(f"stage {st['stage']}: time-travel of {length} steps back needs more than {length} steps; "
+                         f"the stage ran {n}, so no time-travel ran")
+            st["travel_requested"], st["travel_repeat"] = [length, repeat], 1
+        else:
+            st["transitions"] = len(travel_schedule(list(range(n, 0, -1)), length, repeat))
     return notes
 
 
@@ -456,62 +424,38 @@ def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict
 # ------------------------------------------------------------------------------------------------
 # the entry point
 # ------------------------------------------------------------------------------------------------
-def explore(
-    image: Any,
-    prompts: Sequence[str] | str | None = None,
-    *,
-    scale: int,
-    model: Any = "builtin-shapes",
-    solver: str | None = None,
-    samples: int = 4,
-    seed: int = 0,
-    template: str | None = None,
-    values: Sequence[str] | str | None = None,
-    operator: str | None = None,
-    sigma_y: float = 0.0,
-    steps: int | None = None,
-    solver_options: dict | None = None,
-    model_options: dict | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    simulate: bool = False,
-    batch_size: int | None = None,
-    max_pixels: int = 4_000_000,
-    preset: str | None = None,
-    particles: int | None = None,
-    prompt_prior: Sequence[float] | None = None,
-    callback: Callable[[Progress], None] | None = None,
-) -> Exploration:
+def explore(image: Any = None, prompts: Sequence[str] | str | None = None, *,
+            callback: Callable[[Progress], None] | None = None, **args: Any) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
+
+    ``args`` are the fields of ``textsr.request.ExploreRequest`` (docs/reference.md lists them with
+    their defaults): ``scale`` (required), ``model``, ``solver``, ``samples``, ``seed``, ``steps``,
+    ``operator``, ``sigma_y``, ``particles``, ``preset``, the memory options ... .  Notably:
 
     image: a path, PIL image, or an array/tensor in [0, 1] (uint8 accepted): (H, W), (H, W, C) or
     (C, H, W) with C = 1 or 3; a torch tensor is read channels-first when its first dimension is 1 or 3
     (so (3, 3, 3) is CHW), a numpy array channels-last when its last one is (so (3, 3, 3) is HWC). With
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
-    model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
-    operator: the downsampling operator A (``avgpool``, ``bicubic``, ``bicubic-reflect``); None: the
-    preset's, else ``avgpool``.
-    sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value), 0 to 2.
-    seed: 0 to 2**32 - 1; sample k uses ``seed + k``.
-    steps: shorthand for ``solver_options["steps"]`` (applies to every stage); a stage whose schedule
-    allows fewer runs fewer, and results.json records what ran.
-    preset: named settings (``"paper"``: the text-guided SR paper's DeepFloyd IF setting, see
-    ``textsr.presets``); explicit arguments override it; results.json records it and what it resolved to.
-    solver: a registered solver (``textsr.solver_registry``); None: ``ddnm+``, or ``tds`` with ``particles``.
+    model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``
+    (``textsr.load_model``: load once, explore many times); None: the built-in shapes world when it can
+    explain the input, otherwise a ``UsageError`` listing the real models.
+    steps: shorthand for ``solver_options["steps"]`` (every stage); a stage whose schedule allows fewer
+    runs fewer, and results.json records what ran.
     particles: run the particle solver with this many particles per sample (every stage); each prompt then
     gets ``evidence`` (``textsr.evidence``): log p(y | prompt), its spread over samples and P(prompt | y)
     among the prompts given, with ``prompt_prior`` (None: uniform) as the prior.
     Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
+    return explore_request(ExploreRequest.build(image=image, prompts=prompts, **args), callback)
+
+
+def explore_request(request: ExploreRequest, callback: Callable[[Progress], None] | None = None) -> Exploration:
+    """``explore`` for a request already built (the CLI, app and batch runner build one)."""
     from .solver_registry import make_config
 
     t0 = time.perf_counter()
-    req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
-                       template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
-                       solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
-                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset,
-                       particles=particles, prompt_prior=prompt_prior)
+    req = check_inputs(request)
     backend = resolve_backend(req)
     req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
@@ -551,27 +495,27 @@ def _logit(ev) -> float:
     return lz + (math.log(ev.prior) if ev.prior else -math.inf)
 
 
-def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "builtin-shapes", particles: int = 16,
-         samples: int = 4, seed: int = 0, prompt_prior: Sequence[float] | None = None,
-         model_options: dict | None = None, **kwargs: Any) -> Ranking:
+def rank(image: Any, prompts: Sequence[str] | str, *, callback: Callable[[Progress], None] | None = None,
+         **args: Any) -> Ranking:
     """Rank ``prompts`` by how well each explains the LR ``image``: ``P(prompt | y) ∝ prior * p(y | prompt)``
-    with ``p(y | prompt)`` the particle solver's evidence.  Runs at guidance scale 1: every option of the
-    model that tilts its sampler away from ``p(x | prompt)`` (classifier-free guidance scales, CLIP guidance,
-    embedding mixing; ``Backend.neutral_options``) is set to its neutral value.  Other ``explore``
-    arguments pass through."""
-    req_prompts = expand_prompts(prompts)
-    if len(req_prompts) < 2:
+    with ``p(y | prompt)`` the particle solver's evidence (``particles`` per sample, default 16).  Runs at
+    guidance scale 1: every option of the model that tilts its sampler away from ``p(x | prompt)``
+    (classifier-free guidance scales, CLIP guidance, embedding mixing; ``Backend.neutral_options``) is set
+    to its neutral value.  ``args``: the other fields of ``ExploreRequest`` (``scale``, ``model``,
+    ``samples``, ``seed``, ``prompt_prior``, ``operator`` ...)."""
+    args.setdefault("particles", 16)
+    return rank_request(ExploreRequest.build(image=image, prompts=prompts, **args), callback)
+
+
+def rank_request(req: ExploreRequest, callback: Callable[[Progress], None] | None = None) -> Ranking:
+    """``rank`` for a request already built (the CLI's)."""
+    if req.particles is None:
+        raise UsageError("ranking needs the particle solver's evidence: give particles (e.g. 16)")
+    if len(req.all_prompts) < 2:
         raise UsageError("ranking needs at least two prompts (-p ... -p ...)")
-    dev, dt = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    req = check_inputs(image, req_prompts, scale=scale, model=model, solver="tds", samples=samples, seed=seed,
-                       template=None, values=None, operator=kwargs.get("operator"), sigma_y=kwargs.get("sigma_y", 0.0),
-                       steps=None, solver_options=None, model_options=model_options, device=dev, dtype=dt,
-                       simulate=False, batch_size=None, max_pixels=kwargs.get("max_pixels", 4_000_000),
-                       particles=particles)
-    backend = resolve_backend(req)
-    neutral = backend.neutral_guidance(dict(model_options or {}))
-    ex = explore(image, req_prompts, scale=scale, model=backend, particles=particles, samples=samples, seed=seed,
-                 prompt_prior=prompt_prior, model_options=neutral, **kwargs)
+    backend = resolve_backend(check_inputs(req))
+    neutral = backend.neutral_guidance(dict(req.model_options))
+    ex = explore_request(replace(req.with_model(backend), model_options=neutral), callback)
     entries = [{"prompt": p.prompt, "probability": p.evidence.probability, "log_z": p.evidence.log_z,
                 "spread": p.evidence.spread, "ess_min": p.evidence.ess_min} for p in ex.prompts]
     # by posterior log-odds (log prior + log Z): probabilities underflow to 0 for every prompt but the best

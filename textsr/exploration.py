@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from .display import lr_psnr, prompt_label, quoted, spread
 
 
 @dataclass
@@ -44,9 +45,10 @@ class InputInfo:
 class ExploreSettings:
     """Every setting a run used, resolved (defaults filled in): what ``results.json`` records.
 
-    solver: the base solver config (``SolverConfig.to_dict``); stages: per cascade stage, its name and
-    the solver config it actually ran with (backend per-stage defaults, the preset and user options
-    applied) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
+    solver: what every stage ran (``api.common_settings``: one value per setting where the stages agree,
+    else the list of their values); stages: per cascade stage, its name and the solver config it actually
+    ran with (backend per-stage defaults, the preset and user options applied, the steps and time travel
+    that ran) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
     preset: the preset's name (None: none).  sigma_y is in [-1, 1] units.
     """
 
@@ -62,9 +64,10 @@ class ExploreSettings:
     device: str
     dtype: str
     preset: str | None = None
+    operator_options: dict = field(default_factory=dict)  # the operator's parameters (operator_registry)
 
     def solver_dict(self) -> dict:
-        """The ``solver`` entry of results.json: the base config plus ``per_stage``."""
+        """The ``solver`` entry of results.json: what every stage ran plus ``per_stage``."""
         return {**self.solver, "per_stage": [dict(s) for s in self.stages]}
 
 
@@ -85,7 +88,7 @@ class PromptResult:
 
     @property
     def label(self) -> str:
-        return self.prompt or "(no prompt)"
+        return prompt_label(self.prompt)
 
     @property
     def text_consistency(self) -> float | None:
@@ -122,9 +125,10 @@ class PromptResult:
         ev = self.evidence
         if ev is not None:
             p = "" if ev.probability is None else f", P(prompt | y) {ev.probability:.3f}"
-            extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {ev.spread:.2f}, ESS min {ev.ess_min:.2f})" + p
+            extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {spread(ev.spread, len(ev.log_z_samples))}, "
+                      f"ESS min {ev.ess_min:.2f})" + p
                       + ("" if ev.calibrated else " [guided: not calibrated]"))
-        return (f"{self.label!r}: text consistency {tc}, LR-PSNR min {min(self.lr_psnr):.1f} dB, "
+        return (f"{quoted(self.label)}: text consistency {tc}, LR-PSNR min {lr_psnr(min(self.lr_psnr))} dB, "
                 f"diversity {self.diversity['pairwise_l2']:.3f}{extra}")
 
 
@@ -158,6 +162,7 @@ class Exploration:
             "solver": s.solver_dict(),
             "preset": s.preset,
             "operator": s.operator,
+            "operator_options": s.operator_options,
             "sigma_y": s.sigma_y,
             "seed": s.seed,
             "samples_per_prompt": s.samples,

@@ -350,14 +350,22 @@ def load_model(name_or_path: str | Path, *, device: Any = None, dtype: Any = Non
     (``stages``, ``load``, ``defaults`` merged one level deep; ``name``, ``description``).
     Raises ``ModelNotFoundError`` (unknown name, or weights missing while offline) before any work.
     """
-    spec = resolve_spec(name_or_path, **overrides)
     off = hub.resolve_offline(offline)
-    hub.ensure_available([hub_source(r) for r in stage_hub_ids(spec["stages"])], off, what=f"model {spec['name']!r}")
+    spec = check_model(name_or_path, offline=off, **overrides)
     from .device import resolve_device, resolve_dtype
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     return _loader(spec["backend"])(spec, device=dev, dtype=dt, offline=off)
+
+
+def check_model(name_or_path: str | Path, *, offline: bool | None = None, **overrides: Any) -> dict:
+    """The resolved spec of a model (``resolve_spec``), after checking that its weights are cached or can
+    be downloaded now (``ModelNotFoundError`` with the download commands otherwise); loads nothing."""
+    spec = resolve_spec(name_or_path, **overrides)
+    hub.ensure_available([hub_source(r) for r in stage_hub_ids(spec["stages"])], hub.resolve_offline(offline),
+                         what=f"model {spec['name']!r}")
+    return spec
 
 
 def model_table() -> list[dict]:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from textsr import io, outdir
+from textsr.display import lr_psnr, prompt_label
 from textsr.schema import validate_results
 
 # Anchor colours of matplotlib's viridis at 0, 1/8, ..., 1; interpolated to a 256-entry LUT.
@@ -277,7 +278,7 @@ def render_grid(
     for r, (prompt, samples, std) in enumerate(rows):
         x, y = lay.origin(r, 0)
         max_lines = max(1, lay.cell_h // (FONT_SIZE + 4))
-        lines = _wrap(draw, f"{r}. {prompt or '(no text)'}", font, LABEL_W - 2 * PAD, max_lines)
+        lines = _wrap(draw, f"{r}. {prompt_label(prompt)}", font, LABEL_W - 2 * PAD, max_lines)
         draw.multiline_text((PAD, y), "\n".join(lines), fill="black", font=font, spacing=4)
         cells = [*base, *samples, *[None] * (n - len(samples)), std]
         for c, img in enumerate(cells):
@@ -451,9 +452,9 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
         meta.append("tags: " + ", ".join(_e(t) for t in tags))
     figs = []
     for k, s in enumerate(entry["samples"]):
-        psnr = s.get("lr_psnr")
+        psnr = s.get("lr_psnr")  # null in results.json: not finite, i.e. A x = y exactly
         caption = (f"sample {s['index']:02d} · seed {s['seed']} · LR-PSNR "
-                   f"{'n/a' if psnr is None else f'{psnr:.2f} dB'} · text {_fmt(s.get('text_score'), 3)}")
+                   f"{lr_psnr(math.inf if psnr is None else psnr)} dB · text {_fmt(s.get('text_score'), 3)}")
         caption += "".join(f" · ref {key.upper()} {_fmt(v[k], 4)}" for key, v in ref.items() if k < len(v))
         figs.append(_figure(s["file"], caption))
     vmax = std_map.get("vmax", 0.0)

@@ -12,6 +12,7 @@ import torch
 from ..denoiser import Denoiser
 from ..operators import LinearOperator
 from ..schedule import Spacing
+from ..validate import MAX_TRAVEL_REPEAT
 
 StepKind = Literal["ddnm", "ddim", "ddpm"]
 STEP_KINDS = ("ddnm", "ddim", "ddpm")
@@ -166,8 +167,9 @@ class SolverConfig:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if self.step_kind not in STEP_KINDS:
             raise ValueError(f"step_kind must be one of {', '.join(map(repr, STEP_KINDS))}, got {self.step_kind!r}")
-        if self.travel_length < 1 or self.travel_repeat < 1:
-            raise ValueError("travel_length and travel_repeat must be >= 1 (travel_repeat = 1 is off)")
+        if self.travel_length < 1 or not 1 <= self.travel_repeat <= MAX_TRAVEL_REPEAT:
+            raise ValueError(f"travel_length must be >= 1 and travel_repeat from 1 (off) to {MAX_TRAVEL_REPEAT} "
+                             f"(the work grows R-fold); got {self.travel_length}, {self.travel_repeat}")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must lie in (0, 1], got {self.start}")
         if isinstance(self.skip, bool) or not isinstance(self.skip, int) or not 0 <= self.skip < self.steps:

@@ -14,16 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as run  # tests/ is on sys.path (pytest rootdir conftest); ``img`` is a conftest fixture
 
 import textsr.api
 from textsr.demo import demo_image
 from textsr.errors import OutputFolderError
 from textsr.outdir import check_output_folder, reserve
-
-try:  # tests/ is not a package: pytest puts it on sys.path
-    from test_cli_hardening import img, run  # noqa: F401 - img is a fixture
-except ImportError:  # pragma: no cover
-    from tests.test_cli_hardening import img, run  # noqa: F401
 
 FAST = ["--steps", "3", "--samples", "2", "--quiet"]
 LOCK = ".textsr-lock"
@@ -58,7 +54,7 @@ def test_a_second_cli_run_is_refused_before_work_and_a_killed_run_blocks_nothing
         holding(same, first)
         time.sleep(1.0)  # long past its check: a run that only checked its folder before sampling let go by now
         holding(same, first, timeout=0.5)  # still held: it samples for ~30 s
-        real_explore = textsr.api.explore
+        real_explore = textsr.api.explore_request
         monkeypatch.setattr(textsr.api, "explore", lambda *a, **k: pytest.fail("the second run started work"))
         res = run(["upscale", img, "-x", 8, "-n", 3, "-o", same, "-q"])
         assert res.exit_code == 2, res.output
@@ -116,14 +112,14 @@ def test_a_held_run_that_its_folder_refuses_at_the_end_is_rescued(tmp_path, img,
     """A file textsr did not write turns up in the folder while the run samples: the run goes to a fallback
     folder like a failed write, and the file stays."""
     out = tmp_path / "o"
-    real_explore = textsr.api.explore
+    real_explore = textsr.api.explore_request
 
     def explore_then_someone_writes(*a, **k):
         result = real_explore(*a, **k)
         (out / "grid.png").write_bytes(b"someone's grid")
         return result
 
-    monkeypatch.setattr(textsr.api, "explore", explore_then_someone_writes)
+    monkeypatch.setattr(textsr.api, "explore_request", explore_then_someone_writes)
     res = run(["upscale", img, "-x", 8, "-p", "a circle", "-o", out, *FAST])
     assert res.exit_code == 2 and "were written to" in res.output, res.output
     rescued = Path(res.output.split("were written to ")[1].split(" instead")[0])

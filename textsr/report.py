@@ -432,7 +432,8 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
     for k, s in enumerate(entry["samples"]):
         psnr = s.get("lr_psnr")
         caption = (f"sample {s['index']:02d} · seed {s['seed']} · LR-PSNR "
-                   f"{'n/a' if psnr is None else f'{psnr:.2f} dB'} · text {_fmt(s.get('text_score'), 3)}")
+                   f"{'n/a' if psnr is None else f'{psnr:.2f} dB'}{_projection_caption(s)} · "
+                   f"text {_fmt(s.get('text_score'), 3)}")
         caption += "".join(f" · ref {key.upper()} {_fmt(v[k], 4)}" for key, v in ref.items() if k < len(v))
         figs.append(_figure(s["file"], caption))
     vmax = std_map.get("vmax", 0.0)
@@ -447,6 +448,15 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
         f'{_e(entry["folder"])}/</a></p>',
         '<div class="gallery">', *figs, std_fig, "</div></section>",
     ])
+
+
+def _projection_caption(sample: dict[str, Any]) -> str:
+    """Latent models: the LR-PSNR before the final pixel projection and that correction's size."""
+    if "lr_psnr_before_projection" not in sample:
+        return ""
+    before = sample["lr_psnr_before_projection"]
+    return (f" (before the final projection {'n/a' if before is None else f'{before:.2f} dB'}, correction RMS "
+            f"{_fmt(sample.get('projection_correction_rms'), 4)}, max {_fmt(sample.get('projection_correction_max'), 4)})")
 
 
 def _settings_table(doc: dict[str, Any]) -> str:

@@ -64,6 +64,9 @@ BACKENDS: dict[str, str] = {
     "pixel": "textsr.backends.pixel:load_backend",
     "latent": "textsr.backends.latent:load_backend",
     "kandinsky": "textsr.backends.kandinsky:load_backend",
+    "flux": "textsr.backends.flux:load_backend",
+    "flux2": "textsr.backends.flux2:load_backend",
+    "sd3": "textsr.backends.sd3:load_backend",
 }
 
 # diffusers pipeline class (model_index.json "_class_name") -> (backend, stage key) for bare folders
@@ -73,6 +76,9 @@ PIPELINE_BACKENDS: dict[str, tuple[str, str]] = {
     "DDPMPipeline": ("pixel", "unet"),
     "DDIMPipeline": ("pixel", "unet"),
     "StableDiffusionPipeline": ("latent", "pipeline"),
+    "FluxPipeline": ("flux", "pipeline"),
+    "Flux2KleinPipeline": ("flux2", "pipeline"),
+    "StableDiffusion3Pipeline": ("sd3", "pipeline"),
 }
 
 _IF_LICENSE = ("DeepFloyd IF License Agreement (research use; see the model card). Gated: accept it on the "

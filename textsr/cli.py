@@ -330,6 +330,8 @@ def models(as_json):
         click.echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
         for hid in r.get("hub_ids", []):
             click.echo(f"{'':<20}{hid}")
+        if r.get("license"):
+            click.echo(f"{'':<20}licence: {r['license']}")
 
 
 @main.command()

@@ -147,6 +147,13 @@ class GuidedVelocity:
         return v_null + self.scale * (v_text - v_null)
 
 
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where a module's inputs must be (its weights may sit on the CPU or the meta device under offloading)."""
+    from diffusers.utils.torch_utils import get_module_execution_device
+
+    return get_module_execution_device(module)
+
+
 def truncation_note(tokenizer: Any, text_in: str, max_length: int, what: str) -> list[str]:
     """A note when ``text_in`` has more tokens than ``what`` takes (the pipelines truncate it the same way)."""
     ids = tokenizer(text_in, truncation=False).input_ids
@@ -193,8 +200,9 @@ def place_modules(load: LoadOptions, device: torch.device, *, resident: list[tor
     if load.sequential_cpu_offload:
         from accelerate import cpu_offload
 
-        for m in mods:
-            cpu_offload(m.to("cpu"), execution_device=device)
+        for m in mods:  # buffers stay put, as diffusers' enable_sequential_cpu_offload does (non-persistent ones
+            # such as CLIP's position ids are not in the offloaded state dict)
+            cpu_offload(m.to("cpu"), execution_device=device, offload_buffers=len(m._parameters) > 0)
     else:
         for m in resident:
             m.to(device)

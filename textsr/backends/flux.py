@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from ..flow import scheduler_levels
+from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, flow_load_options, place_modules, truncation_note
+from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
 from .hf_common import load_pretrained, resolve_source, spec_stages
 from .latent import VAECodec
 from .options import LoadOptions
@@ -88,7 +89,7 @@ class FluxText:
         return tok([prompt], padding="max_length", max_length=n, truncation=True, return_tensors="pt").input_ids.to(device)
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        dev1, dev2 = self.text_encoder.device, self.text_encoder_2.device
+        dev1, dev2 = execution_device(self.text_encoder), execution_device(self.text_encoder_2)
         pooled = self.text_encoder(self._ids(self.tokenizer, prompt, self.tokenizer.model_max_length, dev1)).pooler_output
         hidden = self.text_encoder_2(self._ids(self.tokenizer_2, prompt, self.max_length, dev2))[0]
         return hidden, pooled
@@ -139,24 +140,25 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
                          "black-forest-labs/FLUX.1-schnell")
     load = flow_load_options(source, BACKEND)
     src = resolve_source(stages["pipeline"], "pipeline")
+    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
 
     def diffusers_part(cls: Any, sub: str, what: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, torch_dtype=dtype,
+        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, torch_dtype=dtype,
                                variant=component_variant(src, sub, dtype))
 
     def text_part(cls: Any, sub: str, what: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, dtype=dtype,
+        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, dtype=dtype,
                                variant=component_variant(src, sub, dtype))
 
     transformer = diffusers_part(FluxTransformer2DModel, "transformer", "FLUX transformer")
     vae = diffusers_part(AutoencoderKL, "vae", "FLUX VAE")
-    text = FluxText(load_pretrained(CLIPTokenizer, src, subfolder="tokenizer", what="CLIP tokenizer", offline=offline),
+    text = FluxText(load_pretrained(CLIPTokenizer, src, subfolder="tokenizer", what="CLIP tokenizer", offline=offline, cache_dir=cache),
                     text_part(CLIPTextModel, "text_encoder", "CLIP text encoder"),
-                    load_pretrained(T5Tokenizer, src, subfolder="tokenizer_2", what="T5 tokenizer", offline=offline),
+                    load_pretrained(T5Tokenizer, src, subfolder="tokenizer_2", what="T5 tokenizer", offline=offline, cache_dir=cache),
                     text_part(T5EncoderModel, "text_encoder_2", "T5 text encoder"),
                     max_length=512 if transformer.config.get("guidance_embeds", False) else 256)
     scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline)
+                                offline=offline, cache_dir=cache)
     place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
     info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
                                            description="EXPERIMENTAL FLUX.1 model spec")

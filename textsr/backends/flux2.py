@@ -18,8 +18,9 @@ import torch
 
 from ..errors import ModelNotFoundError
 from ..flow import scheduler_levels
+from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, flow_load_options, place_modules, truncation_note
+from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
 from .hf_common import Source, download_hint, load_pretrained, resolve_source, spec_stages
 from .options import LoadOptions
 
@@ -116,7 +117,7 @@ class QwenText:
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         enc = self.tokenizer(self._chat(prompt), return_tensors="pt", padding="max_length", truncation=True,
                              max_length=self.max_length)
-        dev = self.text_encoder.device
+        dev = execution_device(self.text_encoder)
         out = self.text_encoder(input_ids=enc.input_ids.to(dev), attention_mask=enc.attention_mask.to(dev),
                                 output_hidden_states=True, use_cache=False)
         h = torch.stack([out.hidden_states[k] for k in TEXT_LAYERS], dim=1)  # (1, 3, L, D)
@@ -162,7 +163,8 @@ def pipeline_config(src: Source, offline: bool) -> dict:
 
     path, sub = src
     try:
-        return dict(DiffusionPipeline.load_config(path, local_files_only=offline, **({"subfolder": sub} if sub else {})))
+        return dict(DiffusionPipeline.load_config(path, local_files_only=offline, cache_dir=str(cache_dir()),
+                                                  **({"subfolder": sub} if sub else {})))
     except (OSError, EntryNotFoundError) as e:
         raise ModelNotFoundError(f"cannot read the pipeline's model_index.json at {path}: {e}. "
                                  + download_hint(path)) from e
@@ -172,24 +174,25 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     """Load from ``{"backend": "flux2", "stages": {"pipeline": ...}}``: a Flux2KleinPipeline folder or hub id
     (transformer, vae, text_encoder (Qwen3) + tokenizer, scheduler; model_index.json's ``is_distilled``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
-    from transformers import AutoTokenizer, Qwen3ForCausalLM
+    from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
     stages = spec_stages(source, BACKEND, ("pipeline",), (), "a Flux2KleinPipeline folder or hub id, e.g. "
                          "black-forest-labs/FLUX.2-klein-4B")
     load = flow_load_options(source, BACKEND)
     src = resolve_source(stages["pipeline"], "pipeline")
+    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
     distilled = bool(pipeline_config(src, offline).get("is_distilled", False))
 
     def part(cls: Any, sub: str, what: str, dtype_kw: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, variant=component_variant(src, sub, dtype),
+        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, variant=component_variant(src, sub, dtype),
                                **{dtype_kw: dtype})
 
     transformer = part(Flux2Transformer2DModel, "transformer", "FLUX.2 transformer", "torch_dtype")
     vae = part(AutoencoderKLFlux2, "vae", "FLUX.2 VAE", "torch_dtype")
-    text = QwenText(load_pretrained(AutoTokenizer, src, subfolder="tokenizer", what="Qwen3 tokenizer", offline=offline),
+    text = QwenText(load_pretrained(Qwen2TokenizerFast, src, subfolder="tokenizer", what="Qwen3 tokenizer", offline=offline, cache_dir=cache),
                     part(Qwen3ForCausalLM, "text_encoder", "Qwen3 text encoder", "dtype"))
     scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline)
+                                offline=offline, cache_dir=cache)
     place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
     info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
                                            description="EXPERIMENTAL FLUX.2 [klein] model spec")

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from ..flow import scheduler_levels
+from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, flow_load_options, place_modules, truncation_note
+from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
 from .flux import flux_mu
 from .hf_common import has_subfolder, load_pretrained, resolve_source, spec_stages
 from .latent import VAECodec
@@ -55,7 +56,7 @@ class SD3Text:
         states, pooled = [], []
         for tok, enc in self.clips:
             ids = tok([prompt], padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(enc.device)
+                      return_tensors="pt").input_ids.to(execution_device(enc))
             out = enc(ids, output_hidden_states=True)
             states.append(out.hidden_states[-2])
             pooled.append(out[0])
@@ -66,7 +67,7 @@ class SD3Text:
         else:
             tok, enc = self.t5
             ids = tok([prompt], padding="max_length", max_length=self.max_length, truncation=True,
-                      add_special_tokens=True, return_tensors="pt").input_ids.to(enc.device)
+                      add_special_tokens=True, return_tensors="pt").input_ids.to(execution_device(enc))
             t5 = enc(ids)[0].to(clip.device, clip.dtype)
         return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
 
@@ -116,13 +117,14 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
                          "stabilityai/stable-diffusion-3.5-medium")
     load = flow_load_options(source, BACKEND)
     src = resolve_source(stages["pipeline"], "pipeline")
+    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
 
     def part(cls: Any, sub: str, what: str, dtype_kw: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, variant=component_variant(src, sub, dtype),
+        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, variant=component_variant(src, sub, dtype),
                                **{dtype_kw: dtype})
 
     def tokenizer(cls: Any, sub: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=f"{sub}", offline=offline)
+        return load_pretrained(cls, src, subfolder=sub, what=f"{sub}", offline=offline, cache_dir=cache)
 
     transformer = part(SD3Transformer2DModel, "transformer", "SD3 transformer", "torch_dtype")
     vae = part(AutoencoderKL, "vae", "SD3 VAE", "torch_dtype")
@@ -133,7 +135,7 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
         t5 = (tokenizer(T5Tokenizer, "tokenizer_3"), part(T5EncoderModel, "text_encoder_3", "T5 text encoder", "dtype"))
     text = SD3Text(clips, t5, int(transformer.config.joint_attention_dim))
     scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline)
+                                offline=offline, cache_dir=cache)
     place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
     info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
                                            description="EXPERIMENTAL Stable Diffusion 3.5 model spec")

@@ -6,6 +6,7 @@ options and the LR-consistency record (the shared contract is tests/test_backend
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,20 +129,27 @@ def test_sizes_the_model_makes(backends, lr, scale, ok):
         return
     with pytest.raises(InputImageError, match=r"multiples of 4 px.*LR sides must be multiples of") as e:
         be.check_size(lr, scale)
-    for h, w in (map(int, m.split("x")) for m in __import__("re").findall(r"to (\d+x\d+) \(", str(e.value))):
-        be.check_size((h, w), scale)  # every size the message offers works
+    offered = re.findall(r"to (\d+)x(\d+) \(", str(e.value))
+    assert offered
+    for h, w in offered:
+        be.check_size((int(h), int(w)), scale)  # every size the message offers works
 
 
 def test_sizes_at_real_multiples_and_the_2_megapixel_cap(backends, monkeypatch):
     be = backends["sd3"]
+    with pytest.raises(InputImageError, match=r"positional embedding covers output sides up to 128 px"):
+        be.check_size((4, 40), 4)  # 16 x 160: few pixels, but longer than the tiny SD3's embedding (32 patches)
     monkeypatch.setattr(be, "patch", 8)  # x2 VAE x 8: the real models' multiple of 16
+    monkeypatch.setattr(be, "max_side", lambda: None)
     be.check_size((64, 64), 16)
     be.check_size((256, 192), 4)  # 1024 x 768: non-square
-    with pytest.raises(InputImageError, match=r"800x600.*multiples of 16 px.*crop the LR to 200x148 \(-> 800x592\).*"
-                                              r"pad it to 200x152 \(-> 800x608\)"):
+    with pytest.raises(InputImageError, match=r"800x600.*multiples of 16 px.*Crop the LR to 200x148 \(-> 800x592\) "
+                                              r"or pad it to 200x152 \(-> 800x608\)"):
         be.check_size((200, 150), 4)
-    with pytest.raises(InputImageError, match=r"2048x2048.*up to 2.1 MP.*fits at x2 \(-> 1024x1024\)"):
+    with pytest.raises(InputImageError, match=r"2048x2048.*up to 2.1 MP.*fits at x2 \(-> 1024x1024\); at x4 the LR "
+                                              r"may have about 131,072 pixels \(e.g. 360x360\)"):
         be.check_size((512, 512), 4)
+    be.check_size((360, 360), 4)
 
 
 def test_guidance_kinds_and_their_errors(backends):

@@ -1,4 +1,4 @@
-"""Rectified-flow priors on the one VP sampling loop (docs/flow.md; ALGORITHMS.md, "Flow-matching priors").
+"""Rectified-flow priors on the one VP sampling loop (docs/flow.md, "The flow path on the VP loop").
 
 The flow path is ``x_s = (1 - s) x0 + s eps``, ``s`` in [0, 1] (``s = 1``: pure noise); a flow model predicts
 the velocity ``v(x_s, s, c) ~ E[eps - x0 | x_s, c]``, so exactly

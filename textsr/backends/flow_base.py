@@ -297,9 +297,16 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         """Output sides must be multiples of the VAE's factor times the transformer's patch."""
         return self.codec.factor * self.patch
 
+    def max_side(self) -> int | None:
+        """The longest output side the transformer's positional embedding covers (None: no limit)."""
+        return None
+
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
         h, w = lr_hw
-        H, W, m = h * scale, w * scale, self.multiple()
+        H, W, m, side = h * scale, w * scale, self.multiple(), self.max_side()
+        if side is not None and max(H, W) > side:
+            raise InputImageError(f"LR {h}x{w} at x{scale} gives {H}x{W}; {self.label}'s positional embedding covers "
+                                  f"output sides up to {side} px: use a smaller scale or a less elongated image")
         if H % m == 0 and W % m == 0 and H * W <= self.max_pixels:
             return
         q = m // math.gcd(m, scale)  # LR sides that give multiples of m at this scale
@@ -307,21 +314,20 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         if H * W <= self.max_pixels:
             lo, hi = (h // q * q, w // q * q), (-(-h // q) * q, -(-w // q) * q)
             if min(lo) > 0:
-                tips.append(f"crop the LR to {lo[0]}x{lo[1]} (-> {lo[0] * scale}x{lo[1] * scale})")
+                tips.append(f"Crop the LR to {lo[0]}x{lo[1]} (-> {lo[0] * scale}x{lo[1] * scale})")
             if hi[0] * hi[1] * scale**2 <= self.max_pixels:
-                tips.append(f"pad it to {hi[0]}x{hi[1]} (-> {hi[0] * scale}x{hi[1] * scale})")
+                tips.append(f"{'or pad it' if tips else 'Pad the LR'} to {hi[0]}x{hi[1]} (-> {hi[0] * scale}x{hi[1] * scale})")
         else:
             fits = [s for s in range(scale - 1, 0, -1) if h * w * s * s <= self.max_pixels and (h * s) % m == 0
                     and (w * s) % m == 0]
-            if fits:
-                tips.append(f"this LR fits at x{fits[0]} (-> {h * fits[0]}x{w * fits[0]})")
-            side = int(math.sqrt(self.max_pixels / (h * w)) * min(h, w)) // scale // q * q
-            tips.append(f"at x{scale} the LR may have about {self.max_pixels // scale**2:,} pixels (e.g. {side}x{side})")
+            edge = int(math.sqrt(self.max_pixels)) // scale // q * q
+            at = f"t x{scale} the LR may have about {self.max_pixels // scale**2:,} pixels (e.g. {edge}x{edge})"
+            tips.append(f"This LR fits at x{fits[0]} (-> {h * fits[0]}x{w * fits[0]}); a{at}" if fits else f"A{at}")
         raise InputImageError(
             f"LR {h}x{w} at x{scale} gives {H}x{W}; {self.label} makes outputs whose sides are multiples of "
             f"{m} px (its VAE's x{self.codec.factor} times its x{self.patch} patches), up to "
             f"{self.max_pixels / 1e6:.1f} MP, square or not: at x{scale} the LR sides must be multiples of {q}. "
-            + ("; ".join(tips) + "." if tips else ""))
+            + (" ".join(tips) + "." if tips else ""))
 
     def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
         notes = []

@@ -97,6 +97,11 @@ class SD3Backend(FlowBackendBase):
     def codec_module(self) -> torch.nn.Module:
         return self.codec.vae
 
+    def max_side(self) -> int | None:
+        """SD3's positional embedding is cropped from a ``pos_embed_max_size``-patch square."""
+        size = self.transformer.config.get("pos_embed_max_size")
+        return None if size is None else int(size) * self.patch * self.codec.factor
+
     def make_net(self, options: Any) -> SD3Net:
         return SD3Net(self.transformer)
 

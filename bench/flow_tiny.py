@@ -63,8 +63,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     lr = ((smooth_images(1, torch.Generator().manual_seed(5), 8)[0].permute(1, 2, 0) + 1) / 2).numpy()
     recs = []
-    print(f"| model | VAE round trip | solver | LR-PSNR after (min) | LR-PSNR before (mean [min, max]) | "
-          f"correction RMS (mean) | correction max |")
+    print("| model | VAE round trip | solver | LR-PSNR after (min) | LR-PSNR before (mean [min, max]) | "
+          "correction RMS (mean) | correction max |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for label, build in MODELS.items():

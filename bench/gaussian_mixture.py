@@ -404,7 +404,8 @@ def main(argv=None) -> None:
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (one table cell each)")
     ap.add_argument("--only", help="Table 1: only the rows whose label contains this text")
     ap.add_argument("--path", choices=("vp", "flow", "both"), default="vp",
-                    help="Table 1: the VP rows, the same solvers on the rectified-flow path (bench/gm_flow.py), or both")
+                    help="Table 1: the VP rows, the same solvers on the rectified-flow path (bench/gm_flow.py), "
+                         "or both")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
     args = ap.parse_args(argv)
     if args.merge:

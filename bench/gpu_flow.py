@@ -30,7 +30,8 @@ SD35_MEDIUM = dict(sample_size=128, patch_size=2, in_channels=16, num_layers=24,
                    dual_attention_layers=tuple(range(13)), qk_norm="rms_norm")
 FLUX_VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                latent_channels=16, norm_num_groups=32, sample_size=1024, use_quant_conv=False, use_post_quant_conv=False)
+                latent_channels=16, norm_num_groups=32, sample_size=1024, use_quant_conv=False,
+                use_post_quant_conv=False)
 # the tiny test models' configurations (textsr.testing.tiny_flux / tiny_sd3)
 FLUX_TINY = dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
                  num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,

@@ -26,7 +26,8 @@ from textsr.testing.tiny_flux import build_tiny_flux, build_tiny_flux2  # noqa: 
 from textsr.testing.tiny_sd3 import build_tiny_sd3  # noqa: E402
 
 BUILDERS = {"flux": build_tiny_flux, "flux-schnell": lambda p: build_tiny_flux(p, schnell=True),
-            "flux2": build_tiny_flux2, "flux2-base": lambda p: build_tiny_flux2(p, distilled=False), "sd3": build_tiny_sd3}
+            "flux2": build_tiny_flux2, "flux2-base": lambda p: build_tiny_flux2(p, distilled=False),
+            "sd3": build_tiny_sd3}
 
 
 @pytest.fixture(scope="module")

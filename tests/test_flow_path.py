@@ -98,7 +98,8 @@ def test_euler_step_of_the_flow_ode_is_ddim_eta_0_on_the_map():
     levels = shifted_levels(12)
     fs = FlowSchedule.from_levels(levels)
     cfg = make_config("plain", steps=12, eta=0.0, step_kind="ddim")
-    out = sample(FlowDenoiser(vel, fs), Problem(p.operator, p.y, p.sigma_y), cfg, Noise.from_seeds([0, 1, 2], dtype=F64))
+    out = sample(FlowDenoiser(vel, fs), Problem(p.operator, p.y, p.sigma_y), cfg,
+                 Noise.from_seeds([0, 1, 2], dtype=F64))
     z = Noise.from_seeds([0, 1, 2], dtype=F64).randn((8,))  # the loop's first draw: x at s = 1 is eps
     for s, s_next in zip(levels, levels[1:] + [0.0]):
         z = z + (s_next - s) * vel(z, s)
@@ -166,5 +167,6 @@ def test_the_exact_posterior_velocity_reaches_the_noise_floor():
     for eta in (0.0, 1.0):
         cfg = make_config("plain", steps=100, eta=eta, step_kind="ddim")
         got[eta] = sw(sample(den, problem, cfg, Noise.batched(5, 2000, dtype=F64)).x, ref)
-    print(f"exact posterior velocity: SW ODE {got[0.0]:.3f}, eta=1 {got[1.0]:.3f}; floor {floor:.3f}, prior {prior:.2f}")
+    print(f"exact posterior velocity: SW ODE {got[0.0]:.3f}, eta=1 {got[1.0]:.3f}; floor {floor:.3f}, "
+          f"prior {prior:.2f}")
     assert max(got.values()) < 2.5 * floor and prior > 20 * floor

@@ -79,8 +79,9 @@ def test_its_grid_and_the_unsquared_norm(flux):
 
     A = AvgPool(4, (1, 8, 8))
     z0 = torch.zeros(1, 1, 8, 8)
-    one = data_consistency(Problem(A, torch.ones(1, 1, 2, 2)), z0, make_config("flowdps", dc_steps=1, step_size=1.0))
-    two = data_consistency(Problem(A, 2 * torch.ones(1, 1, 2, 2)), z0, make_config("flowdps", dc_steps=1, step_size=1.0))
+    one_step = make_config("flowdps", dc_steps=1, step_size=1.0)
+    one = data_consistency(Problem(A, torch.ones(1, 1, 2, 2)), z0, one_step)
+    two = data_consistency(Problem(A, 2 * torch.ones(1, 1, 2, 2)), z0, one_step)
     torch.testing.assert_close(one, two)
     with pytest.raises(ValueError, match="grid must be"):
         make_config("flowdps", grid="nope")

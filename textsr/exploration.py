@@ -120,7 +120,8 @@ class PromptResult:
         p = self.projection
         if p is None:
             return {}
-        return {"lr_psnr_before_projection": p["lr_psnr_before"][k], "projection_correction_rms": p["correction_rms"][k],
+        return {"lr_psnr_before_projection": p["lr_psnr_before"][k],
+                "projection_correction_rms": p["correction_rms"][k],
                 "projection_correction_max": p["correction_max"][k]}
 
     def summary(self) -> str:

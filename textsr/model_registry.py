@@ -93,12 +93,14 @@ _IF_VRAM_NOTE = ("VRAM is an ESTIMATE from parameter counts (fp16 weights: T5-XX
                  "for XL+L with xformers; diffusers 14 GB with its offloading). DPS/PiGDM back-propagate "
                  "through the UNet and need more.")
 
-_FLOW_SIZES = ("output sides multiples of 16 px (VAE x8 times 2 x 2 patches), up to ~2 MP, any aspect ratio: e.g. "
-               "64x64 at x16, 128x128 at x8 or 256x256 at x4 -> 1024x1024, 200x152 at x4 -> 800x608; trained around 1 MP")
+_FLOW_SIZES = ("output sides multiples of 16 px (VAE x8 times 2 x 2 patches), up to ~2 MP, any aspect ratio: "
+               "e.g. 64x64 at x16, 128x128 at x8 or 256x256 at x4 -> 1024x1024, 200x152 at x4 -> 800x608; trained "
+               "around 1 MP")
 _FLOW_NOTES = ("EXPERIMENTAL flow-matching latent model (docs/flow.md): DDNM/DDNM+ by decode-project-encode, DPS and "
                "flowdps through the VAE decoder, exact LR consistency after the final pixel projection (results.json "
-               "records the LR-PSNR before it); pigdm and tds are refused. VRAM is an ESTIMATE from parameter counts in "
-               "bfloat16 (weights {weights}) plus activations at 1 MP, not measured; load={{'cpu_offload': true}} keeps "
+               "records the LR-PSNR before it); pigdm and tds are refused. VRAM is an ESTIMATE from parameter counts "
+               "in bfloat16 (weights {weights}) plus activations at 1 MP, not measured; load={{'cpu_offload': true}} "
+               "keeps "
                "the text encoders off the GPU except while encoding ({offload}), sequential_cpu_offload streams every "
                "module (slow), vae_tiling/vae_slicing cut the VAE's share. Run in bfloat16 (--dtype bfloat16).")
 _FLUX1_W = "transformer 11.9B = 23.8 GB, T5-XXL 4.8B = 9.5 GB, CLIP-L 0.25 GB, VAE 0.17 GB"
@@ -211,8 +213,8 @@ MODELS: dict[str, ModelInfo] = {
         notes=_FLOW_NOTES.format(weights=_KLEIN_W, offload="about 9 GB + activations; CFG doubles the batch")),
     "sd3.5-medium": ModelInfo(
         name="sd3.5-medium", backend="sd3",
-        description="EXPERIMENTAL: Stable Diffusion 3.5 Medium (2.5B MMDiT-X, CLIP-L + CLIP-G + T5-XXL, classifier-free "
-                    "guidance, 28 steps)",
+        description="EXPERIMENTAL: Stable Diffusion 3.5 Medium (2.5B MMDiT-X, CLIP-L + CLIP-G + T5-XXL, "
+                    "classifier-free guidance, 28 steps)",
         hub_ids=("stabilityai/stable-diffusion-3.5-medium",), vram_gb=18.0, output_sizes=_FLOW_SIZES,
         license=_SAI_LICENSE,
         notes=_FLOW_NOTES.format(weights="transformer 2.5B = 4.9 GB, " + _SD35_TEXT,

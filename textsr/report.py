@@ -456,7 +456,8 @@ def _projection_caption(sample: dict[str, Any]) -> str:
         return ""
     before = sample["lr_psnr_before_projection"]
     return (f" (before the final projection {'n/a' if before is None else f'{before:.2f} dB'}, correction RMS "
-            f"{_fmt(sample.get('projection_correction_rms'), 4)}, max {_fmt(sample.get('projection_correction_max'), 4)})")
+            f"{_fmt(sample.get('projection_correction_rms'), 4)}, "
+            f"max {_fmt(sample.get('projection_correction_max'), 4)})")
 
 
 def _settings_table(doc: dict[str, Any]) -> str:

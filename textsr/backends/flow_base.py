@@ -27,10 +27,19 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from ..errors import InputImageError, UsageError
+from ..errors import InputImageError, ModelNotFoundError, UsageError
 from ..flow import FlowDenoiser, FlowSchedule, OwnFlowGrid, scheduler_sigma_min
 from ..solvers import SolverConfig
-from .hf_common import Source, join_subfolder
+from .base import ModelInfo
+from .hf_common import (
+    Source,
+    download_hint,
+    has_subfolder,
+    join_subfolder,
+    load_pretrained,
+    resolve_source,
+    spec_stages,
+)
 from .latent_base import LatentBackendBase
 from .options import BackendOptions, LoadOptions, number, text
 
@@ -105,7 +114,8 @@ class FlowNet(Protocol):
     """A family's transformer call: ``v(x_s, s, hidden, pooled)`` on latents ``(n, C, h, w)`` of any size
     (tokens and positional ids made from the actual size); text states already have the batch ``n``."""
 
-    def __call__(self, x_s: torch.Tensor, s: float, hidden: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor: ...
+    def __call__(self, x_s: torch.Tensor, s: float, hidden: torch.Tensor,
+                 pooled: torch.Tensor | None) -> torch.Tensor: ...
 
 
 class TextEncoders(Protocol):
@@ -119,8 +129,19 @@ class TextEncoders(Protocol):
     def modules(self) -> list[torch.nn.Module]: ...
 
 
-def _batch(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    return None if t is None else t.expand(n, *t.shape[1:])
+def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.expand(n, *t.shape[1:])
+
+
+def _pooled(cond: FlowText, null: FlowText | None, n: int) -> torch.Tensor | None:
+    """The pooled vectors of ``[null; cond]`` (or of ``cond`` alone), batched; None for models without them."""
+    if cond.pooled is None:
+        return None
+    if null is None:
+        return _batch(cond.pooled, n)
+    if null.pooled is None:
+        raise UsageError("the unconditional text has no pooled vector while the prompt has one")
+    return torch.cat([_batch(null.pooled, n), _batch(cond.pooled, n)])
 
 
 @dataclass
@@ -137,12 +158,12 @@ class GuidedVelocity:
             raise UsageError("a flow backend's denoiser needs the conditioning from its encode_prompt")
         n = x_s.shape[0]
         if self.scale == 1.0:
-            return self.net(x_s, s, _batch(cond.hidden, n), _batch(cond.pooled, n))
+            return self.net(x_s, s, _batch(cond.hidden, n), _pooled(cond, None, n))
         null = self.negative or cond.null
         if null is None:
             raise UsageError("classifier-free guidance needs the empty prompt's states (encode_prompt gives them)")
-        pooled = None if cond.pooled is None else torch.cat([_batch(null.pooled, n), _batch(cond.pooled, n)])
-        v = self.net(torch.cat([x_s, x_s]), s, torch.cat([_batch(null.hidden, n), _batch(cond.hidden, n)]), pooled)
+        hidden = torch.cat([_batch(null.hidden, n), _batch(cond.hidden, n)])
+        v = self.net(torch.cat([x_s, x_s]), s, hidden, _pooled(cond, null, n))
         v_null, v_text = v.chunk(2)
         return v_null + self.scale * (v_text - v_null)
 
@@ -188,6 +209,50 @@ def component_variant(src: Source, sub: str, dtype: torch.dtype) -> str | None:
         return None
     d = folder.joinpath(*(join_subfolder(src[1], sub) or "").split("/"))
     return "fp16" if d.is_dir() and any(".fp16." in p.name or ".fp16-" in p.name for p in d.iterdir()) else None
+
+
+class PipelineParts:
+    """The components of one diffusers pipeline folder or hub id (a spec's ``stages.pipeline``): offline-aware,
+    from the Hub cache in effect now, each model in ``dtype`` with its ``fp16`` files where it has them."""
+
+    def __init__(self, source: dict, backend: str, example: str, *, dtype: torch.dtype, offline: bool):
+        from ..hub import cache_dir
+
+        stages = spec_stages(source, backend, ("pipeline",), (), f"a {example}")
+        self.load = flow_load_options(source, backend)
+        self.src, self.dtype, self.offline = resolve_source(stages["pipeline"], "pipeline"), dtype, offline
+        self.cache = str(cache_dir())  # HF_HUB_CACHE may have changed since huggingface_hub was imported
+
+    def model(self, cls: Any, sub: str, what: str, *, transformers: bool = False) -> Any:
+        """A diffusers model (``torch_dtype``) or, with ``transformers``, a transformers one (``dtype``)."""
+        return self.part(cls, sub, what, variant=component_variant(self.src, sub, self.dtype),
+                         **{"dtype" if transformers else "torch_dtype": self.dtype})
+
+    def part(self, cls: Any, sub: str, what: str, **kw: Any) -> Any:
+        """Anything with ``from_pretrained`` (tokenizers, schedulers)."""
+        return load_pretrained(cls, self.src, subfolder=sub, what=what, offline=self.offline, cache_dir=self.cache,
+                               **kw)
+
+    def index(self) -> dict:
+        """The pipeline's model_index.json (e.g. FLUX.2 [klein]'s ``is_distilled``)."""
+        from diffusers import DiffusionPipeline
+        from huggingface_hub.errors import EntryNotFoundError
+
+        path, sub = self.src
+        try:
+            return dict(DiffusionPipeline.load_config(path, local_files_only=self.offline, cache_dir=self.cache,
+                                                      **({"subfolder": sub} if sub else {})))
+        except (OSError, EntryNotFoundError) as e:
+            raise ModelNotFoundError(f"cannot read the pipeline's model_index.json at {path}: {e}. "
+                                     + download_hint(path)) from e
+
+    def has(self, sub: str) -> bool:
+        """Whether the pipeline has component ``sub`` (True when that cannot be told before downloading)."""
+        return has_subfolder(self.src, sub, ("config.json",)) is not False
+
+    def info(self, source: dict, backend: str, what: str) -> ModelInfo:
+        return source.get("info") or ModelInfo(name=str(source.get("name", backend)), backend=backend,
+                                               description=f"EXPERIMENTAL {what} model spec")
 
 
 def place_modules(load: LoadOptions, device: torch.device, *, resident: list[torch.nn.Module],
@@ -283,7 +348,7 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         h, w = int(latent_shape[-2]), int(latent_shape[-1])
         return replace(den, schedule=self.grid(cfg, (h, w)))
 
-    def make_denoiser(self, options: Any) -> FlowDenoiser:
+    def make_denoiser(self, options: Any) -> Any:  # a FlowDenoiser (its schedule is a FlowSchedule)
         scale = options.guidance_scale if self.guidance_kind == "cfg" else 1.0
         negative = None
         if self.guidance_kind == "cfg" and options.negative_prompt:
@@ -316,7 +381,8 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
             if min(lo) > 0:
                 tips.append(f"Crop the LR to {lo[0]}x{lo[1]} (-> {lo[0] * scale}x{lo[1] * scale})")
             if hi[0] * hi[1] * scale**2 <= self.max_pixels:
-                tips.append(f"{'or pad it' if tips else 'Pad the LR'} to {hi[0]}x{hi[1]} (-> {hi[0] * scale}x{hi[1] * scale})")
+                pad = "or pad it" if tips else "Pad the LR"
+                tips.append(f"{pad} to {hi[0]}x{hi[1]} (-> {hi[0] * scale}x{hi[1] * scale})")
         else:
             fits = [s for s in range(scale - 1, 0, -1) if h * w * s * s <= self.max_pixels and (h * s) % m == 0
                     and (w * s) % m == 0]

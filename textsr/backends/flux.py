@@ -16,10 +16,8 @@ from typing import Any
 import torch
 
 from ..flow import scheduler_levels
-from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
-from .hf_common import load_pretrained, resolve_source, spec_stages
+from .flow_base import FlowBackendBase, PipelineParts, execution_device, place_modules, truncation_note
 from .latent import VAECodec
 from .options import LoadOptions
 
@@ -70,8 +68,8 @@ class FluxNet:
         out = self.transformer(hidden_states=pack(x_s).to(dt), encoder_hidden_states=hidden.to(dev, dt),
                                pooled_projections=None if pooled is None else pooled.to(dev, dt),
                                timestep=torch.full((n,), s, device=dev, dtype=dt), guidance=g,
-                               img_ids=token_ids(h // 2, w // 2, dev), txt_ids=torch.zeros(hidden.shape[1], 3, device=dev),
-                               return_dict=False)[0]
+                               img_ids=token_ids(h // 2, w // 2, dev),
+                               txt_ids=torch.zeros(hidden.shape[1], 3, device=dev), return_dict=False)[0]
         return unpack(out, h, w).to(x_s.dtype)
 
 
@@ -86,11 +84,13 @@ class FluxText:
     max_length: int = 512
 
     def _ids(self, tok: Any, prompt: str, n: int, device: torch.device) -> torch.Tensor:
-        return tok([prompt], padding="max_length", max_length=n, truncation=True, return_tensors="pt").input_ids.to(device)
+        ids = tok([prompt], padding="max_length", max_length=n, truncation=True, return_tensors="pt").input_ids
+        return ids.to(device)
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         dev1, dev2 = execution_device(self.text_encoder), execution_device(self.text_encoder_2)
-        pooled = self.text_encoder(self._ids(self.tokenizer, prompt, self.tokenizer.model_max_length, dev1)).pooler_output
+        clip_ids = self._ids(self.tokenizer, prompt, self.tokenizer.model_max_length, dev1)
+        pooled = self.text_encoder(clip_ids).pooler_output
         hidden = self.text_encoder_2(self._ids(self.tokenizer_2, prompt, self.max_length, dev2))[0]
         return hidden, pooled
 
@@ -104,6 +104,8 @@ class FluxText:
 
 class FluxBackend(FlowBackendBase):
     """EXPERIMENTAL FLUX.1: one latent flow stage + the exact final pixel projection (see ``flow_base``)."""
+
+    codec: VAECodec
 
     patch = 2
     model_label = "FLUX.1"
@@ -136,31 +138,17 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-    stages = spec_stages(source, BACKEND, ("pipeline",), (), "a FluxPipeline folder or hub id, e.g. "
-                         "black-forest-labs/FLUX.1-schnell")
-    load = flow_load_options(source, BACKEND)
-    src = resolve_source(stages["pipeline"], "pipeline")
-    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
-
-    def diffusers_part(cls: Any, sub: str, what: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, torch_dtype=dtype,
-                               variant=component_variant(src, sub, dtype))
-
-    def text_part(cls: Any, sub: str, what: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, dtype=dtype,
-                               variant=component_variant(src, sub, dtype))
-
-    transformer = diffusers_part(FluxTransformer2DModel, "transformer", "FLUX transformer")
-    vae = diffusers_part(AutoencoderKL, "vae", "FLUX VAE")
-    text = FluxText(load_pretrained(CLIPTokenizer, src, subfolder="tokenizer", what="CLIP tokenizer", offline=offline, cache_dir=cache),
-                    text_part(CLIPTextModel, "text_encoder", "CLIP text encoder"),
-                    load_pretrained(T5Tokenizer, src, subfolder="tokenizer_2", what="T5 tokenizer", offline=offline, cache_dir=cache),
-                    text_part(T5EncoderModel, "text_encoder_2", "T5 text encoder"),
+    parts = PipelineParts(source, BACKEND, "FluxPipeline folder or hub id, e.g. black-forest-labs/FLUX.1-schnell",
+                          dtype=dtype, offline=offline)
+    transformer = parts.model(FluxTransformer2DModel, "transformer", "FLUX transformer")
+    vae = parts.model(AutoencoderKL, "vae", "FLUX VAE")
+    text = FluxText(parts.part(CLIPTokenizer, "tokenizer", "CLIP tokenizer"),
+                    parts.model(CLIPTextModel, "text_encoder", "CLIP text encoder", transformers=True),
+                    parts.part(T5Tokenizer, "tokenizer_2", "T5 tokenizer"),
+                    parts.model(T5EncoderModel, "text_encoder_2", "T5 text encoder", transformers=True),
                     max_length=512 if transformer.config.get("guidance_embeds", False) else 256)
-    scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline, cache_dir=cache)
-    place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
-    info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
-                                           description="EXPERIMENTAL FLUX.1 model spec")
-    return FluxBackend(info=info, transformer=transformer, vae=vae, text=text, scheduler=scheduler, load=load,
-                       defaults=source.get("defaults"), device=device, dtype=dtype)
+    scheduler = parts.part(FlowMatchEulerDiscreteScheduler, "scheduler", "flow scheduler")
+    place_modules(parts.load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
+    return FluxBackend(info=parts.info(source, BACKEND, "FLUX.1"), transformer=transformer, vae=vae, text=text,
+                       scheduler=scheduler, load=parts.load, defaults=source.get("defaults"), device=device,
+                       dtype=dtype)

@@ -16,12 +16,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotFoundError
 from ..flow import scheduler_levels
-from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
-from .hf_common import Source, download_hint, load_pretrained, resolve_source, spec_stages
+from .flow_base import FlowBackendBase, PipelineParts, execution_device, place_modules, truncation_note
 from .options import LoadOptions
 
 BACKEND = "flux2"
@@ -97,7 +94,8 @@ class Flux2Net:
         img_ids = _ids(1, h, w, 1, device=dev).expand(n, -1, -1)
         txt_ids = _ids(1, 1, 1, hidden.shape[1], device=dev).expand(n, -1, -1)
         out = self.transformer(hidden_states=x_s.reshape(n, C, h * w).transpose(1, 2).to(dt),
-                               encoder_hidden_states=hidden.to(dev, dt), timestep=torch.full((n,), s, device=dev, dtype=dt),
+                               encoder_hidden_states=hidden.to(dev, dt),
+                               timestep=torch.full((n,), s, device=dev, dtype=dt),
                                img_ids=img_ids, txt_ids=txt_ids, guidance=None, return_dict=False)[0]
         return out[:, : h * w].transpose(1, 2).reshape(n, C, h, w).to(x_s.dtype)
 
@@ -133,6 +131,8 @@ class QwenText:
 class Flux2Backend(FlowBackendBase):
     """EXPERIMENTAL FLUX.2 [klein]: one latent flow stage + the exact final pixel projection (see ``flow_base``)."""
 
+    codec: Flux2Codec
+
     patch = 1  # the 2 x 2 patches are the codec's
     model_label = "FLUX.2 [klein]"
 
@@ -156,45 +156,21 @@ class Flux2Backend(FlowBackendBase):
         return scheduler_levels(self.scheduler, steps, mu=empirical_mu(latent_hw[0] * latent_hw[1], steps), sigmas=sig)
 
 
-def pipeline_config(src: Source, offline: bool) -> dict:
-    """The pipeline's model_index.json (e.g. FLUX.2 [klein]'s ``is_distilled``)."""
-    from diffusers import DiffusionPipeline
-    from huggingface_hub.errors import EntryNotFoundError
-
-    path, sub = src
-    try:
-        return dict(DiffusionPipeline.load_config(path, local_files_only=offline, cache_dir=str(cache_dir()),
-                                                  **({"subfolder": sub} if sub else {})))
-    except (OSError, EntryNotFoundError) as e:
-        raise ModelNotFoundError(f"cannot read the pipeline's model_index.json at {path}: {e}. "
-                                 + download_hint(path)) from e
-
-
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> Flux2Backend:
     """Load from ``{"backend": "flux2", "stages": {"pipeline": ...}}``: a Flux2KleinPipeline folder or hub id
     (transformer, vae, text_encoder (Qwen3) + tokenizer, scheduler; model_index.json's ``is_distilled``)."""
     from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Transformer2DModel
     from transformers import Qwen2TokenizerFast, Qwen3ForCausalLM
 
-    stages = spec_stages(source, BACKEND, ("pipeline",), (), "a Flux2KleinPipeline folder or hub id, e.g. "
-                         "black-forest-labs/FLUX.2-klein-4B")
-    load = flow_load_options(source, BACKEND)
-    src = resolve_source(stages["pipeline"], "pipeline")
-    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
-    distilled = bool(pipeline_config(src, offline).get("is_distilled", False))
-
-    def part(cls: Any, sub: str, what: str, dtype_kw: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, variant=component_variant(src, sub, dtype),
-                               **{dtype_kw: dtype})
-
-    transformer = part(Flux2Transformer2DModel, "transformer", "FLUX.2 transformer", "torch_dtype")
-    vae = part(AutoencoderKLFlux2, "vae", "FLUX.2 VAE", "torch_dtype")
-    text = QwenText(load_pretrained(Qwen2TokenizerFast, src, subfolder="tokenizer", what="Qwen3 tokenizer", offline=offline, cache_dir=cache),
-                    part(Qwen3ForCausalLM, "text_encoder", "Qwen3 text encoder", "dtype"))
-    scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline, cache_dir=cache)
-    place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
-    info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
-                                           description="EXPERIMENTAL FLUX.2 [klein] model spec")
-    return Flux2Backend(info=info, transformer=transformer, vae=vae, text=text, scheduler=scheduler, distilled=distilled,
-                        load=load, defaults=source.get("defaults"), device=device, dtype=dtype)
+    parts = PipelineParts(source, BACKEND, "Flux2KleinPipeline folder or hub id, e.g. "
+                          "black-forest-labs/FLUX.2-klein-4B", dtype=dtype, offline=offline)
+    index = parts.index()
+    transformer = parts.model(Flux2Transformer2DModel, "transformer", "FLUX.2 transformer")
+    vae = parts.model(AutoencoderKLFlux2, "vae", "FLUX.2 VAE")
+    text = QwenText(parts.part(Qwen2TokenizerFast, "tokenizer", "Qwen3 tokenizer"),
+                    parts.model(Qwen3ForCausalLM, "text_encoder", "Qwen3 text encoder", transformers=True))
+    scheduler = parts.part(FlowMatchEulerDiscreteScheduler, "scheduler", "flow scheduler")
+    place_modules(parts.load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
+    return Flux2Backend(info=parts.info(source, BACKEND, "FLUX.2 [klein]"), transformer=transformer, vae=vae,
+                        text=text, scheduler=scheduler, distilled=bool(index.get("is_distilled", False)),
+                        load=parts.load, defaults=source.get("defaults"), device=device, dtype=dtype)

@@ -18,11 +18,9 @@ from typing import Any
 import torch
 
 from ..flow import scheduler_levels
-from ..hub import cache_dir
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, component_variant, execution_device, flow_load_options, place_modules, truncation_note
+from .flow_base import FlowBackendBase, PipelineParts, execution_device, place_modules, truncation_note
 from .flux import flux_mu
-from .hf_common import has_subfolder, load_pretrained, resolve_source, spec_stages
 from .latent import VAECodec
 from .options import LoadOptions
 
@@ -83,6 +81,8 @@ class SD3Text:
 class SD3Backend(FlowBackendBase):
     """EXPERIMENTAL Stable Diffusion 3.5: one latent flow stage + the exact final pixel projection (``flow_base``)."""
 
+    codec: VAECodec
+
     model_label = "Stable Diffusion 3.5"
 
     def __init__(self, *, info: ModelInfo, transformer: Any, vae: Any, text: SD3Text, scheduler: Any,
@@ -108,7 +108,8 @@ class SD3Backend(FlowBackendBase):
     def levels(self, steps: int, latent_hw: tuple[int, int]) -> list[float]:
         cfg = self.scheduler.config
         tokens = (latent_hw[0] // self.patch) * (latent_hw[1] // self.patch)
-        return scheduler_levels(self.scheduler, steps, mu=flux_mu(cfg, tokens) if cfg.get("use_dynamic_shifting") else None)
+        mu = flux_mu(cfg, tokens) if cfg.get("use_dynamic_shifting") else None
+        return scheduler_levels(self.scheduler, steps, mu=mu)
 
 
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> SD3Backend:
@@ -118,31 +119,21 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
-    stages = spec_stages(source, BACKEND, ("pipeline",), (), "a StableDiffusion3Pipeline folder or hub id, e.g. "
-                         "stabilityai/stable-diffusion-3.5-medium")
-    load = flow_load_options(source, BACKEND)
-    src = resolve_source(stages["pipeline"], "pipeline")
-    cache = str(cache_dir())  # read now: HF_HUB_CACHE may have changed since huggingface_hub was imported
-
-    def part(cls: Any, sub: str, what: str, dtype_kw: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=what, offline=offline, cache_dir=cache, variant=component_variant(src, sub, dtype),
-                               **{dtype_kw: dtype})
-
-    def tokenizer(cls: Any, sub: str) -> Any:
-        return load_pretrained(cls, src, subfolder=sub, what=f"{sub}", offline=offline, cache_dir=cache)
-
-    transformer = part(SD3Transformer2DModel, "transformer", "SD3 transformer", "torch_dtype")
-    vae = part(AutoencoderKL, "vae", "SD3 VAE", "torch_dtype")
-    clips = [(tokenizer(CLIPTokenizer, "tokenizer"), part(CLIPTextModelWithProjection, "text_encoder", "CLIP-L", "dtype")),
-             (tokenizer(CLIPTokenizer, "tokenizer_2"), part(CLIPTextModelWithProjection, "text_encoder_2", "CLIP-G", "dtype"))]
+    parts = PipelineParts(source, BACKEND, "StableDiffusion3Pipeline folder or hub id, e.g. "
+                          "stabilityai/stable-diffusion-3.5-medium", dtype=dtype, offline=offline)
+    transformer = parts.model(SD3Transformer2DModel, "transformer", "SD3 transformer")
+    vae = parts.model(AutoencoderKL, "vae", "SD3 VAE")
+    clips = [(parts.part(CLIPTokenizer, tok, f"{name} tokenizer"),
+              parts.model(CLIPTextModelWithProjection, enc, name, transformers=True))
+             for tok, enc, name in (("tokenizer", "text_encoder", "CLIP-L"),
+                                    ("tokenizer_2", "text_encoder_2", "CLIP-G"))]
     t5 = None
-    if has_subfolder(src, "text_encoder_3", ("config.json",)) is not False:
-        t5 = (tokenizer(T5Tokenizer, "tokenizer_3"), part(T5EncoderModel, "text_encoder_3", "T5 text encoder", "dtype"))
+    if parts.has("text_encoder_3"):
+        t5 = (parts.part(T5Tokenizer, "tokenizer_3", "T5 tokenizer"),
+              parts.model(T5EncoderModel, "text_encoder_3", "T5 text encoder", transformers=True))
     text = SD3Text(clips, t5, int(transformer.config.joint_attention_dim))
-    scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, src, subfolder="scheduler", what="flow scheduler",
-                                offline=offline, cache_dir=cache)
-    place_modules(load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
-    info = source.get("info") or ModelInfo(name=str(source.get("name", BACKEND)), backend=BACKEND,
-                                           description="EXPERIMENTAL Stable Diffusion 3.5 model spec")
-    return SD3Backend(info=info, transformer=transformer, vae=vae, text=text, scheduler=scheduler, load=load,
-                      defaults=source.get("defaults"), device=device, dtype=dtype)
+    scheduler = parts.part(FlowMatchEulerDiscreteScheduler, "scheduler", "flow scheduler")
+    place_modules(parts.load, device, resident=[transformer, vae], text=text.modules(), vae=vae)
+    return SD3Backend(info=parts.info(source, BACKEND, "Stable Diffusion 3.5"), transformer=transformer, vae=vae,
+                      text=text, scheduler=scheduler, load=parts.load, defaults=source.get("defaults"), device=device,
+                      dtype=dtype)

@@ -65,11 +65,13 @@ class FlowDPSConfig(SolverConfig):
         if not math.isfinite(self.step_size) or self.step_size < 0:
             raise ValueError(f"FlowDPS step_size must be a finite number >= 0, got {self.step_size}")
         if isinstance(self.dc_steps, bool) or not isinstance(self.dc_steps, int) or self.dc_steps < 0:
-            raise ValueError(f"FlowDPS dc_steps (gradient steps per level) must be an integer >= 0, got {self.dc_steps!r}")
+            raise ValueError(f"FlowDPS dc_steps (gradient steps per level) must be an integer >= 0, "
+                             f"got {self.dc_steps!r}")
         if not math.isfinite(self.shift) or self.shift <= 0:
             raise ValueError(f"FlowDPS shift must be a positive number, got {self.shift}")
         if self.grid not in GRIDS:
-            raise ValueError(f"FlowDPS grid must be 'own' (its shifted grid) or 'model' (the backend's), got {self.grid!r}")
+            raise ValueError(f"FlowDPS grid must be 'own' (its shifted grid) or 'model' (the backend's), "
+                             f"got {self.grid!r}")
 
     def flow_levels(self, steps: int, sigma_min: float) -> list[float] | None:
         """FlowDPS's grid (``grid="own"``): ``t = shift u / (1 + (shift - 1) u)``, ``u = linspace(1, u_min, steps)``;
@@ -78,7 +80,7 @@ class FlowDPSConfig(SolverConfig):
             return None
         if not 0.0 < sigma_min < 1.0:
             raise ValueError(f"sigma_min must lie in (0, 1), got {sigma_min}")
-        u = torch.linspace(1.0, sigma_min, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+        u = torch.linspace(1.0, sigma_min, steps, dtype=torch.float64)  # steps = 1: [1.0]
         return (self.shift * u / (1.0 + (self.shift - 1.0) * u)).tolist()
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 SHARD = "100KB"  # small enough that the tiny transformer and T5/Qwen3 come out in several shards, as the real ones
 
 
-def _reshard(model: torch.nn.Module, folder: Path) -> None:
+def _reshard(model: Any, folder: Path) -> None:
     """Save ``model`` again into ``folder`` in shards (what the real repos hold for their large components)."""
     shutil.rmtree(folder)
     model.save_pretrained(folder, max_shard_size=SHARD)
@@ -53,7 +54,8 @@ def build_tiny_flux(path: str | Path, *, seed: int = 0, schnell: bool = False) -
                                  decoder_start_token_id=0)).eval()
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, guidance_embeds=not schnell, axes_dims_rope=(4, 4, 8))
+                                         pooled_projection_dim=32, guidance_embeds=not schnell,
+                                         axes_dims_rope=(4, 4, 8))
     sched = (FlowMatchEulerDiscreteScheduler(shift=1.0) if schnell else
              FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15))
     pipe = FluxPipeline(scheduler=sched, vae=tiny_flux_vae(scaling_factor=0.3611, shift_factor=0.1159),
@@ -93,7 +95,12 @@ def build_tiny_flux2(path: str | Path, *, seed: int = 0, distilled: bool = True)
     ``Flux2KleinPipeline`` under ``path/pipeline``: Qwen3 text encoder with 28 layers (the pipeline reads
     layers 9, 18 and 27), ``AutoencoderKLFlux2`` (x2, 4 channels -> 16 after its 2 x 2 patchify), a 1 + 1 layer
     ``Flux2Transformer2DModel``; returns the spec file."""
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     root = Path(path)
@@ -114,7 +121,7 @@ def build_tiny_flux2(path: str | Path, *, seed: int = 0, distilled: bool = True)
                                           timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4),
                                           guidance_embeds=False)
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                            base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential")
+                                            base_image_seq_len=256, max_image_seq_len=4096)
     Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=qwen, tokenizer=tok, transformer=transformer,
                        is_distilled=distilled).save_pretrained(root / "pipeline")
     _reshard(transformer, root / "pipeline" / "transformer")

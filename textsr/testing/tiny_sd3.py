@@ -33,7 +33,8 @@ def build_tiny_sd3(path: str | Path, *, seed: int = 0) -> Path:
                                         num_attention_heads=2, joint_attention_dim=48, caption_projection_dim=16,
                                         pooled_projection_dim=48, out_channels=4, pos_embed_max_size=32)
     pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                                    vae=tiny_flux_vae(scaling_factor=1.5305, shift_factor=0.0609), transformer=transformer,
+                                    vae=tiny_flux_vae(scaling_factor=1.5305, shift_factor=0.0609),
+                                    transformer=transformer,
                                     text_encoder=clip_l, tokenizer=tiny_clip_tokenizer(), text_encoder_2=clip_g,
                                     tokenizer_2=tiny_clip_tokenizer(), text_encoder_3=t5, tokenizer_3=tok3)
     out = root / "pipeline"

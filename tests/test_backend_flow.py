@@ -248,3 +248,21 @@ def test_every_flow_model_loads_by_registry_name_from_the_hub_cache_offline(spec
         f.unlink()
     with pytest.raises(ModelNotFoundError, match=r"FLUX.2-klein-4B \(cached without transformer \(weights\)\)"):
         load_model("flux.2-klein-4b", offline=True, device="cpu")
+
+
+def test_ddnm_decode_project_encode_keeps_the_models_eps(backends):
+    """DDNM on latents: the bound denoiser returns ``z0' = E(D(z0) - A+(A D(z0) - y))`` with the model's own eps
+    (DDNM eq. 13 keeps the network's noise estimate beside the corrected x0)."""
+    be = backends["sd3"]
+    stage = be.build_stages("ddnm", {"steps": 4}, {})[0]
+    y, pixel = helpers.lr_image(4, size=32, seed=3), AvgPool(4, (3, 32, 32))
+    den, op = stage.bind(pixel, y)
+    assert op.projected
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    cond = be.encode_prompt("a red fox")
+    with torch.no_grad():
+        raw, proj = den.base(z, 2, cond), den(z, 2, cond)
+        x = be.codec.decode(raw.x0)
+        expect = be.codec.encode(x - pixel.A_pinv(pixel.A(x) - y))
+    assert torch.equal(proj.eps, raw.eps)
+    torch.testing.assert_close(proj.x0, expect, rtol=0, atol=1e-5)

@@ -106,6 +106,7 @@ _FLOW_NOTES = ("EXPERIMENTAL flow-matching latent model (docs/flow.md): DDNM/DDN
 _FLUX1_W = "transformer 11.9B = 23.8 GB, T5-XXL 4.8B = 9.5 GB, CLIP-L 0.25 GB, VAE 0.17 GB"
 _KLEIN_W = "transformer 3.9B = 7.8 GB, Qwen3-4B 4.0B = 8.0 GB, VAE 0.17 GB"
 _SD35_TEXT = "T5-XXL 4.8B = 9.5 GB, CLIP-L + CLIP-G 0.8B = 1.6 GB, VAE 0.17 GB"
+_SD35_CFG = " guidance_scale defaults to 2.0, FlowDPS's super-resolution setting on SD3."
 _SAI_LICENSE = ("Stability AI Community License (free below USD 1M annual revenue; see the model card). Gated: accept "
                 "it on the Hub model page while logged in, then `hf auth login` or set HF_TOKEN")
 
@@ -183,52 +184,30 @@ MODELS: dict[str, ModelInfo] = {
         license="Apache-2.0",
         notes="VRAM estimate, not measured; latent model: exact LR consistency only after the final pixel "
               "projection"),
-    "flux.1-schnell": ModelInfo(
-        name="flux.1-schnell", backend="flux",
-        description="EXPERIMENTAL: FLUX.1 [schnell] (12B rectified-flow transformer, timestep-distilled: 4 steps, "
-                    "no guidance)",
-        hub_ids=("black-forest-labs/FLUX.1-schnell",), vram_gb=36.0, output_sizes=_FLOW_SIZES,
-        license="Apache-2.0 (not gated)",
-        notes=_FLOW_NOTES.format(weights=_FLUX1_W, offload="about 25 GB + activations")),
-    "flux.1-dev": ModelInfo(
-        name="flux.1-dev", backend="flux",
-        description="EXPERIMENTAL: FLUX.1 [dev] (12B rectified-flow transformer, guidance-distilled: guidance_scale "
-                    "3.5 as a transformer input, 28 steps)",
-        hub_ids=("black-forest-labs/FLUX.1-dev",), vram_gb=36.0, output_sizes=_FLOW_SIZES,
-        license=("FLUX.1 [dev] Non-Commercial License. Gated: accept it on the Hub model page while logged in, then "
-                 "`hf auth login` or set HF_TOKEN"),
-        notes=_FLOW_NOTES.format(weights=_FLUX1_W, offload="about 25 GB + activations")),
-    "flux.2-klein-4b": ModelInfo(
-        name="flux.2-klein-4b", backend="flux2",
-        description="EXPERIMENTAL: FLUX.2 [klein] 4B (rectified-flow transformer + Qwen3-4B text encoder, distilled: "
-                    "4 steps, no guidance)",
-        hub_ids=("black-forest-labs/FLUX.2-klein-4B",), vram_gb=18.0, output_sizes=_FLOW_SIZES,
-        license="Apache-2.0 (not gated)",
-        notes=_FLOW_NOTES.format(weights=_KLEIN_W, offload="about 9 GB + activations")),
-    "flux.2-klein-base-4b": ModelInfo(
-        name="flux.2-klein-base-4b", backend="flux2",
-        description="EXPERIMENTAL: FLUX.2 [klein] base 4B (undistilled: classifier-free guidance 4.0, 50 steps)",
-        hub_ids=("black-forest-labs/FLUX.2-klein-base-4B",), vram_gb=18.0, output_sizes=_FLOW_SIZES,
-        license="Apache-2.0 (not gated)",
-        notes=_FLOW_NOTES.format(weights=_KLEIN_W, offload="about 9 GB + activations; CFG doubles the batch")),
-    "sd3.5-medium": ModelInfo(
-        name="sd3.5-medium", backend="sd3",
-        description="EXPERIMENTAL: Stable Diffusion 3.5 Medium (2.5B MMDiT-X, CLIP-L + CLIP-G + T5-XXL, "
-                    "classifier-free guidance, 28 steps)",
-        hub_ids=("stabilityai/stable-diffusion-3.5-medium",), vram_gb=18.0, output_sizes=_FLOW_SIZES,
-        license=_SAI_LICENSE,
-        notes=_FLOW_NOTES.format(weights="transformer 2.5B = 4.9 GB, " + _SD35_TEXT,
-                                 offload="about 6 GB + activations; CFG doubles the batch")
-        + " guidance_scale defaults to 2.0, FlowDPS's super-resolution setting on SD3."),
-    "sd3.5-large": ModelInfo(
-        name="sd3.5-large", backend="sd3",
-        description="EXPERIMENTAL: Stable Diffusion 3.5 Large (8.1B MMDiT, CLIP-L + CLIP-G + T5-XXL, classifier-free "
-                    "guidance, 28 steps)",
-        hub_ids=("stabilityai/stable-diffusion-3.5-large",), vram_gb=30.0, output_sizes=_FLOW_SIZES,
-        license=_SAI_LICENSE,
-        notes=_FLOW_NOTES.format(weights="transformer 8.1B = 16.2 GB, " + _SD35_TEXT,
-                                 offload="about 17 GB + activations; CFG doubles the batch")
-        + " guidance_scale defaults to 2.0, FlowDPS's super-resolution setting on SD3."),
+    **{name: ModelInfo(name=name, backend=backend, description="EXPERIMENTAL: " + what, hub_ids=(hub_id,),
+                       vram_gb=vram, output_sizes=_FLOW_SIZES, license=lic,
+                       notes=_FLOW_NOTES.format(weights=weights, offload=offload) + extra)
+       for name, backend, what, hub_id, vram, lic, weights, offload, extra in (
+        ("flux.1-schnell", "flux", "FLUX.1 [schnell] (12B rectified-flow transformer, timestep-distilled: 4 steps, "
+         "no guidance)", "black-forest-labs/FLUX.1-schnell", 36.0, "Apache-2.0 (not gated)", _FLUX1_W,
+         "about 25 GB + activations", ""),
+        ("flux.1-dev", "flux", "FLUX.1 [dev] (12B rectified-flow transformer, guidance-distilled: guidance_scale 3.5 "
+         "as a transformer input, 28 steps)", "black-forest-labs/FLUX.1-dev", 36.0,
+         "FLUX.1 [dev] Non-Commercial License. Gated: accept it on the Hub model page while logged in, then "
+         "`hf auth login` or set HF_TOKEN", _FLUX1_W, "about 25 GB + activations", ""),
+        ("flux.2-klein-4b", "flux2", "FLUX.2 [klein] 4B (rectified-flow transformer + Qwen3-4B text encoder, "
+         "distilled: 4 steps, no guidance)", "black-forest-labs/FLUX.2-klein-4B", 18.0, "Apache-2.0 (not gated)",
+         _KLEIN_W, "about 9 GB + activations", ""),
+        ("flux.2-klein-base-4b", "flux2", "FLUX.2 [klein] base 4B (undistilled: classifier-free guidance 4.0, 50 "
+         "steps)", "black-forest-labs/FLUX.2-klein-base-4B", 18.0, "Apache-2.0 (not gated)", _KLEIN_W,
+         "about 9 GB + activations; CFG doubles the batch", ""),
+        ("sd3.5-medium", "sd3", "Stable Diffusion 3.5 Medium (2.5B MMDiT-X, CLIP-L + CLIP-G + T5-XXL, "
+         "classifier-free guidance, 28 steps)", "stabilityai/stable-diffusion-3.5-medium", 18.0, _SAI_LICENSE,
+         "transformer 2.5B = 4.9 GB, " + _SD35_TEXT, "about 6 GB + activations; CFG doubles the batch", _SD35_CFG),
+        ("sd3.5-large", "sd3", "Stable Diffusion 3.5 Large (8.1B MMDiT, CLIP-L + CLIP-G + T5-XXL, classifier-free "
+         "guidance, 28 steps)", "stabilityai/stable-diffusion-3.5-large", 30.0, _SAI_LICENSE,
+         "transformer 8.1B = 16.2 GB, " + _SD35_TEXT, "about 17 GB + activations; CFG doubles the batch", _SD35_CFG),
+    )},
 }
 
 # registry name -> model spec (same format as a JSON spec file)

@@ -16,17 +16,31 @@ import torch
 SHARD = "100KB"  # small enough that the tiny transformer and T5/Qwen3 come out in several shards, as the real ones
 
 
-def _reshard(model: Any, folder: Path) -> None:
+def reshard(model: Any, folder: Path) -> None:
     """Save ``model`` again into ``folder`` in shards (what the real repos hold for their large components)."""
     shutil.rmtree(folder)
     model.save_pretrained(folder, max_shard_size=SHARD)
 
 
-def _spec(root: Path, backend: str, name: str) -> Path:
+def spec_file(root: Path, backend: str, name: str) -> Path:
     spec = root / "textsr_model.json"
     spec.write_text(json.dumps({"backend": backend, "name": name, "description": f"tiny random {name} (tests)",
                                 "stages": {"pipeline": str((root / "pipeline").resolve())}}, indent=1))
     return spec
+
+
+def tiny_t5(d_model: int = 32):
+    """A tiny T5 encoder and its tokenizer (``tiny_deepfloyd_if``'s vocabulary): FLUX.1's and SD3's third text
+    encoder in miniature."""
+    from transformers import T5Config, T5EncoderModel
+
+    from .tiny_deepfloyd_if import tiny_t5_tokenizer
+
+    tok = tiny_t5_tokenizer()
+    cfg = T5Config(vocab_size=len(tok), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                   relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
+                   decoder_start_token_id=0)
+    return tok, T5EncoderModel(cfg).eval()
 
 
 def tiny_flux_vae(latent_channels: int = 4, **extra):
@@ -41,17 +55,13 @@ def build_tiny_flux(path: str | Path, *, seed: int = 0, schnell: bool = False) -
     """A tiny FLUX.1 [dev] (``schnell=True``: [schnell], no guidance embedding, no dynamic shift) as a
     ``FluxPipeline`` under ``path/pipeline``; returns the spec file ``path/textsr_model.json``."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel
 
     from .tiny_clip import tiny_clip_tokenizer, tiny_text_config
-    from .tiny_deepfloyd_if import tiny_t5_tokenizer
 
     root = Path(path)
     torch.manual_seed(seed)
-    tok2 = tiny_t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok2), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-                                 decoder_start_token_id=0)).eval()
+    tok2, t5 = tiny_t5(32)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, guidance_embeds=not schnell,
@@ -62,9 +72,9 @@ def build_tiny_flux(path: str | Path, *, seed: int = 0, schnell: bool = False) -
                         text_encoder=CLIPTextModel(tiny_text_config(32)).eval(), tokenizer=tiny_clip_tokenizer(),
                         text_encoder_2=t5, tokenizer_2=tok2, transformer=transformer)
     pipe.save_pretrained(root / "pipeline")
-    _reshard(transformer, root / "pipeline" / "transformer")
-    _reshard(t5, root / "pipeline" / "text_encoder_2")
-    return _spec(root, "flux", "tiny-flux-schnell" if schnell else "tiny-flux-dev")
+    reshard(transformer, root / "pipeline" / "transformer")
+    reshard(t5, root / "pipeline" / "text_encoder_2")
+    return spec_file(root, "flux", "tiny-flux-schnell" if schnell else "tiny-flux-dev")
 
 
 def tiny_qwen3_tokenizer():
@@ -124,6 +134,6 @@ def build_tiny_flux2(path: str | Path, *, seed: int = 0, distilled: bool = True)
                                             base_image_seq_len=256, max_image_seq_len=4096)
     Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=qwen, tokenizer=tok, transformer=transformer,
                        is_distilled=distilled).save_pretrained(root / "pipeline")
-    _reshard(transformer, root / "pipeline" / "transformer")
-    _reshard(qwen, root / "pipeline" / "text_encoder")
-    return _spec(root, "flux2", "tiny-flux2-klein" if distilled else "tiny-flux2-klein-base")
+    reshard(transformer, root / "pipeline" / "transformer")
+    reshard(qwen, root / "pipeline" / "text_encoder")
+    return spec_file(root, "flux2", "tiny-flux2-klein" if distilled else "tiny-flux2-klein-base")

@@ -9,24 +9,20 @@ from pathlib import Path
 
 import torch
 
-from .tiny_flux import _reshard, _spec, tiny_flux_vae
+from .tiny_flux import reshard, spec_file, tiny_flux_vae, tiny_t5
 
 
 def build_tiny_sd3(path: str | Path, *, seed: int = 0) -> Path:
     """A tiny SD3.5-like pipeline under ``path/pipeline`` (two CLIPs with projection, T5, a one-layer MMDiT with
     2 x 2 patches, a x2 VAE with SD3's scaling and shift factors, shift 3); returns the spec file's path."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection
 
     from .tiny_clip import tiny_clip_tokenizer, tiny_text_config
-    from .tiny_deepfloyd_if import tiny_t5_tokenizer
 
     root = Path(path)
     torch.manual_seed(seed)
-    tok3 = tiny_t5_tokenizer()
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=48, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                                 relative_attention_num_buckets=8, dropout_rate=0.0, pad_token_id=0, eos_token_id=1,
-                                 decoder_start_token_id=0)).eval()
+    tok3, t5 = tiny_t5(48)
     clip_l = CLIPTextModelWithProjection(tiny_text_config(16, projection=16)).eval()
     clip_g = CLIPTextModelWithProjection(tiny_text_config(32, projection=32)).eval()
     transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
@@ -39,7 +35,7 @@ def build_tiny_sd3(path: str | Path, *, seed: int = 0) -> Path:
                                     tokenizer_2=tiny_clip_tokenizer(), text_encoder_3=t5, tokenizer_3=tok3)
     out = root / "pipeline"
     pipe.save_pretrained(out)
-    _reshard(t5, out / "text_encoder_3")
+    reshard(t5, out / "text_encoder_3")
     for sub, enc in (("text_encoder", clip_l), ("text_encoder_2", clip_g), ("text_encoder_3", t5)):
         tmp = root / f"{sub}.fp16"
         enc.to(torch.float16).save_pretrained(tmp, variant="fp16", max_shard_size="50KB" if sub == "text_encoder_3"
@@ -49,4 +45,4 @@ def build_tiny_sd3(path: str | Path, *, seed: int = 0) -> Path:
                 shutil.move(str(f), out / sub / f.name)
         shutil.rmtree(tmp)
         enc.to(torch.float32)
-    return _spec(root, "sd3", "tiny-sd3")
+    return spec_file(root, "sd3", "tiny-sd3")

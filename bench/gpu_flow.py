@@ -18,7 +18,7 @@ import torch
 
 from textsr import explore
 from textsr.backends.base import ModelInfo
-from textsr.backends.flow_base import place_modules
+from textsr.backends.flow_loading import place_modules
 from textsr.backends.options import LoadOptions
 
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,

@@ -19,7 +19,8 @@ import torch
 
 from ..flow import scheduler_levels
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, PipelineParts, execution_device, place_modules, truncation_note
+from .flow_base import FlowBackendBase, truncation_note
+from .flow_loading import PipelineParts, execution_device, place_modules
 from .flux import flux_mu
 from .latent import VAECodec
 from .options import LoadOptions

@@ -83,9 +83,7 @@ def tiny_qwen3_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import Qwen2TokenizerFast
 
-    from .tiny_clip import _bytes_to_unicode
-
-    vocab = {c: i for i, c in enumerate(_bytes_to_unicode())}
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     for sp in specials:
         vocab[sp] = len(vocab)

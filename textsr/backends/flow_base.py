@@ -284,10 +284,10 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
 
     def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
         notes = []
-        px = lr_hw[0] * lr_hw[1] * scale**2
-        if px < 2**18:
-            notes.append(f"{self.label} was trained around 1 MP; a {px / 1e6:.2f} MP output runs but is outside "
-                         "its usual sizes")
+        H, W = lr_hw[0] * scale, lr_hw[1] * scale
+        if H * W < 2**18:
+            notes.append(f"{self.label} was trained around 1 MP; a {H}x{W} output ({H * W / 1e6:.2g} MP) runs but is "
+                         "outside its usual sizes")
         if self.dtype == torch.float16:
             notes.append(f"{self.label} runs in bfloat16 in its pipelines; float16 activations can overflow "
                          "(choose dtype bfloat16 if the samples come out black or noisy)")

@@ -285,18 +285,21 @@ def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: 
     meas.notes.extend(backend.prompt_notes(prompt))
     cb = _progress_callback(callback, stages, index, len(req.prompts), prompt)
     seeds = req.seeds
-    xs, log_z, ess = [], [], []
+    xs, befores, log_z, ess = [], [], [], []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
                           sigma_y=req.sigma_y, operator=req.make_operator,
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
-        xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
+        fin = backend.finish(res.x, meas.y, meas.operator)
+        xs.append(fin.x.detach())
+        befores.append(fin.before_projection)
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
     steps_ran = tuple(res.steps)
     x = torch.cat(xs)
     psnr = lr_psnr(x, meas.y, meas.operator)  # the solver's consistency, before display clipping
+    projection = None if any(b is None for b in befores) else projection_record(torch.cat(befores), x, meas)
     outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
     if outside:
         meas.notes.append(f"prompt {prompt!r}: {outside} of {req.samples} samples had values outside the image "
@@ -315,7 +318,16 @@ def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: 
                               "of N; the evidence and the sample frequencies are unreliable (more particles, or a "
                               "smaller measurement)")
     return PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - t0,
-                        backend.prompt_tags(prompt), extra, steps_ran, evidence)
+                        backend.prompt_tags(prompt), extra, steps_ran, evidence, projection)
+
+
+def projection_record(before: torch.Tensor, after: torch.Tensor, meas: Measurement) -> dict:
+    """What a backend's final pixel projection changed, per sample: the LR-PSNR before it and the size of
+    the correction ``after - before`` (RMS and max, [0, 1] units) -- how far the model's answer was from ``y``."""
+    d = ((after.to(torch.float64) - before.to(after.device, torch.float64)) / 2).flatten(1)
+    return {"lr_psnr_before": lr_psnr(before.to(after.device), meas.y, meas.operator),
+            "correction_rms": [float(v) for v in d.square().mean(1).sqrt().tolist()],
+            "correction_max": [float(v) for v in d.abs().amax(1).tolist()]}
 
 
 def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: CheckedRequest):

@@ -309,6 +309,8 @@ def models(as_json):
         echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
         for hid in r.get("hub_ids", []):
             echo(f"{'':<20}{hid}")
+        if r.get("license"):
+            echo(f"{'':<20}licence: {r['license']}")
 
 
 @main.command()

@@ -85,6 +85,9 @@ class PromptResult:
     extra: dict = field(default_factory=dict)
     steps_ran: tuple[int, ...] = ()  # denoising steps each cascade stage ran (a schedule may clamp a request)
     evidence: Any = None  # textsr.evidence.PromptEvidence (particle solvers)
+    #: backends with a final pixel projection (latent models): per sample the LR-PSNR before it and the size
+    #: of its correction, ``{"lr_psnr_before": [...], "correction_rms": [...], "correction_max": [...]}``
+    projection: dict | None = None
 
     @property
     def label(self) -> str:
@@ -103,7 +106,8 @@ class PromptResult:
             "text_consistency": self.text_consistency,
             "seconds": round(self.seconds, 3),
             "samples": [
-                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k]}
+                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k],
+                 **self._projection_at(k)}
                 for k in range(len(self.seeds))
             ],
         }
@@ -114,6 +118,14 @@ class PromptResult:
         if self.evidence is not None:
             entry["evidence"] = self.evidence.to_dict()
         return entry
+
+    def _projection_at(self, k: int) -> dict:
+        p = self.projection
+        if p is None:
+            return {}
+        return {"lr_psnr_before_projection": p["lr_psnr_before"][k],
+                "projection_correction_rms": p["correction_rms"][k],
+                "projection_correction_max": p["correction_max"][k]}
 
     def summary(self) -> str:
         tc = "n/a" if self.text_consistency is None else f"{self.text_consistency:.2f}"
@@ -128,6 +140,9 @@ class PromptResult:
             extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {spread(ev.spread, len(ev.log_z_samples))}, "
                       f"ESS min {ev.ess_min:.2f})" + p
                       + ("" if ev.calibrated else " [guided: not calibrated]"))
+        if self.projection is not None:
+            extra += (f"; before the final projection LR-PSNR min {lr_psnr(min(self.projection['lr_psnr_before']))} "
+                      f"dB, correction RMS max {max(self.projection['correction_rms']):.4f}")
         return (f"{quoted(self.label)}: text consistency {tc}, LR-PSNR min {lr_psnr(min(self.lr_psnr))} dB, "
                 f"diversity {self.diversity['pairwise_l2']:.3f}{extra}")
 

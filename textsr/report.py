@@ -454,7 +454,8 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
     for k, s in enumerate(entry["samples"]):
         psnr = s.get("lr_psnr")  # null in results.json: not finite, i.e. A x = y exactly
         caption = (f"sample {s['index']:02d} · seed {s['seed']} · LR-PSNR "
-                   f"{lr_psnr(math.inf if psnr is None else psnr)} dB · text {_fmt(s.get('text_score'), 3)}")
+                   f"{lr_psnr(math.inf if psnr is None else psnr)} dB{_projection_caption(s)} · "
+                   f"text {_fmt(s.get('text_score'), 3)}")
         caption += "".join(f" · ref {key.upper()} {_fmt(v[k], 4)}" for key, v in ref.items() if k < len(v))
         figs.append(_figure(s["file"], caption))
     vmax = std_map.get("vmax", 0.0)
@@ -469,6 +470,16 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
         f'{_e(entry["folder"])}/</a></p>',
         '<div class="gallery">', *figs, std_fig, "</div></section>",
     ])
+
+
+def _projection_caption(sample: dict[str, Any]) -> str:
+    """Latent models: the LR-PSNR before the final pixel projection and that correction's size."""
+    if "lr_psnr_before_projection" not in sample:
+        return ""
+    before = sample["lr_psnr_before_projection"]
+    return (f" (before the final projection {lr_psnr(math.inf if before is None else before)} dB, correction RMS "
+            f"{_fmt(sample.get('projection_correction_rms'), 4)}, "
+            f"max {_fmt(sample.get('projection_correction_max'), 4)})")
 
 
 def _settings_table(doc: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ Per run, ``explore`` calls:
 then per prompt:
 
 5. ``encode_prompt(prompt)`` -> the condition ``C`` the stages' Denoisers take; ``prompt_notes(prompt)``;
-6. after sampling: ``postprocess(x, y, operator)`` (default: unchanged), ``text_scores(x, prompt)``
+6. after sampling: ``finish(x, y, operator)`` (default: unchanged; latent models decode and project, and
+   report the images before the projection), ``text_scores(x, prompt)``
    (default: none), ``exact_metrics(...)`` (default: none), ``prompt_tags(prompt)`` (default: none);
 
 and ``describe()`` for results.json.  With a particle solver, ``tilting_options(options)`` says whether the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -37,9 +39,18 @@ from ..cascade import Stage
 from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 from ..operators import LinearOperator
 
-__all__ = ["Backend", "ModelInfo", "check_options"]
+__all__ = ["Backend", "Finished", "ModelInfo", "check_options"]
 
 C = TypeVar("C")  # the condition type a backend's Denoisers take (what ``encode_prompt`` returns)
+
+
+@dataclass
+class Finished:
+    """A backend's final images ``x`` (model space, output size) and, when it ends with an exact pixel-space
+    projection onto ``A x = y``, the images just before it (``before_projection``; None otherwise)."""
+
+    x: torch.Tensor
+    before_projection: torch.Tensor | None = None
 
 
 class Backend(ABC, Generic[C]):
@@ -99,10 +110,15 @@ class Backend(ABC, Generic[C]):
         return None
 
     # -- after sampling -------------------------------------------------------------------------
+    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
+        """Final samples (the last stage's output) -> images in [-1, 1] model space at the output size, and
+        the images before a final pixel projection when the backend makes one (latent models decode, then
+        project onto ``A x = y``: ``Finished.before_projection``).  Default: unchanged, no projection."""
+        return Finished(x)
+
     def postprocess(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-        """Final samples (the last stage's output) -> images in [-1, 1] model space at the output size;
-        e.g. latent models decode and project onto ``A x = y``.  Default: unchanged."""
-        return x
+        """The final images of ``finish``."""
+        return self.finish(x, y, operator).x
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
         """Per-sample text consistency in [0, 1] for final images ``x`` in [-1, 1] (None if unknown)."""

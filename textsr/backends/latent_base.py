@@ -39,7 +39,7 @@ from ..errors import InputImageError, UsageError
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, SolverConfig, config_class, solver_classes
-from .base import Backend
+from .base import Backend, Finished
 from .hf_common import check_stage_option_keys, stage_solver_config
 from .options import BackendOptions
 
@@ -124,8 +124,9 @@ class LatentOperator(LinearOperator):
 
 @dataclass
 class ProjectingLatentDenoiser:
-    """Decode-project-encode: ``z0' = E(D(z0) - A+ (A D(z0) - y))`` after the wrapped denoiser, eps
-    recomputed to match (DDNM-family solvers on latents)."""
+    """Decode-project-encode: ``z0' = E(D(z0) - A+ (A D(z0) - y))`` after the wrapped denoiser (DDNM-family
+    solvers on latents).  The model's ``eps`` is kept, as DDNM's step keeps the network's noise estimate
+    beside the corrected ``x0'`` (eq. 13; recomputing eps from ``z0'`` would put back part of the correction)."""
 
     base: Any
     codec: Codec
@@ -141,7 +142,7 @@ class ProjectingLatentDenoiser:
         x = self.codec.decode(pred.x0)
         y = self.y.to(x).expand(x.shape[0], *self.y.shape[1:])
         x = x - self.pixel.A_pinv(self.pixel.A(x) - y)  # DDNM eq. 13, in pixels
-        return Prediction.from_x0(x_t, self.codec.encode(x), self.schedule.abar(t))
+        return Prediction(x0=self.codec.encode(x), eps=pred.eps, v=pred.v)
 
 
 def project_pixels(x: torch.Tensor, y: torch.Tensor, pixel: LinearOperator) -> torch.Tensor:
@@ -150,13 +151,13 @@ def project_pixels(x: torch.Tensor, y: torch.Tensor, pixel: LinearOperator) -> t
     return x - pixel.A_pinv(pixel.A(x) - y)
 
 
-def decode_and_project(codec: Codec, z: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+def decode_and_project(codec: Codec, z: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
     """Final latents -> pixels (float32) -> exact pixel projection; ``operator``: a ``LatentOperator`` or
-    the pixel operator itself."""
+    the pixel operator itself.  Returns both images: after and before the projection."""
     pixel = operator.pixel if isinstance(operator, LatentOperator) else operator
     with torch.no_grad():
         x = codec.decode(z.float())
-    return project_pixels(x, y.to(x), pixel)
+    return Finished(project_pixels(x, y.to(x), pixel), before_projection=x)
 
 
 def latent_solver(solver: str) -> type[SolverConfig]:
@@ -208,6 +209,15 @@ class LatentBackendBase(Backend[C]):
         """A sentence about the size the model was trained at, for the size error ("" if unknown)."""
         return ""
 
+    def solver_defaults(self) -> dict[str, dict[str, Any]]:
+        """Per-solver defaults of the latent stage (steps, step sizes), under the user's solver options."""
+        return SOLVER_DEFAULTS
+
+    def bind_grid(self, den: Any, cfg: SolverConfig, latent_shape: tuple[int, ...]) -> Any:
+        """The Denoiser on the grid this run's solver ``cfg`` walks at this latent size (a flow model's
+        grid depends on both); default: ``den``."""
+        return den
+
     # -- options ---------------------------------------------------------------------------------
     def parse_options(self, options: dict | None) -> Any:
         """This model's options: class defaults < the model spec's ``defaults`` < ``options``."""
@@ -235,26 +245,27 @@ class LatentBackendBase(Backend[C]):
         o = self.parse_options(options)
         projected = latent_solver(solver).projects
         check_stage_option_keys(solver_options, (STAGE,))
+        cfg = stage_solver_config(solver, STAGE, self.solver_defaults(), solver_options)
         den = self.make_denoiser(o)
         codec = self.codec
 
         def bind(op: LinearOperator, y: torch.Tensor) -> tuple[Any, LinearOperator]:
-            d = self.bind_denoiser(den, o, y)
             lop = LatentOperator(op, codec, projected=projected)
+            d = self.bind_grid(self.bind_denoiser(den, o, y), cfg, lop.in_shape)
             return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), lop
 
         return [Stage(STAGE, den, divisor=1, channels=self.channels, condition=self.make_condition(o), bind=bind,
-                      solver=stage_solver_config(solver, STAGE, SOLVER_DEFAULTS, solver_options))]
+                      solver=cfg)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Final latents -> pixels in [-1, 1] (no projection)."""
         with torch.no_grad():
             return self.codec.decode(z.to(self.device, torch.float32))
 
-    def postprocess(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
         """Final latents -> pixels, then the exact pixel-space projection ``x - A+ (A x - y)`` so that the
-        result downsamples to ``y`` exactly.  ``operator``: the stage's operator (a ``LatentOperator``
-        or the pixel operator itself)."""
+        result downsamples to ``y`` exactly; the decoded images before it are kept (how far the latent
+        answer was from ``y``).  ``operator``: the stage's operator (a ``LatentOperator`` or the pixel one)."""
         return decode_and_project(self.codec, x.to(self.device), y, operator)
 
     def describe(self) -> dict:

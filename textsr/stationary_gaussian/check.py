@@ -18,12 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..denoiser import Denoiser
 from ..metrics import sliced_wasserstein
 from ..operators import LinearOperator
 from ..solvers import Noise, Problem, make_config, sample
 from ..tiling import TiledDenoiser, axis_starts
 from .posterior import ExactPosterior
-from .prior import StationaryDenoiser, StationaryGaussian
+from .prior import StationaryGaussian
 
 
 def _bands(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -106,7 +107,7 @@ def run_sampler(problem: Problem2D, n: int, *, window: int | None, overlap: int 
                 solver_options: dict | None = None) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` of the posterior with the exact denoiser on the whole image
     (``window=None``) or on windows of ``window`` px (``overlap``, ``shift`` as ``TiledDenoiser``)."""
-    den: StationaryDenoiser | TiledDenoiser = problem.prior.denoiser()
+    den: Denoiser = problem.prior.denoiser()
     if window is not None:
         den = TiledDenoiser(den, (window, window), (overlap, overlap), shift=shift, seed=seed, batch=batch)
     cfg = make_config(solver, steps=steps, **(solver_options or {}))

@@ -81,7 +81,6 @@ class TiledDenoiser:
     schedule: NoiseSchedule = field(init=False)
 
     def __post_init__(self) -> None:
-        self.schedule = self.base.schedule
         self.window = (int(self.window[0]), int(self.window[1]))
         self.overlap = (int(self.overlap[0]), int(self.overlap[1]))
         if min(self.window) < 1 or any(not 0 <= o < w for o, w in zip(self.overlap, self.window)):
@@ -89,6 +88,7 @@ class TiledDenoiser:
                              f"overlap {self.overlap}")
         if self.batch < 1:
             raise ValueError(f"batch (windows per model call) must be >= 1, got {self.batch}")
+        self.schedule = self.base.schedule
 
     def fits(self, size: tuple[int, int]) -> bool:
         return size[0] <= self.window[0] and size[1] <= self.window[1]

@@ -30,6 +30,8 @@ import torch
 from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
+from .solver_registry import make_config
+from .tiling import checks as tile_checks
 
 __all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts", "explore", "rank"]
 
@@ -62,6 +64,7 @@ class ExploreRequest:
     max_pixels: int
     preset: str | None = None
     prompt_prior: tuple[float, ...] | None = None  # P(prompt) for the evidence (None: uniform)
+    tile: Any = None  # textsr.tiling.TileRequest (None: off)
 
     @property
     def operator_name(self) -> str:
@@ -108,7 +111,8 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
                  operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
                  model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
                  batch_size: int | None, max_pixels: int, preset: str | None = None, particles: int | None = None,
-                 prompt_prior: Sequence[float] | None = None) -> ExploreRequest:
+                 prompt_prior: Sequence[float] | None = None, tile: Any = None, tile_overlap: Any = None,
+                 tile_options: dict | None = None) -> ExploreRequest:
     """Phase 1: validate every argument before any model loads or any sampling starts; each check is
     ``textsr.validate``'s, shared with the CLI and batch manifests (a preset is checked against the
     model's backend from its spec, without loading it). The image is read here too (an unreadable file
@@ -117,6 +121,7 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
     from .operators import OPERATORS
     from .presets import check_preset
     from .solver_registry import canonical_name, config_class
+    from .tiling.plan import TileRequest
 
     scale = validate.scale(scale)
     samples = validate.samples(samples)
@@ -133,6 +138,7 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
     if operator is not None:  # None: the preset's, else avgpool
         operator = validate.choice(operator, "operator", sorted(OPERATORS))
     simulate = validate.flag(simulate, "simulate")
+    tile_request = TileRequest.of(tile, tile_overlap, validate.options(tile_options, "tile_options"))
     _check_model(model)
     for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"),
                            ("dtype", dtype, "float32, float16 or auto")):
@@ -163,7 +169,8 @@ def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int,
         image=(arr, info, tuple(notes)), prompts=prompts_all, scale=scale,
         model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y,
         solver_options=solver_options, model_options=model_options, device=device, dtype=dtype, simulate=simulate,
-        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset, prompt_prior=prompt_prior)
+        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset, prompt_prior=prompt_prior,
+        tile=tile_request)
 
 
 def model_backend(model: Any) -> str:
@@ -224,6 +231,7 @@ class Measurement:
     input: InputInfo
     notes: list[str] = field(default_factory=list)
     reference: np.ndarray | None = None  # the HR original (simulation mode)
+    tiling: Any = None  # textsr.tiling.Tiling of a tiled run (None: whole images)
 
     @property
     def lr_hw(self) -> tuple[int, int]:
@@ -298,12 +306,31 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
         arr, more = backend.prepare_input(arr, req.scale)
         notes.extend(more)
     h, w = arr.shape[:2]
-    backend.check_size((h, w), req.scale)
-    notes.extend(backend.input_notes((h, w), req.scale))
+    tiling, tile_notes = tile_checks.plan(req.tile, backend, (h, w), req.scale)  # check_size, or check_tiling
+    notes.extend(tile_notes if tiling is not None else backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
     operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
-                       notes=notes, reference=reference)
+                       notes=notes, reference=reference, tiling=tiling)
+
+
+def check_memory(req: ExploreRequest, backend: Any, meas: Measurement, stages: list) -> Any:
+    """Phase 3b (docs/tiling.md, "Memory"): the estimated peak memory of one batch, whole and on windows,
+    refused before any sampling when it cannot fit in what the device has free.  Estimated for tiled
+    runs, outputs larger than the model makes and CUDA devices (a CPU run at the model's size is not
+    traced: it costs a second per run); the estimate goes to the notes and results.json."""
+    native = backend.native_output()
+    output = (meas.lr_hw[0] * req.scale, meas.lr_hw[1] * req.scale)
+    larger = native is not None and (output[0] > native[0] or output[1] > native[1])
+    if meas.tiling is None and not larger and torch.device(backend.device).type != "cuda":
+        return None
+    cfgs = [st.solver for st in stages if st.solver is not None] or [make_config(req.solver)]
+    rows = min(req.batch_size, req.samples) * max(int(getattr(c, "particles", 1) or 1) for c in cfgs)
+    est = tile_checks.check_memory(backend, meas.lr_hw, req.scale, meas.tiling, rows,
+                                   grad=any(c.needs_grad for c in cfgs), device=torch.device(backend.device))
+    if est is not None:
+        meas.notes.append(est.summary())
+    return est
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,7 +382,7 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
                           sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
-        xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
+        xs.append(backend.postprocess(res.x, meas.y, res.operators[-1]).detach())  # the last stage's operator
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
@@ -410,7 +437,7 @@ def fill_probabilities(results: list[PromptResult], prior: Sequence[float] | Non
 # phase 5: settings
 # ------------------------------------------------------------------------------------------------
 def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stages: list,
-                     base_cfg: Any, steps_ran: Sequence[int] = ()) -> ExploreSettings:
+                     base_cfg: Any, steps_ran: Sequence[int] = (), memory: Any = None) -> ExploreSettings:
     """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config
     with the steps it ran (``steps_ran``; a request the schedule could not honour is kept as
     ``steps_requested`` and noted in ``meas.notes``)."""
@@ -422,7 +449,16 @@ def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stage
     return ExploreSettings(
         input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset,
+        tiling=tiling_record(req, meas, memory))
+
+
+def tiling_record(req: ExploreRequest, meas: Measurement, memory: Any) -> dict | None:
+    """results.json ``tiling``: the request, whether windows ran, and the memory estimate."""
+    if not req.tile.on and memory is None:
+        return None
+    return {"request": req.tile.to_dict(), "tiled": meas.tiling is not None,
+            "memory": None if memory is None else memory.to_dict()}
 
 
 def record_steps_ran(solver: dict, per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
@@ -480,6 +516,9 @@ def explore(
     preset: str | None = None,
     particles: int | None = None,
     prompt_prior: Sequence[float] | None = None,
+    tile: str | int | None = None,
+    tile_overlap: int | None = None,
+    tile_options: dict | None = None,
     callback: Callable[[Progress], None] | None = None,
 ) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
@@ -502,27 +541,35 @@ def explore(
     particles: run the particle solver with this many particles per sample (every stage); each prompt then
     gets ``evidence`` (``textsr.evidence``): log p(y | prompt), its spread over samples and P(prompt | y)
     among the prompts given, with ``prompt_prior`` (None: uniform) as the prior.
+    tile: ``None``/``"off"`` (whole images; an output more than twice the model's size per side is refused),
+    ``"auto"`` (windows of the model's size where an image exceeds it) or a window side in output pixels;
+    tile_overlap: pixels (default a quarter of the window); tile_options: ``shift`` (True: a seeded random
+    shift of the window grid per step), ``batch`` (1: windows per model call), ``text`` (1.0: the text
+    guidance inside windows as a fraction of the whole image's), ``seed`` (docs/tiling.md).  Before any
+    sampling the peak memory of a batch is estimated and a request that cannot fit is refused.
     Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
-    from .solver_registry import make_config
-
     t0 = time.perf_counter()
     req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
                        template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
                        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
                        simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset,
-                       particles=particles, prompt_prior=prompt_prior)
+                       particles=particles, prompt_prior=prompt_prior, tile=tile, tile_overlap=tile_overlap,
+                       tile_options=tile_options)
     backend = resolve_backend(req)
     req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
     meas = build_measurement(req, backend)
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
-    stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
+    tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+    stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
     base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+    memory = check_memory(req, backend, meas, stages)
     results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
                for i, p in enumerate(req.prompts)]
     fill_probabilities(results, req.prompt_prior)
-    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else ())
+    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else (),
+                                memory=memory)
     timings = {"total_s": round(time.perf_counter() - t0, 3), "load_s": round(t_loaded - t0, 3),
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
     return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,

@@ -190,6 +190,15 @@ def _common_options(f):
                      help="Model option, e.g. guidance_scale=7 (see README)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA), float32, float16 ..."),
+        click.option("--tile", default=None, metavar="auto|N",
+                     help="Any output size: run the model on overlapping windows of its own size where the image "
+                          "exceeds it (auto) or of N px; the projection, guidance and particle weights still act "
+                          "on the whole image [default: off]."),
+        click.option("--tile-overlap", type=int, metavar="PX", help="Window overlap in pixels [default: a quarter "
+                     "of the window]."),
+        click.option("--tile-option", "tile_opts", multiple=True, metavar="KEY=VALUE",
+                     help="shift=true|false (random grid shift per step), batch=N (windows per call), "
+                          "text=F (text guidance inside windows, a fraction of the whole image's)."),
         click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory).",
                      callback=_checked(lambda v: validate.batch_size(v))),
         click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted.",
@@ -212,7 +221,7 @@ def _parse_prior(text: str | None) -> list[float] | None:
 
 def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, preset, sigma_y,
                   steps, eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels,
-                  particles=None, prompt_prior=None) -> dict:
+                  particles=None, prompt_prior=None, tile=None, tile_overlap=None, tile_opts=()) -> dict:
     sopts = parse_kv(solver_opts, "--solver-option")
     for k, v in (("eta", eta), ("zeta", zeta)):
         if v is not None:
@@ -224,7 +233,8 @@ def _build_kwargs(image, scale, prompts, template, values, model, solver, sample
                 steps=steps,
                 solver_options=sopts, model_options=parse_kv(model_opts, "--option"), device=device, dtype=dtype,
                 batch_size=batch_size, max_pixels=max_pixels, particles=particles,
-                prompt_prior=_parse_prior(prompt_prior))
+                prompt_prior=_parse_prior(prompt_prior), tile=tile, tile_overlap=tile_overlap,
+                tile_options=parse_kv(tile_opts, "--tile-option"))
 
 
 @main.command()

@@ -62,6 +62,7 @@ class ExploreSettings:
     device: str
     dtype: str
     preset: str | None = None
+    tiling: dict | None = None  # tiled runs and memory estimates: request, whether windows ran, memory
 
     def solver_dict(self) -> dict:
         """The ``solver`` entry of results.json: the base config plus ``per_stage``."""
@@ -170,6 +171,8 @@ class Exploration:
         }
         if self.reference_metrics is not None:
             out["reference"] = self.reference_metrics
+        if s.tiling is not None:
+            out["tiling"] = s.tiling
         return out
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:

@@ -55,11 +55,13 @@ class Eigen:
 
     def to_basis(self, x: torch.Tensor) -> torch.Tensor:
         """``Q^T x`` for a batch ``(B, C, H, W)``."""
-        return torch.einsum("ca,bchw,hi,wj->baij", self.QK.to(x), x, self.QH.to(x), self.QW.to(x))
+        z = self.QH.to(x).T @ x @ self.QW.to(x)
+        return z if z.shape[1] == 1 else torch.einsum("ca,bcij->baij", self.QK.to(x), z)
 
     def from_basis(self, z: torch.Tensor) -> torch.Tensor:
         """``Q z``."""
-        return torch.einsum("ca,baij,hi,wj->bchw", self.QK.to(z), z, self.QH.to(z), self.QW.to(z))
+        x = self.QH.to(z) @ z @ self.QW.to(z).T
+        return x if x.shape[1] == 1 else torch.einsum("ca,baij->bcij", self.QK.to(z), x)
 
     def apply(self, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``Q diag(values) Q^T x`` (``values`` shaped like ``lam``)."""

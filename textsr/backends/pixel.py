@@ -106,6 +106,7 @@ class PixelDenoiser:
 class PixelBackend(Backend):
     """One pixel-space stage at the final size + optional CLIP guidance."""
 
+    tiles = True
     # an unconditional model: text enters only through CLIP guidance, an energy without a normaliser, so
     # its "evidence" is the guided sampler's; at clip_scale 0 every prompt gives the same model
     neutral_options = {"clip_scale": 0.0}

@@ -95,3 +95,6 @@ def test_tiled_exact_sampler_keeps_the_whole_image_spread_and_hard_seams_do_not(
     # the windows never see both sides of a fixed border: the correlation across it is lost
     assert hard["corr_samples"] < 0.05 < 0.15 < hard["corr_exact"]
     assert hard["sw"] > 1.3 * smooth["sw"]
+    # shifting the grid every step brings it back, even without overlap
+    moved = compare(run_sampler(pb, n, window=8, overlap=0, shift=True, steps=steps), post, 8, 0, reference=full)
+    assert moved["corr_samples"] > 0.08 and abs(moved["std_border_interior_vs_reference"] - 1) < 0.1

@@ -204,5 +204,5 @@ def test_cli_tile_options(tmp_path):
                               "--tile-option", "batch=4", "-o", str(tmp_path / "b")])
     assert ok.exit_code == 0, ok.output
     rec = json.loads((tmp_path / "b" / "results.json").read_text())["tiling"]
-    assert rec["tiled"] and rec["request"] == {"tile": "auto", "overlap": 6, "shift": False, "batch": 4, "text": 1.0,
+    assert rec["tiled"] and rec["request"] == {"tile": "auto", "overlap": 6, "shift": False, "batch": 4, "text": 0.5,
                                                "seed": 0}

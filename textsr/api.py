@@ -544,7 +544,7 @@ def explore(
     tile: ``None``/``"off"`` (whole images; an output more than twice the model's size per side is refused),
     ``"auto"`` (windows of the model's size where an image exceeds it) or a window side in output pixels;
     tile_overlap: pixels (default a quarter of the window); tile_options: ``shift`` (True: a seeded random
-    shift of the window grid per step), ``batch`` (1: windows per model call), ``text`` (1.0: the text
+    shift of the window grid per step), ``batch`` (1: windows per model call), ``text`` (0.5: the text
     guidance inside windows as a fraction of the whole image's), ``seed`` (docs/tiling.md).  Before any
     sampling the peak memory of a batch is estimated and a request that cannot fit is refused.
     Every argument is checked before any model loads (``UsageError`` says what to pass).

@@ -92,7 +92,8 @@ def run(samples: int, scene: int, window: int, steps: int, scenario: str = "visi
         n = count_dots(x)
         r, c = truth  # a dot within 2 px of the true one (the LR block fixes it to about that)
         found = x[:, 0, r - 2:r + 3, c - 2:c + 3].flatten(1).amax(1) > THRESHOLD
-        recs.append({"scenario": scenario, "sigma_y": sigma_y, "sampler": label, "dots_mean": float(n.double().mean()), "one_dot": float((n == 1).double().mean()),
+        recs.append({"scenario": scenario, "sigma_y": sigma_y, "sampler": label,
+                     "dots_mean": float(n.double().mean()), "one_dot": float((n == 1).double().mean()),
                      "true_dot_found": float(found.double().mean()),
                      "lr_psnr_median": float(lr_psnr(x, y, op).median()), "samples": samples, "scene": scene,
                      "window": window, "steps": steps})

@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.backend_helpers import lr_image, lr_psnr
 from textsr import explore
 from textsr.cascade import run_cascade
 from textsr.cli import main
@@ -24,8 +25,6 @@ from textsr.tiling import TiledDenoiser
 from textsr.tiling.cascade import CascadeSizes
 from textsr.tiling.codec import TiledCodec
 from textsr.tiling.plan import TileRequest, Tiling
-
-from tests.backend_helpers import lr_image, lr_psnr
 
 
 def _load(module: str, name: str, tmp_path_factory):
@@ -69,7 +68,8 @@ def test_pixel_model_makes_any_size_through_explore(pixel):
     alone = explore(y, [""], samples=1, seed=1, **kw)
     np.testing.assert_allclose(alone.prompts[0].samples[0], r.prompts[0].samples[1], atol=1e-5)
     rec = r.results_dict()["tiling"]
-    assert rec["tiled"] and rec["request"]["tile"] == "auto" and rec["memory"]["tiled_bytes"] < rec["memory"]["whole_bytes"]
+    assert rec["tiled"] and rec["request"]["tile"] == "auto"
+    assert rec["memory"]["tiled_bytes"] < rec["memory"]["whole_bytes"]
     assert any("windows of 16x16" in n for n in r.notes)
 
 
@@ -93,7 +93,8 @@ def test_if_stage_2_windows_see_their_crop_of_the_condition(tiny_if):
     assert not torch.allclose(fused[..., 32:48, :16], crop[..., :16, :16], atol=1e-3)  # blended with (16, 0)
 
 
-@pytest.mark.parametrize("lr,scale,stages", [(8, 8, ["stage_1", "stage_2"]), (4, 16, ["stage_1", "stage_2@16x16", "stage_2"])])
+@pytest.mark.parametrize("lr,scale,stages", [(8, 8, ["stage_1", "stage_2"]),
+                                             (4, 16, ["stage_1", "stage_2@16x16", "stage_2"])])
 def test_if_on_windows_stays_exact(tiny_if, lr, scale, stages):
     y = torch.rand(1, 3, lr, lr, generator=torch.Generator().manual_seed(1)) * 2 - 1
     tiling = Tiling(TileRequest("auto"), (lr * scale,) * 2, scale)

@@ -287,10 +287,13 @@ class LatentBackendBase(Backend[C]):
                 f"{win[1] * f} px) overlapping by {ov[0]} latents ({ov[0] * f} px)"]
 
     def probe_condition(self, rows: int) -> Any:
-        """A condition of the right shapes for ``rows`` samples (zeros), for the memory estimate."""
-        raise NotImplementedError
+        """A condition of the right shapes for ``rows`` samples (zeros), for the memory estimate; None (the
+        default): this model gives no estimate."""
+        return None
 
     def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        if self.probe_condition(1) is None:
+            return []
         f = self.codec.factor
         size = (lr_hw[0] * scale // f, lr_hw[1] * scale // f)
         window = None if tiling is None else tiling.windows(self.latent_native, self.unet_multiple, final=True,

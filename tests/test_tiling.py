@@ -152,3 +152,11 @@ def test_condition_follows_the_windows():
     ws = window_grid((20, 24), (8, 8), (3, 3))[:3]
     assert window_cond([1, 2], ws, 2, (20, 24)) == [1, 2] * 3
     assert window_cond("prompt", ws, 2, (20, 24)) == "prompt"
+
+
+def test_window_model_runs_on_windows_and_the_base_model_on_images_that_fit():
+    whole, windows = Pixelwise(), Pixelwise()
+    den = TiledDenoiser(whole, (8, 8), (2, 2), window_base=windows)
+    den(torch.randn(1, 3, 8, 8), 10)
+    den(torch.randn(1, 3, 20, 8), 10)
+    assert whole.calls == [(1, 3, 8, 8)] and windows.calls and all(c[-2:] == (8, 8) for c in windows.calls)

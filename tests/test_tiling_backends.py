@@ -207,3 +207,12 @@ def test_cli_tile_options(tmp_path):
     rec = json.loads((tmp_path / "b" / "results.json").read_text())["tiling"]
     assert rec["tiled"] and rec["request"] == {"tile": "auto", "overlap": 6, "shift": False, "batch": 4, "text": 0.5,
                                                "seed": 0}
+
+
+def test_text_inside_windows_is_a_fraction_of_the_guidance(tiny_if):
+    tiling = Tiling(TileRequest("auto", text=0.25), (64, 64), 8)
+    st = tiny_if.build_stages("ddnm", {"steps": 2}, {"guidance_scale": [6.0, 4.0]}, tiling=tiling)
+    assert [s.denoiser.base.guidance_scale for s in st] == [6.0, 4.0]
+    assert [s.denoiser.window_base.guidance_scale for s in st] == [1.5, 1.0]
+    full = tiny_if.build_stages("ddnm", {"steps": 2}, {}, tiling=Tiling(TileRequest("auto", text=1.0), (64, 64), 8))
+    assert all(s.denoiser.window_base is None for s in full)

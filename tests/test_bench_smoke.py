@@ -75,3 +75,18 @@ def test_label_wrap_bench_counts_the_wrapping_work(capsys):
     rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
     assert [int(r[0].replace(",", "")) for r in rows] == [3000, 30000]
     assert rows[0][3] == rows[1][3]  # characters measured: the same for 10x the prompt
+
+
+def test_tiling_benches_run(tmp_path, capsys):
+    exact = _load("tiling_exact")
+    exact.main(["--quick", "--json", str(tmp_path / "e.json")])
+    recs = json.loads((tmp_path / "e.json").read_text())
+    assert {r["variant"] for r in recs} == {"whole", "w16 o4 shift"} and all(r["sw"] > 0 for r in recs)
+    text = _load("tiling_text")
+    recs = text.run(samples=4, scene=12, window=8, steps=2, texts=(1.0, 0.0))
+    assert [r["sampler"] for r in recs] == ["whole image (scene model)", "windows 8 px, text 1", "windows 8 px, text 0"]
+    assert "| visible | windows 8 px, text 0 |" in text.table(recs)
+    mem = _load("tiling_memory")
+    rec = mem.one("tiny", 96, "tiled", 1)
+    assert rec["windows"] >= 4 and rec["estimate_model_bytes"] > 0  # 2 x 2, or 3 on a side when shifted
+    assert f"| tiny | 96^2 | tiled | {rec['windows']} |" in mem.table([rec])

@@ -65,6 +65,7 @@ class ExploreSettings:
     dtype: str
     preset: str | None = None
     operator_options: dict = field(default_factory=dict)  # the operator's parameters (operator_registry)
+    tiling: dict | None = None  # tiled runs and memory estimates: request, whether windows ran, memory
 
     def solver_dict(self) -> dict:
         """The ``solver`` entry of results.json: what every stage ran plus ``per_stage``."""
@@ -190,6 +191,8 @@ class Exploration:
         }
         if self.reference_metrics is not None:
             out["reference"] = self.reference_metrics
+        if s.tiling is not None:
+            out["tiling"] = s.tiling
         return out
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:

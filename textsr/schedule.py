@@ -83,7 +83,7 @@ class NoiseSchedule:
             return 1.0
         if not 0 <= t < self.T:
             raise ValueError(f"timestep {t} outside [0, {self.T - 1}]")
-        return float(self._abar[t])
+        return float(self.alphas_cumprod[t])  # no tensor op: works under fake tensors too
 
     def timesteps(self, steps: int, spacing: Spacing = "uniform", t_start: int | None = None) -> list[int]:
         """``steps`` decreasing timesteps from ``t_start`` (default T-1) toward 0.

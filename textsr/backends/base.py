@@ -8,7 +8,9 @@ Per run, ``explore`` calls:
 
 1. ``prepare_input(arr, scale)``: adapt the LR image to what the model can take (default: unchanged);
 2. ``check_size(lr_hw, scale)``: refuse sizes the model cannot produce, naming sizes that work;
-3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none);
+3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none); with ``tile=``:
+   ``native_output()``, ``check_tiling(lr_hw, scale, tiling)`` (instead of ``check_size``) and
+   ``memory_probes(...)`` for the peak-memory estimate before any work (docs/tiling.md);
 4. ``stage_names`` (a preset's per-stage options), then ``build_stages(solver, solver_options, options)``:
    the cascade, once per run;
 
@@ -38,6 +40,8 @@ import torch
 from ..cascade import Stage
 from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 from ..operators import LinearOperator
+from ..tiling.memory import MemoryProbe
+from ..tiling.plan import Tiling
 
 __all__ = ["Backend", "Finished", "ModelInfo", "check_options"]
 
@@ -61,6 +65,7 @@ class Backend(ABC, Generic[C]):
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     exact: bool = False
+    tiles: ClassVar[bool] = False  # runs on windows of its own size (``check_tiling``, ``build_stages(tiling=)``)
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -94,7 +99,30 @@ class Backend(ABC, Generic[C]):
         """The cascade for one run: each stage with its Denoiser (guidance wrappers applied) and its
         solver config (the backend's per-stage defaults overridden by ``solver_options``).
         ``options``: backend options (guidance scales, CLIP guidance, unCLIP lambda ...); unknown keys
-        and solvers the model cannot run raise ``UsageError`` naming what works."""
+        and solvers the model cannot run raise ``UsageError`` naming what works.  Backends that tile
+        also take ``tiling: Tiling`` (passed only for tiled runs, after ``check_tiling``)."""
+
+    # -- any output size (textsr.tiling, docs/tiling.md) ----------------------------------------
+    def native_output(self) -> tuple[int, int] | None:
+        """The output size (H, W) this model makes without windows (its last stage's training size);
+        None: no such size.  ``tile="auto"`` tiles only outputs larger than this, and without tiling
+        an output more than ``tiling.UNTILED_LIMIT`` times larger per side is refused, naming ``--tile``."""
+        return None
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        """Check a tiled request before any work (sizes, window side, overlap) and return notes on what
+        runs where; raise ``UsageError`` naming the valid values otherwise.  A backend that tiles overrides
+        this and takes ``tiling=`` in ``build_stages``; the default refuses."""
+        from ..errors import UsageError
+
+        raise UsageError(f"model {self.info.name!r} cannot run on windows (--tile {tiling.request.tile}); leave "
+                         "--tile out (or --tile off)")
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        """The network calls of one run whose activations set its peak memory (each stage's model at
+        its size, and the autoencoder of a latent model), for ``textsr.tiling.memory.estimate``; empty:
+        this model gives no estimate."""
+        return []
 
     # -- text -----------------------------------------------------------------------------------
     @abstractmethod

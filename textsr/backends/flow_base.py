@@ -30,6 +30,7 @@ import torch
 from ..errors import InputImageError, UsageError
 from ..flow import FlowDenoiser, FlowSchedule, OwnFlowGrid, scheduler_sigma_min
 from ..solvers import SolverConfig
+from .base import Backend
 from .flow_loading import LOAD_KEYS
 from .latent_base import LatentBackendBase
 from .options import BackendOptions, LoadOptions, number, text
@@ -245,6 +246,16 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         return FlowDenoiser(GuidedVelocity(self.make_net(options), scale, negative), sched)
 
     # -- sizes ----------------------------------------------------------------------------------
+    # Windows over the flow transformers are not built yet: these models make any size up to ~2 MP
+    # themselves (``check_size``), and ``--tile`` is refused with the reason (Backend's default).
+    tiles = False
+
+    def native_output(self) -> tuple[int, int] | None:
+        return None
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Any) -> list[str]:
+        return Backend.check_tiling(self, lr_hw, scale, tiling)
+
     def multiple(self) -> int:
         """Output sides must be multiples of the VAE's factor times the transformer's patch."""
         return self.codec.factor * self.patch

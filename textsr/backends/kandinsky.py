@@ -164,6 +164,11 @@ class KandinskyBackend(LatentBackendBase[KarloText]):
             zero = torch.zeros(1, 3, s, s, device=self.device, dtype=self.image_encoder.dtype)
             return self.image_encoder(pixel_values=zero).image_embeds.float()
 
+    def probe_condition(self, rows: int) -> KandinskyCond:
+        e = int(self.image_encoder.config.projection_dim)
+        z = lambda n: torch.zeros(n, e, dtype=self.unet.dtype, device=self.unet.device)  # noqa: E731
+        return KandinskyCond(z(rows), z(1))
+
     def make_denoiser(self, options: KandinskyOptions) -> KandinskyDenoiser:
         return KandinskyDenoiser(self.unet, self.schedule, self.adapter, options.guidance_scale,
                                  options.unclip_lambda, options.unclip_norm)

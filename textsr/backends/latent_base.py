@@ -17,6 +17,9 @@ sampling loop:
 * **final exact projection** (``postprocess``): decode the final latents and set
   ``x <- x - A_pix+ (A_pix x - y)``: exact LR consistency in pixels, at the price of a visible LR-grid
   correction wherever the decoder could not match ``y``.
+* **larger outputs** (``tile=``, docs/tiling.md "Latent models"): the UNet on windows of its training size
+  in latent space (``TiledDenoiser``) and the autoencoder on the same windows (``TiledCodec``); the
+  projection and DPS's residual stay whole-image in pixels.
 
 ``LatentBackendBase`` holds the backend side of this once: one latent stage at the output size, the size
 check, the solver check, the bind that swaps in the latent operator, ``decode`` and ``postprocess``.  A
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
 
 import torch
@@ -39,6 +42,9 @@ from ..errors import InputImageError, UsageError
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, SolverConfig, config_class, solver_classes
+from ..tiling.codec import TiledCodec
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling
 from .base import Backend, Finished
 from .hf_common import check_stage_option_keys, stage_solver_config
 from .options import BackendOptions
@@ -184,6 +190,7 @@ class LatentBackendBase(Backend[C]):
     implement ``make_denoiser``."""
 
     channels = 3
+    tiles = True
     options_class: ClassVar[type[BackendOptions]]
     model_label: ClassVar[str] = "this latent model"  # for error messages
     codec: Codec
@@ -241,21 +248,84 @@ class LatentBackendBase(Backend[C]):
                 f"of {m} (its autoencoder's x{self.codec.factor} times the UNet's downsampling)."
                 + (f" {hint}" if hint else ""))
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         o = self.parse_options(options)
         projected = latent_solver(solver).projects
         check_stage_option_keys(solver_options, (STAGE,))
         cfg = stage_solver_config(solver, STAGE, self.solver_defaults(), solver_options)
         den = self.make_denoiser(o)
-        codec = self.codec
+        text = tiling.request.text if tiling is not None else 1.0
+        weak = self.make_denoiser(replace(o, guidance_scale=text * o.guidance_scale)) if text < 1 else None
+        codec: Codec = self.codec
+
+        def windowed(d: Any, w: Any) -> Any:  # windows in latent space where the latents exceed the UNet
+            return d if tiling is None else tiling.wrap(d, self.latent_native, self.unet_multiple, final=True,
+                                                        unit=self.codec.factor, window_base=w)
+
+        if tiling is not None:  # the autoencoder on windows of the same latent size
+            win, ov = tiling.windows(self.latent_native, self.unet_multiple, final=True, unit=self.codec.factor)
+            codec = TiledCodec(self.codec, win, ov, tiling.request.batch)
 
         def bind(op: LinearOperator, y: torch.Tensor) -> tuple[Any, LinearOperator]:
             lop = LatentOperator(op, codec, projected=projected)
-            d = self.bind_grid(self.bind_denoiser(den, o, y), cfg, lop.in_shape)
+            d = windowed(self.bind_grid(self.bind_denoiser(den, o, y), cfg, lop.in_shape),
+                         None if weak is None else self.bind_grid(self.bind_denoiser(weak, o, y), cfg, lop.in_shape))
             return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), lop
 
-        return [Stage(STAGE, den, divisor=1, channels=self.channels, condition=self.make_condition(o), bind=bind,
-                      solver=cfg)]
+        return [Stage(STAGE, windowed(den, weak), divisor=1, channels=self.channels, condition=self.make_condition(o),
+                      bind=bind, solver=cfg)]
+
+    # -- any output size (docs/tiling.md, "Latent models") ------------------------------------------
+    @property
+    def unet_multiple(self) -> int:
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def latent_native(self) -> tuple[int, int]:
+        """The latent size the UNet was trained at (its ``sample_size``)."""
+        s = self.unet.config.sample_size
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def native_output(self) -> tuple[int, int]:
+        f = self.codec.factor
+        return (self.latent_native[0] * f, self.latent_native[1] * f)
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        self.check_size(lr_hw, scale)  # the output's sides: multiples of the autoencoder's and UNet's factors
+        f = self.codec.factor
+        win, ov = tiling.windows(self.latent_native, self.unet_multiple, final=True, unit=f)
+        return [f"{self.model_label}: UNet and autoencoder on windows of {win[0]}x{win[1]} latents ({win[0] * f}x"
+                f"{win[1] * f} px) overlapping by {ov[0]} latents ({ov[0] * f} px)"]
+
+    def probe_condition(self, rows: int) -> Any:
+        """A condition of the right shapes for ``rows`` samples (zeros), for the memory estimate; None (the
+        default): this model gives no estimate."""
+        return None
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        if self.probe_condition(1) is None:
+            return []
+        f = self.codec.factor
+        size = (lr_hw[0] * scale // f, lr_hw[1] * scale // f)
+        window = None if tiling is None else tiling.windows(self.latent_native, self.unet_multiple, final=True,
+                                                            unit=f)[0]
+        den = self.make_denoiser(self.parse_options({}))
+        c = self.codec.latent_channels
+
+        def unet(rows: int, h: int, w: int) -> Any:  # rows: both CFG branches
+            return den(zeros_like_rows(rows // 2, c, h, w, like=self.unet, x=True).float(), 500,
+                       self.probe_condition(rows // 2)).x0
+
+        def decode(rows: int, h: int, w: int) -> Any:
+            return self.codec.decode(zeros_like_rows(rows, c, h, w, like=self.unet, x=True).float())
+
+        def encode(rows: int, h: int, w: int) -> Any:
+            return self.codec.encode(zeros_like_rows(rows, 3, h * f, w * f, like=self.unet, x=True).float())
+
+        return [MemoryProbe("latent UNet", unet, size, window, rows=2, module=self.unet),
+                MemoryProbe("autoencoder decoder", decode, size, window, module=self.unet),
+                MemoryProbe("autoencoder encoder", encode, size, window, module=self.unet)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Final latents -> pixels in [-1, 1] (no projection)."""
@@ -265,8 +335,10 @@ class LatentBackendBase(Backend[C]):
     def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
         """Final latents -> pixels, then the exact pixel-space projection ``x - A+ (A x - y)`` so that the
         result downsamples to ``y`` exactly; the decoded images before it are kept (how far the latent
-        answer was from ``y``).  ``operator``: the stage's operator (a ``LatentOperator`` or the pixel one)."""
-        return decode_and_project(self.codec, x.to(self.device), y, operator)
+        answer was from ``y``).  ``operator``: the stage's operator (a ``LatentOperator``, whose autoencoder
+        decodes: on windows in a tiled run) or the pixel operator itself."""
+        codec = operator.codec if isinstance(operator, LatentOperator) else self.codec
+        return decode_and_project(codec, x.to(self.device), y, operator)
 
     def describe(self) -> dict:
         return {**super().describe(), "experimental": True, "vae_factor": self.codec.factor}

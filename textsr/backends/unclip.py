@@ -21,6 +21,8 @@ Pipeline, as Karlo runs it, with the solver added to the two image stages:
    [-1, 1] as Karlo's scheduler does, before the solver's projection.
 4. **super-resolution** 64 -> 256 (UNet2DModel on [x_t, up(decoder output)]): the solver runs here
    with ``A_s``; ``super_res_last`` is used at t = 0 (Karlo's last step), ``super_res_first`` before.
+5. **larger outputs** (``tile=``, docs/tiling.md "Cascades"): the decoder runs whole at ``output / 4^m`` (the
+   smallest m that fits it), then the super-resolution UNet m times, on windows where a pass exceeds it.
 
 diffusers keeps unCLIP under ``diffusers.pipelines.deprecated``; ``unclip_classes`` is the one place
 that imports it and applies the reload workaround.
@@ -45,6 +47,9 @@ from ..guidance import ClipModel
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise
+from ..tiling.cascade import CascadePass, CascadeSizes
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling
 from .base import Backend, ModelInfo
 from .hf_common import (
     ModelOutputAdapter,
@@ -308,6 +313,7 @@ class UnCLIPBackend(Backend):
     """Karlo: prior -> 64 px decoder (solver, A_{s/4}) -> 256 px super-resolution (solver, A_s)."""
 
     channels = 3
+    tiles = True
     # CFG of the decoder and of the prior at 1, no mixing with the LR image's embedding: the model's own
     # p(x | prompt) (the prior's embedding is drawn per sample, so the evidence averages over it)
     neutral_options = {"decoder_guidance": 1.0, "prior_guidance": 1.0, "unclip_lambda": 0.0}
@@ -370,7 +376,47 @@ class UnCLIPBackend(Backend):
         if H % m or W % m:
             raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}): sides must be multiples of {m}. {hint}")
         if (H, W) != S:
-            raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}) is not the model's size. {hint}")
+            raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}) is not the model's size. {hint}, or run "
+                                  f"larger outputs on windows of the model's size: --tile auto")
+
+    # -- any output size (docs/tiling.md, "Cascades") ---------------------------------------------
+    def cascade_sizes(self) -> CascadeSizes:
+        dec = 2 ** (len(self.decoder.config.block_out_channels) - 1)
+        sr = 2 ** (len(self.super_res_first.config.block_out_channels) - 1)
+        return CascadeSizes("decoder", self.decoder_size, dec, "super_res", self.sr_size, sr, ratio=self.divisor)
+
+    def native_output(self) -> tuple[int, int]:
+        return self.sr_size
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        return self.cascade_sizes().check(lr_hw, tiling, "Karlo")
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        cs = self.cascade_sizes()
+        output = (lr_hw[0] * scale, lr_hw[1] * scale)
+        decoder = KarloDecoderDenoiser(self.decoder, self.text_proj, self.decoder_schedule, self.decoder_adapter)
+        sr = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
+        L, D = int(self.tokenizer.model_max_length), int(self.text_encoder.config.hidden_size)
+        P, E = int(self.text_encoder.config.projection_dim), int(self.prior.config.embedding_dim)
+
+        def run_decoder(rows: int, h: int, w: int) -> Any:
+            z = lambda *shape: zeros_like_rows(1, *shape, like=self.decoder)  # noqa: E731
+            mask = torch.ones((1, L), dtype=torch.bool)
+            text = KarloText("", z(P), z(L, D), mask, z(P), z(L, D), mask)
+            x = zeros_like_rows(rows // 2, 3, h, w, like=self.decoder, x=True).float()
+            return decoder(x, 500, DecoderCond(text, zeros_like_rows(rows // 2, E, like=self.decoder))).x0
+
+        def run_sr(rows: int, h: int, w: int) -> Any:
+            x = zeros_like_rows(rows, 3, h, w, like=self.super_res_first, x=True).float()
+            return sr(x, 500, x).x0
+
+        probes = []
+        for p in cs.passes(output, scale, tiled=tiling is not None):
+            window = cs.windows(p, tiling)[0] if tiling is not None else None
+            probes.append(MemoryProbe(f"{p.name} UNet", run_decoder if p.low else run_sr, p.size, window,
+                                      rows=2 if p.low else 1,  # the decoder's CFG: [uncond; cond]
+                                      module=self.decoder if p.low else self.super_res_first))
+        return probes
 
     # -- text -----------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> KarloText:
@@ -398,14 +444,24 @@ class UnCLIPBackend(Backend):
             raise _no_image_encoder()
         return o
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         o = self.options(options)
         check_stage_option_keys(solver_options, STAGES)
         lam = o.unclip_lambda
         decoder = KarloDecoderDenoiser(self.decoder, self.text_proj, self.decoder_schedule, self.decoder_adapter,
                                        guidance=o.decoder_guidance, lam=lam, norm=o.unclip_norm)
-        sr = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
+        sr: Any = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
         prior_guidance, prior_steps = o.prior_guidance, o.prior_steps
+        cs = self.cascade_sizes()
+
+        def windowed(den: Any, low: bool) -> Any:  # windows where a pass exceeds its model
+            if tiling is None:
+                return den
+            native, mult, final = cs.model_windows(low)
+            text = tiling.request.text
+            weak = replace(den, guidance=text * den.guidance) if low and text < 1 else None
+            return tiling.wrap(den, native, mult, final=final, window_base=weak)
 
         def decoder_condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> DecoderCond:
             if not isinstance(cond, KarloText):
@@ -414,8 +470,8 @@ class UnCLIPBackend(Backend):
 
         def decoder_bind(op: LinearOperator, y: torch.Tensor):
             if lam == 0.0:
-                return decoder, op
-            return replace(decoder, e_img=self.image_embedding(y)), op
+                return windowed(decoder, True), op
+            return windowed(replace(decoder, e_img=self.image_embedding(y)), True), op
 
         div = self.divisor
 
@@ -426,12 +482,16 @@ class UnCLIPBackend(Backend):
             # Karlo: clamp the decoder output, then bicubic (antialiased) upsampling
             return F.interpolate(prev.clamp(-1, 1), size=size, mode="bicubic", align_corners=False, antialias=True)
 
+        passes = (cs.passes(tiling.output, tiling.scale, tiled=True) if tiling is not None
+                  else [CascadePass("decoder", True, div, (0, 0)), CascadePass("super_res", False, 1, (0, 0))])
+        sr = windowed(sr, False)
         return [
-            Stage("decoder", decoder, divisor=div, channels=3, condition=decoder_condition,
+            Stage(p.name, windowed(decoder, True), divisor=p.divisor, channels=3, condition=decoder_condition,
                   solver=stage_solver_config(solver, "decoder", SOLVER_DEFAULTS["decoder"], solver_options),
-                  bind=decoder_bind),
-            Stage("super_res", sr, divisor=1, channels=3, condition=sr_condition,
-                  solver=stage_solver_config(solver, "super_res", SOLVER_DEFAULTS["super_res"], solver_options)),
+                  bind=decoder_bind) if p.low else
+            Stage(p.name, sr, divisor=p.divisor, channels=3, condition=sr_condition,
+                  solver=stage_solver_config(solver, "super_res", SOLVER_DEFAULTS["super_res"], solver_options))
+            for p in passes
         ]
 
     def describe(self) -> dict:

@@ -41,7 +41,7 @@ from ..cascade import Stage
 from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 from ..operators import LinearOperator
 from ..tiling.memory import MemoryProbe
-from ..tiling.plan import Tiling
+from ..tiling.plan import Tiling, exceeds
 
 __all__ = ["Backend", "Finished", "ModelInfo", "check_options"]
 
@@ -105,9 +105,16 @@ class Backend(ABC, Generic[C]):
     # -- any output size (textsr.tiling, docs/tiling.md) ----------------------------------------
     def native_output(self) -> tuple[int, int] | None:
         """The output size (H, W) this model makes without windows (its last stage's training size);
-        None: no such size.  ``tile="auto"`` tiles only outputs larger than this, and without tiling
-        an output more than ``tiling.UNTILED_LIMIT`` times larger per side is refused, naming ``--tile``."""
+        None: no such size.  ``tile="auto"`` tiles only outputs larger than this (``makes``), and without
+        tiling an output more than ``tiling.UNTILED_LIMIT`` times larger per side is refused, naming ``--tile``."""
         return None
+
+    def makes(self, output: tuple[int, int], factor: float = 1.0) -> bool:
+        """Whether the model makes an ``output`` (H, W) without windows, with ``factor`` times its own size
+        allowed per side.  Default: within ``native_output()`` per side; a model that makes any shape up to
+        an area (the flow models) overrides it.  ``tile="auto"`` tiles an output it does not make."""
+        native = self.native_output()
+        return native is None or not exceeds(output, native, factor)
 
     def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
         """Check a tiled request before any work (sizes, window side, overlap) and return notes on what

@@ -8,12 +8,16 @@ steps at this output size (FLUX's shift depends on the token count: ``levels``),
 (FlowDPS: ``textsr.flow.OwnFlowGrid``), built when the stage is bound to the run's operator (``bind_grid``).
 
 A family supplies its ``FlowNet`` (the transformer call: packing, positional ids from the latent's actual
-size, its time input), its ``TextEncoders``, its codec, its grid and its guidance kind:
+size, its time input), its ``TextEncoders``, its codec, its grid and its guidance kind (``flow_guidance``):
 
 * ``"none"``: timestep/guidance-distilled (FLUX.1 [schnell], FLUX.2 [klein] distilled): no guidance option;
 * ``"distilled"``: a guidance value fed to the transformer, one forward pass (FLUX.1 [dev]: ``guidance_scale``);
 * ``"cfg"``: true classifier-free guidance on the velocity (SD3.5, FLUX.2 [klein] base:
   ``v = v_null + w (v_text - v_null)``, ``guidance_scale``, ``negative_prompt``), both branches in one batch.
+
+Outputs larger than the model makes run on windows of its native square in latent space (``tile=``,
+docs/tiling.md "Flow-matching models"): the transformer (``TiledDenoiser``, positional ids and packing from
+the window's size, the grid from the window's token count) and the VAE (``TiledCodec``).
 """
 
 from __future__ import annotations
@@ -22,149 +26,37 @@ import contextlib
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar, Protocol
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import torch
 
 from ..errors import InputImageError, UsageError
 from ..flow import FlowDenoiser, FlowSchedule, OwnFlowGrid, scheduler_sigma_min
 from ..solvers import SolverConfig
-from .base import Backend
+from ..tiling.plan import Tiling
+from .flow_guidance import (
+    GUIDANCE_KEYS,
+    GUIDANCE_WORDS,
+    OPTIONS,
+    FlowNet,
+    FlowText,
+    GuidedVelocity,
+    NoGuidanceOptions,
+    TextEncoders,
+)
 from .flow_loading import LOAD_KEYS
 from .latent_base import LatentBackendBase
-from .options import BackendOptions, LoadOptions, number, text
+from .options import LoadOptions
 
 STAGE = "latent"
-MAX_PIXELS = 2**21  # ~2 MP (2048 x 1024): the largest outputs these models are documented for
-GUIDANCE_KEYS = ("guidance_scale", "negative_prompt", "true_cfg_scale", "guidance")
+NATIVE_SIDE = 1024  # FLUX.1, FLUX.2 [klein] and SD3.5 are trained around 1 MP: 1024 x 1024 (their windows)
+WHOLE_AREA = 2  # they make any shape up to twice that area whole (~2 MP, e.g. 2048 x 1024), as documented
 
 
-# ------------------------------------------------------------------------------------------------
-# options: one class per guidance kind
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NoGuidanceOptions(BackendOptions):
-    """A distilled model without guidance (FLUX.1 [schnell], FLUX.2 [klein]): no sampling options."""
-
-    what: ClassVar[str] = "flow"
-    guidance: ClassVar[str] = "none"
-
-
-@dataclass(frozen=True)
-class DistilledGuidanceOptions(BackendOptions):
-    """guidance_scale: the distilled guidance value the transformer takes as an input (FLUX.1 [dev]: 3.5, the
-    pipeline's default); one forward pass, no unconditional branch."""
-
-    what: ClassVar[str] = "flow"
-    guidance: ClassVar[str] = "distilled"
-    guidance_scale: float = 3.5
-
-    def __post_init__(self) -> None:
-        self.set("guidance_scale", number(self.guidance_scale, "guidance_scale", lo=0.0))
-
-
-@dataclass(frozen=True)
-class CFGOptions(BackendOptions):
-    """guidance_scale: true classifier-free guidance on the velocity (1 = the text branch only); negative_prompt:
-    the unconditional branch's prompt ("" = the empty prompt, as the pipelines use)."""
-
-    what: ClassVar[str] = "flow"
-    guidance: ClassVar[str] = "cfg"
-    guidance_scale: float = 4.0
-    negative_prompt: str = ""
-
-    def __post_init__(self) -> None:
-        self.set("guidance_scale", number(self.guidance_scale, "guidance_scale", lo=0.0))
-        self.set("negative_prompt", text(self.negative_prompt, "negative_prompt"))
-
-
-OPTIONS: dict[str, type[BackendOptions]] = {"none": NoGuidanceOptions, "distilled": DistilledGuidanceOptions,
-                                            "cfg": CFGOptions}
-GUIDANCE_WORDS = {"none": "is distilled and takes no guidance",
-                  "distilled": "takes a distilled guidance value (guidance_scale, an input of the transformer)",
-                  "cfg": "uses true classifier-free guidance (guidance_scale, negative_prompt)"}
-
-
-# ------------------------------------------------------------------------------------------------
-# text and the velocity
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FlowText:
-    """A prompt's text states ``hidden`` (1, L, D) and pooled vector (1, P) or None; ``null``: the empty
-    prompt's, for classifier-free guidance (None for models without it)."""
-
-    prompt: str
-    hidden: torch.Tensor
-    pooled: torch.Tensor | None = None
-    null: FlowText | None = None
-
-
-class FlowNet(Protocol):
-    """A family's transformer call: ``v(x_s, s, hidden, pooled)`` on latents ``(n, C, h, w)`` of any size
-    (tokens and positional ids made from the actual size); text states already have the batch ``n``."""
-
-    def __call__(self, x_s: torch.Tensor, s: float, hidden: torch.Tensor,
-                 pooled: torch.Tensor | None) -> torch.Tensor: ...
-
-
-class TextEncoders(Protocol):
-    """A family's text stack: ``encode(prompt) -> (hidden (1, L, D), pooled (1, P) or None)``, ``notes`` (what
-    was truncated) and the modules to place (``modules``)."""
-
-    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]: ...
-
-    def notes(self, prompt: str) -> list[str]: ...
-
-    def modules(self) -> list[torch.nn.Module]: ...
-
-
-def _batch(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t.expand(n, *t.shape[1:])
-
-
-def _pooled(cond: FlowText, null: FlowText | None, n: int) -> torch.Tensor | None:
-    """The pooled vectors of ``[null; cond]`` (or of ``cond`` alone), batched; None for models without them."""
-    if cond.pooled is None:
-        return None
-    if null is None:
-        return _batch(cond.pooled, n)
-    if null.pooled is None:
-        raise UsageError("the unconditional text has no pooled vector while the prompt has one")
-    return torch.cat([_batch(null.pooled, n), _batch(cond.pooled, n)])
-
-
-@dataclass
-class GuidedVelocity:
-    """The velocity model of a flow backend (``textsr.flow.VelocityModel``): ``net`` with classifier-free
-    guidance ``scale`` (1: the text branch only, one call; else ``[null; text]`` in one batched call)."""
-
-    net: FlowNet
-    scale: float = 1.0
-    negative: FlowText | None = None
-
-    def __call__(self, x_s: torch.Tensor, s: float, cond: Any = None) -> torch.Tensor:
-        if not isinstance(cond, FlowText):
-            raise UsageError("a flow backend's denoiser needs the conditioning from its encode_prompt")
-        n = x_s.shape[0]
-        if self.scale == 1.0:
-            return self.net(x_s, s, _batch(cond.hidden, n), _pooled(cond, None, n))
-        null = self.negative or cond.null
-        if null is None:
-            raise UsageError("classifier-free guidance needs the empty prompt's states (encode_prompt gives them)")
-        hidden = torch.cat([_batch(null.hidden, n), _batch(cond.hidden, n)])
-        v = self.net(torch.cat([x_s, x_s]), s, hidden, _pooled(cond, null, n))
-        v_null, v_text = v.chunk(2)
-        return v_null + self.scale * (v_text - v_null)
-
-
-def truncation_note(tokenizer: Any, text_in: str, max_length: int, what: str) -> list[str]:
-    """A note when ``text_in`` has more tokens than ``what`` takes (the pipelines truncate it the same way)."""
-    ids = tokenizer(text_in, truncation=False).input_ids
-    if len(ids) <= max_length:
-        return []
-    dropped = tokenizer.decode(ids[max_length - 1:-1], skip_special_tokens=True).strip()
-    return [f"the prompt has {len(ids)} tokens for {what}, which takes {max_length}: truncated, dropping {dropped!r}"]
+def area(pixels: int) -> str:
+    """A pixel count for people: megapixels from 0.1 MP up."""
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 10**5 else f"{pixels:,} pixels"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -173,7 +65,8 @@ def truncation_note(tokenizer: Any, text_in: str, max_length: int, what: str) ->
 class FlowBackendBase(LatentBackendBase[FlowText]):
     """EXPERIMENTAL flow-matching latent backends (see the module docstring).  Subclasses set ``codec``,
     ``transformer``, ``scheduler``, ``text``, ``patch`` (latent pixels per token side), ``guidance_kind``,
-    ``default_steps``, ``label`` and implement ``make_net`` and ``levels``."""
+    ``default_steps``, ``label`` and implement ``make_net`` and ``levels``.  ``native_side``: the square the
+    model is trained at (its windows; it makes ``WHOLE_AREA`` times that area whole), 1024 px unless set."""
 
     transformer: Any
     scheduler: Any
@@ -183,7 +76,8 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
     guidance_kind: str = "none"
     default_steps: int = 28
     load_options: LoadOptions = LoadOptions()
-    max_pixels: ClassVar[int] = MAX_PIXELS
+    native_side: int = NATIVE_SIDE
+    network_label: ClassVar[str] = "transformer"
     options_class = NoGuidanceOptions  # replaced per model by ``guidance_kind`` (``parse_options``)
 
     def init_flow(self, *, guidance_kind: str, default_steps: int, load: LoadOptions, defaults: dict | None) -> None:
@@ -241,20 +135,41 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         negative = None
         if self.guidance_kind == "cfg" and options.negative_prompt:
             negative = self._encode(options.negative_prompt)
-        side = 1024 // self.codec.factor  # a grid at the models' usual 1 MP until a run binds its own size
-        sched = FlowSchedule.from_levels(self.levels(self.default_steps, (side, side)), name=f"{self.info.name}-flow")
-        return FlowDenoiser(GuidedVelocity(self.make_net(options), scale, negative), sched)
+        return self._denoiser(GuidedVelocity(self.make_net(options), scale, negative))
 
-    # -- sizes ----------------------------------------------------------------------------------
-    # Windows over the flow transformers are not built yet: these models make any size up to ~2 MP
-    # themselves (``check_size``), and ``--tile`` is refused with the reason (Backend's default).
-    tiles = False
+    def _denoiser(self, velocity: GuidedVelocity) -> FlowDenoiser:
+        """``velocity`` on the model's grid at its native size until a run binds its own (``bind_grid``)."""
+        sched = FlowSchedule.from_levels(self.levels(self.default_steps, self.latent_native),
+                                         name=f"{self.info.name}-flow")
+        return FlowDenoiser(velocity, sched)
 
-    def native_output(self) -> tuple[int, int] | None:
-        return None
+    def window_denoiser(self, options: Any, text: float) -> Any:
+        """Text guidance ``text`` times the whole image's inside windows (docs/tiling.md, "Flow-matching models"):
+        CFG models scale ``guidance_scale``, FLUX.1 [dev] its distilled guidance value; the distilled models
+        without guidance (whole-image scale 1: the text branch alone) get ``v_null + text (v_text - v_null)``
+        with the empty prompt's velocity."""
+        if text >= 1 or self.guidance_kind != "none":
+            return super().window_denoiser(options, text)
+        return self._denoiser(GuidedVelocity(self.make_net(options), text, negative=self._empty_text()))
 
-    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Any) -> list[str]:
-        return Backend.check_tiling(self, lr_hw, scale, tiling)
+    # -- sizes (docs/flow.md "Sizes"; any larger size on windows: docs/tiling.md "Flow-matching models") --------
+    @property
+    def max_pixels(self) -> int:
+        """The largest output (pixels) the model makes whole: ``WHOLE_AREA`` times its native square."""
+        return WHOLE_AREA * self.native_side**2
+
+    @property
+    def latent_native(self) -> tuple[int, int]:
+        """The native square in latents: the transformer's windows in a tiled run."""
+        f, m = self.codec.factor, self.multiple()
+        if self.native_side % m:
+            raise ValueError(f"{self.label}: native_side {self.native_side} is not a multiple of {m} px")
+        return (self.native_side // f, self.native_side // f)
+
+    @property
+    def unet_multiple(self) -> int:
+        """Latent sides (a window's too) must be multiples of the transformer's patch."""
+        return self.patch
 
     def multiple(self) -> int:
         """Output sides must be multiples of the VAE's factor times the transformer's patch."""
@@ -264,48 +179,87 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         """The longest output side the transformer's positional embedding covers (None: no limit)."""
         return None
 
+    def makes(self, output: tuple[int, int], factor: float = 1.0) -> bool:
+        """The rule (docs/tiling.md, "Flow-matching models"): any shape up to ``max_pixels`` (``factor**2``
+        times that) whose sides the positional embedding covers; ``native_output`` is the native square."""
+        side = self.max_side()
+        return (output[0] * output[1] <= factor**2 * self.max_pixels
+                and (side is None or max(output) <= factor * side))
+
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
+        self._check_output(lr_hw, scale, whole=True)
+
+    def _check_output(self, lr_hw: tuple[int, int], scale: int, *, whole: bool) -> None:
+        """Output sides must be multiples of ``multiple()``; ``whole`` (no windows): within what the model makes."""
         h, w = lr_hw
         H, W, m, side = h * scale, w * scale, self.multiple(), self.max_side()
-        if side is not None and max(H, W) > side:
+        tile = " Or run it on windows of the model's size: --tile auto." if whole and self.tiles else ""
+        if whole and side is not None and max(H, W) > side:
             raise InputImageError(f"LR {h}x{w} at x{scale} gives {H}x{W}; {self.label}'s positional embedding covers "
-                                  f"output sides up to {side} px: use a smaller scale or a less elongated image")
-        if H % m == 0 and W % m == 0 and H * W <= self.max_pixels:
+                                  f"output sides up to {side} px: use a smaller scale or a less elongated image.{tile}")
+        cap = self.max_pixels if whole else math.inf
+        if H % m == 0 and W % m == 0 and H * W <= cap:
             return
         q = m // math.gcd(m, scale)  # LR sides that give multiples of m at this scale
         tips = []
-        if H * W <= self.max_pixels:
+        if H * W <= cap:
             lo, hi = (h // q * q, w // q * q), (-(-h // q) * q, -(-w // q) * q)
             if min(lo) > 0:
                 tips.append(f"Crop the LR to {lo[0]}x{lo[1]} (-> {lo[0] * scale}x{lo[1] * scale})")
-            if hi[0] * hi[1] * scale**2 <= self.max_pixels:
+            if hi[0] * hi[1] * scale**2 <= cap:
                 pad = "or pad it" if tips else "Pad the LR"
                 tips.append(f"{pad} to {hi[0]}x{hi[1]} (-> {hi[0] * scale}x{hi[1] * scale})")
         else:
-            fits = [s for s in range(scale - 1, 0, -1) if h * w * s * s <= self.max_pixels and (h * s) % m == 0
+            fits = [s for s in range(scale - 1, 0, -1) if h * w * s * s <= cap and (h * s) % m == 0
                     and (w * s) % m == 0]
-            edge = int(math.sqrt(self.max_pixels)) // scale // q * q
-            at = f"t x{scale} the LR may have about {self.max_pixels // scale**2:,} pixels (e.g. {edge}x{edge})"
+            edge = int(math.sqrt(cap)) // scale // q * q
+            at = f"t x{scale} the LR may have about {int(cap) // scale**2:,} pixels (e.g. {edge}x{edge})"
             tips.append(f"This LR fits at x{fits[0]} (-> {h * fits[0]}x{w * fits[0]}); a{at}" if fits else f"A{at}")
+        most = f", up to {area(self.max_pixels)}, square or not" if whole else ""
         raise InputImageError(
             f"LR {h}x{w} at x{scale} gives {H}x{W}; {self.label} makes outputs whose sides are multiples of "
-            f"{m} px (its VAE's x{self.codec.factor} times its x{self.patch} patches), up to "
-            f"{self.max_pixels / 1e6:.1f} MP, square or not: at x{scale} the LR sides must be multiples of {q}. "
-            + (" ".join(tips) + "." if tips else ""))
+            f"{m} px (its VAE's x{self.codec.factor} times its x{self.patch} patches){most}: at x{scale} the LR "
+            f"sides must be multiples of {q}. " + (" ".join(tips) + "." if tips else "")
+            + (tile if H * W > cap else ""))
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        """The output's sides (multiples of the VAE's factor times the patch), the window (a multiple of that
+        too, and no larger than what the model makes whole) and the overlap (whole latents)."""
+        self._check_output(lr_hw, scale, whole=False)
+        f, m = self.codec.factor, self.multiple()
+        win, ov = tiling.windows(self.latent_native, self.patch, final=True, unit=f)
+        if not self.makes((win[0] * f, win[1] * f)):
+            side = math.isqrt(self.max_pixels) // m * m
+            side = min(side, (self.max_side() or side) // m * m)
+            raise UsageError(f"tile {win[0] * f} is larger than the images {self.label} makes (up to "
+                             f"{area(self.max_pixels)}): use a window side from {m} to {side} px, a multiple "
+                             f"of {m} (--tile auto: {self.native_side})")
+        seen = (min(win[0], tiling.output[0] // f), min(win[1], tiling.output[1] // f))
+        return [f"{self.label}: transformer and autoencoder on windows of {win[0]}x{win[1]} latents ({win[0] * f}x"
+                f"{win[1] * f} px) overlapping by {ov[0]} latents ({ov[0] * f} px); every window walks the grid of "
+                f"its {seen[0] * seen[1] // self.patch**2} tokens"]
+
+    def probe_condition(self, rows: int) -> FlowText:
+        """Zero text states of ``encode``'s shapes (and the empty prompt's, for CFG) for the memory estimate."""
+        cfg = self.transformer.config
+        z = torch.zeros(1, self.text.tokens, int(cfg.joint_attention_dim))
+        p = cfg.get("pooled_projection_dim")
+        text = FlowText("", z, None if p is None else torch.zeros(1, int(p)))
+        return replace(text, null=text) if self.guidance_kind == "cfg" else text
 
     def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
         notes = []
         H, W = lr_hw[0] * scale, lr_hw[1] * scale
-        if H * W < 2**18:
-            notes.append(f"{self.label} was trained around 1 MP; a {H}x{W} output ({H * W / 1e6:.2g} MP) runs but is "
-                         "outside its usual sizes")
+        if 4 * H * W < self.native_side**2:
+            notes.append(f"{self.label} was trained around {self.native_side}x{self.native_side}; a {H}x{W} output "
+                         f"({H * W / 1e6:.2g} MP) runs but is outside its usual sizes")
         if self.dtype == torch.float16:
             notes.append(f"{self.label} runs in bfloat16 in its pipelines; float16 activations can overflow "
                          "(choose dtype bfloat16 if the samples come out black or noisy)")
         return notes
 
     def training_size_hint(self, scale: int) -> str:
-        return "It was trained around 1 MP (e.g. 1024x1024)."
+        return f"It was trained around {self.native_side}x{self.native_side}."
 
     # -- text ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -329,13 +283,15 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
             hidden, pooled = self.text.encode(prompt)
         return FlowText(prompt, hidden.float(), None if pooled is None else pooled.float())
 
-    def encode_prompt(self, prompt: str) -> FlowText:
-        cond = self._encode(prompt)
-        if self.guidance_kind != "cfg":
-            return cond
+    def _empty_text(self) -> FlowText:
+        """The empty prompt's states (classifier-free guidance's unconditional branch), encoded once."""
         if self._null is None:
             self._null = self._encode("")
-        return replace(cond, null=self._null)
+        return self._null
+
+    def encode_prompt(self, prompt: str) -> FlowText:
+        cond = self._encode(prompt)
+        return replace(cond, null=self._empty_text()) if self.guidance_kind == "cfg" else cond
 
     def prompt_notes(self, prompt: str) -> list[str]:
         return self.text.notes(prompt)
@@ -343,5 +299,5 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
     def describe(self) -> dict:
         lo = self.load_options
         return {**super().describe(), "flow": True, "guidance": self.guidance_kind, "default_steps": self.default_steps,
-                "patch": self.patch, "max_pixels": self.max_pixels,
+                "patch": self.patch, "native_side": self.native_side, "max_pixels": self.max_pixels,
                 "load": {k: getattr(lo, k) for k in LOAD_KEYS if getattr(lo, k)}}

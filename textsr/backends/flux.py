@@ -17,7 +17,8 @@ import torch
 
 from ..flow import scheduler_levels
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, truncation_note
+from .flow_base import FlowBackendBase
+from .flow_guidance import truncation_note
 from .flow_loading import PipelineParts, execution_device, place_modules
 from .latent import VAECodec
 from .options import LoadOptions
@@ -101,6 +102,10 @@ class FluxText:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.text_encoder, self.text_encoder_2]
+
+    @property
+    def tokens(self) -> int:
+        return self.max_length
 
 
 class FluxBackend(FlowBackendBase):

@@ -18,7 +18,8 @@ import torch
 
 from ..flow import scheduler_levels
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, truncation_note
+from .flow_base import FlowBackendBase
+from .flow_guidance import truncation_note
 from .flow_loading import PipelineParts, execution_device, place_modules
 from .options import LoadOptions
 
@@ -127,6 +128,10 @@ class QwenText:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.text_encoder]
+
+    @property
+    def tokens(self) -> int:
+        return self.max_length
 
 
 class Flux2Backend(FlowBackendBase):

@@ -44,7 +44,7 @@ from ..schedule import NoiseSchedule
 from ..solvers import Noise, SolverConfig, config_class, solver_classes
 from ..tiling.codec import TiledCodec
 from ..tiling.memory import MemoryProbe, zeros_like_rows
-from ..tiling.plan import Tiling
+from ..tiling.plan import Tiling, exceeds
 from .base import Backend, Finished
 from .hf_common import check_stage_option_keys, stage_solver_config
 from .options import BackendOptions
@@ -166,6 +166,13 @@ def decode_and_project(codec: Codec, z: torch.Tensor, y: torch.Tensor, operator:
     return Finished(project_pixels(x, y.to(x), pixel), before_projection=x)
 
 
+def network_shape(shape: tuple[int, ...], window: tuple[int, int] | None) -> tuple[int, ...]:
+    """The latent shape the network sees: ``shape`` itself, or a window of it (cut to the image's sides)."""
+    if window is None:
+        return shape
+    return (*shape[:-2], min(window[0], shape[-2]), min(window[1], shape[-1]))
+
+
 def latent_solver(solver: str) -> type[SolverConfig]:
     """The config class of ``solver`` if it can run on latents (it must not need A's singular values,
     which ``A(z) = A_pix(D(z))`` does not have); a ``UsageError`` listing the ones that can otherwise."""
@@ -193,6 +200,7 @@ class LatentBackendBase(Backend[C]):
     tiles = True
     options_class: ClassVar[type[BackendOptions]]
     model_label: ClassVar[str] = "this latent model"  # for error messages
+    network_label: ClassVar[str] = "latent UNet"  # for the memory estimate
     codec: Codec
     unet: Any
     schedule: NoiseSchedule
@@ -212,6 +220,13 @@ class LatentBackendBase(Backend[C]):
         """The Denoiser for this run's ``y`` (e.g. with the LR image's embedding mixed in); default: ``den``."""
         return den
 
+    def window_denoiser(self, options: Any, text: float) -> Denoiser | None:
+        """The Denoiser run on windows, its text guidance ``text`` times the whole image's (docs/tiling.md,
+        "Text over windows"); None: the whole image's (``text = 1``).  Default: ``guidance_scale`` scaled."""
+        if text >= 1:
+            return None
+        return self.make_denoiser(replace(options, guidance_scale=text * options.guidance_scale))
+
     def training_size_hint(self, scale: int) -> str:
         """A sentence about the size the model was trained at, for the size error ("" if unknown)."""
         return ""
@@ -221,8 +236,9 @@ class LatentBackendBase(Backend[C]):
         return SOLVER_DEFAULTS
 
     def bind_grid(self, den: Any, cfg: SolverConfig, latent_shape: tuple[int, ...]) -> Any:
-        """The Denoiser on the grid this run's solver ``cfg`` walks at this latent size (a flow model's
-        grid depends on both); default: ``den``."""
+        """The Denoiser on the grid this run's solver ``cfg`` walks at the latent size the network sees (the
+        window's in a tiled run: every window then walks one grid, its own; a flow model's grid depends on
+        the size, docs/tiling.md "Flow-matching models"); default: ``den``."""
         return den
 
     # -- options ---------------------------------------------------------------------------------
@@ -255,9 +271,9 @@ class LatentBackendBase(Backend[C]):
         check_stage_option_keys(solver_options, (STAGE,))
         cfg = stage_solver_config(solver, STAGE, self.solver_defaults(), solver_options)
         den = self.make_denoiser(o)
-        text = tiling.request.text if tiling is not None else 1.0
-        weak = self.make_denoiser(replace(o, guidance_scale=text * o.guidance_scale)) if text < 1 else None
+        weak = None if tiling is None else self.window_denoiser(o, tiling.request.text)
         codec: Codec = self.codec
+        win: tuple[int, int] | None = None
 
         def windowed(d: Any, w: Any) -> Any:  # windows in latent space where the latents exceed the UNet
             return d if tiling is None else tiling.wrap(d, self.latent_native, self.unet_multiple, final=True,
@@ -269,8 +285,9 @@ class LatentBackendBase(Backend[C]):
 
         def bind(op: LinearOperator, y: torch.Tensor) -> tuple[Any, LinearOperator]:
             lop = LatentOperator(op, codec, projected=projected)
-            d = windowed(self.bind_grid(self.bind_denoiser(den, o, y), cfg, lop.in_shape),
-                         None if weak is None else self.bind_grid(self.bind_denoiser(weak, o, y), cfg, lop.in_shape))
+            seen = network_shape(lop.in_shape, win)  # a grid that depends on the size: the size the network sees
+            d = windowed(self.bind_grid(self.bind_denoiser(den, o, y), cfg, seen),
+                         None if weak is None else self.bind_grid(self.bind_denoiser(weak, o, y), cfg, seen))
             return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), lop
 
         return [Stage(STAGE, windowed(den, weak), divisor=1, channels=self.channels, condition=self.make_condition(o),
@@ -310,12 +327,16 @@ class LatentBackendBase(Backend[C]):
         size = (lr_hw[0] * scale // f, lr_hw[1] * scale // f)
         window = None if tiling is None else tiling.windows(self.latent_native, self.unet_multiple, final=True,
                                                             unit=f)[0]
-        den = self.make_denoiser(self.parse_options({}))
-        c = self.codec.latent_channels
+        o = self.parse_options({})
+        den, label = self.make_denoiser(o), self.network_label
+        if tiling is not None and window is not None and exceeds(size, window):  # what runs on the windows
+            den = self.window_denoiser(o, tiling.request.text) or den
+            label = f"{label} on windows (text {tiling.request.text:g})"
+        c, t = self.codec.latent_channels, den.schedule.T // 2
 
-        def unet(rows: int, h: int, w: int) -> Any:  # rows: both CFG branches
-            return den(zeros_like_rows(rows // 2, c, h, w, like=self.unet, x=True).float(), 500,
-                       self.probe_condition(rows // 2)).x0
+        def unet(rows: int, h: int, w: int) -> Any:  # the denoiser batches its guidance branches itself
+            return den(zeros_like_rows(rows, c, h, w, like=self.unet, x=True).float(), t,
+                       self.probe_condition(rows)).x0
 
         def decode(rows: int, h: int, w: int) -> Any:
             return self.codec.decode(zeros_like_rows(rows, c, h, w, like=self.unet, x=True).float())
@@ -323,7 +344,7 @@ class LatentBackendBase(Backend[C]):
         def encode(rows: int, h: int, w: int) -> Any:
             return self.codec.encode(zeros_like_rows(rows, 3, h * f, w * f, like=self.unet, x=True).float())
 
-        return [MemoryProbe("latent UNet", unet, size, window, rows=2, module=self.unet),
+        return [MemoryProbe(label, unet, size, window, module=self.unet),
                 MemoryProbe("autoencoder decoder", decode, size, window, module=self.unet),
                 MemoryProbe("autoencoder encoder", encode, size, window, module=self.unet)]
 

@@ -19,7 +19,8 @@ import torch
 
 from ..flow import scheduler_levels
 from .base import ModelInfo
-from .flow_base import FlowBackendBase, truncation_note
+from .flow_base import FlowBackendBase
+from .flow_guidance import truncation_note
 from .flow_loading import PipelineParts, execution_device, place_modules
 from .flux import flux_mu
 from .latent import VAECodec
@@ -77,6 +78,10 @@ class SD3Text:
 
     def modules(self) -> list[torch.nn.Module]:
         return [enc for _, enc in self.clips] + ([] if self.t5 is None else [self.t5[1]])
+
+    @property
+    def tokens(self) -> int:  # CLIP's, then T5's (or its zeros)
+        return int(self.clips[0][0].model_max_length) + self.max_length
 
 
 class SD3Backend(FlowBackendBase):

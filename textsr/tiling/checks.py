@@ -14,19 +14,18 @@ import torch
 
 from ..errors import InputImageError, UsageError
 from .memory import MARGIN, MemoryEstimate, available_memory, estimate, gib
-from .plan import UNTILED_LIMIT, TileRequest, Tiling, exceeds
+from .plan import UNTILED_LIMIT, TileRequest, Tiling
 
 
 def plan(request: TileRequest, backend: Any, lr_hw: tuple[int, int], scale: int) -> tuple[Tiling | None, list[str]]:
     """The run's ``Tiling`` (None: whole images) and notes; raises the size errors."""
     output = (lr_hw[0] * scale, lr_hw[1] * scale)
-    native = backend.native_output()
-    fits = native is None or not exceeds(output, native)
-    if request.on and not (request.tile == "auto" and fits):
+    if request.on and not (request.tile == "auto" and backend.makes(output)):
         tiling = Tiling(request, output, scale)
         return tiling, list(backend.check_tiling(lr_hw, scale, tiling))
     backend.check_size(lr_hw, scale)
-    if native is not None and exceeds(output, native, UNTILED_LIMIT):
+    native = backend.native_output()
+    if native is not None and not backend.makes(output, UNTILED_LIMIT):
         how = ("run it on windows of the model's size: --tile auto (tile='auto' in the API)" if backend.tiles
                else "this model cannot tile: use a smaller input or a lower scale")
         raise InputImageError(
@@ -42,8 +41,7 @@ def check_memory(backend: Any, lr_hw: tuple[int, int], scale: int, tiling: Tilin
     of the model's size is given too (when the model tiles and the output exceeds it)."""
     output = (lr_hw[0] * scale, lr_hw[1] * scale)
     alt = tiling
-    native = backend.native_output()
-    if alt is None and backend.tiles and native is not None and exceeds(output, native):
+    if alt is None and backend.tiles and not backend.makes(output):
         alt = Tiling(TileRequest("auto"), output, scale)
     batch = tiling.request.batch if tiling is not None else 1
     est = estimate(backend, lr_hw, scale, alt, samples, grad=grad, batch=batch)

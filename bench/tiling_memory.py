@@ -2,11 +2,15 @@
 
 Two pixel UNets with random weights, built in code (``UNet2DModel``): ``tiny`` (the test model's
 architecture, 0.05 M parameters, attention at 1/2 resolution) trained-size 64 px, and ``mid`` (4.3 M
-parameters, attention at 1/8 resolution) trained-size 256 px.  For each output side (256 .. 2048) one
-DDNM step (denoiser + the x4 average-pooling projection, 1 sample, no CLIP) runs in a fresh process:
+parameters, attention at 1/8 resolution) trained-size 256 px.  Two FLUX.1 [dev] backends with random weights,
+built in code (``FluxTransformer2DModel`` + ``AutoencoderKL`` + a tiny CLIP and T5, 512 text tokens):
+``flux-tiny`` (the tests' transformer, a x2 VAE, native 32 px: 8 x 8 tokens) and ``flux-mid`` (2 + 4 blocks of
+width 256, a x8 VAE, native 256 px: 16 x 16 tokens).  For each output side one DDNM step (1 sample, x4 average
+pooling; flow models: decode-project-encode and the latent operator's decode) runs in a fresh process:
 
-* ``whole``: the UNet on the whole image;
-* ``tiled``: ``TiledDenoiser`` with windows of the trained size, a quarter overlap, one window per call.
+* ``whole``: the network (and the VAE) on the whole image;
+* ``tiled``: ``TiledDenoiser`` with windows of the trained size, a quarter overlap, one window per call (flow
+  models: the VAE on the same windows, ``TiledCodec``; text fraction 0.5 inside windows).
 
 Figures: seconds of the step (min of ``--repeat`` runs after one warm-up call at a small size); peak
 resident memory of the step above the memory before it (Linux ``VmHWM`` after resetting it through
@@ -16,6 +20,8 @@ Whole-image runs that would take too long or too much memory are skipped (the es
 
 Usage: python bench/tiling_memory.py [--sizes 256 512 1024 2048] [--models tiny mid] [--json PATH]
        (about 15 min on one loaded CPU core)
+       python bench/tiling_memory.py --models flux-tiny flux-mid --sizes 64 128 256 512 1024 2048 (flow rows;
+       each model runs only the sizes in its FLOW_SIZES)
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ ARCH = {
                 up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"), norm_num_groups=8,
                 attention_head_dim=32),
 }
-WHOLE_LIMITS = {"tiny": 512, "mid": 2048}  # largest whole-image side measured (tiny: quadratic attention time)
+FLUX_ARCH = {
+    "flux-tiny": dict(transformer=dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                       axes_dims_rope=(4, 4, 8)), vae=(8, 16), native=32),
+    "flux-mid": dict(transformer=dict(num_layers=2, num_single_layers=4, attention_head_dim=64, num_attention_heads=4,
+                                      axes_dims_rope=(8, 28, 28)), vae=(16, 32, 64, 64), native=256),
+}
+FLOW_SIZES = {"flux-tiny": (64, 128, 256, 512), "flux-mid": (256, 512, 1024, 2048)}
+WHOLE_LIMITS = {"tiny": 512, "mid": 2048, "flux-tiny": 256, "flux-mid": 1024}  # largest whole-image side measured
 SCALE = 4
 
 
@@ -47,10 +60,39 @@ def backend(model: str):
     from textsr.backends.pixel import PixelBackend
     from textsr.model_registry import ModelInfo
 
+    if model in FLUX_ARCH:
+        return flux_backend(model)
     torch.manual_seed(0)
     unet = UNet2DModel(in_channels=3, out_channels=3, layers_per_block=1, **ARCH[model])
     return PixelBackend(info=ModelInfo(name=f"bench-{model}", backend="pixel", description="random weights"),
                         unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
+def flux_backend(model: str):
+    """A FLUX.1 [dev] backend with random weights (``FLUX_ARCH``), its native square set to the arch's."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    from textsr.backends.flux import FluxBackend, FluxText
+    from textsr.model_registry import ModelInfo
+    from textsr.testing.tiny_clip import tiny_clip_tokenizer, tiny_text_config
+    from textsr.testing.tiny_flux import tiny_t5
+
+    arch = FLUX_ARCH[model]
+    torch.manual_seed(0)
+    tok2, t5 = tiny_t5(32)
+    blocks = arch["vae"]
+    vae = AutoencoderKL(latent_channels=4, block_out_channels=blocks, layers_per_block=1, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                        up_block_types=("UpDecoderBlock2D",) * len(blocks))
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, joint_attention_dim=32, pooled_projection_dim=32,
+                                         guidance_embeds=True, **arch["transformer"])
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    text = FluxText(tiny_clip_tokenizer(), CLIPTextModel(tiny_text_config(32)), tok2, t5, max_length=512)
+    be = FluxBackend(info=ModelInfo(name=f"bench-{model}", backend="flux", description="random weights"),
+                     transformer=transformer, vae=vae, text=text, scheduler=sched)
+    be.native_side = arch["native"]
+    return be
 
 
 def _status(key: str) -> int:
@@ -65,33 +107,45 @@ def one(model: str, size: int, mode: str, repeat: int) -> dict:
     from textsr.operators import AvgPool
     from textsr.solvers import Noise, Problem, make_config
     from textsr.solvers.ddnm import ddnm_step
+    from textsr.tiling import TiledDenoiser
     from textsr.tiling.memory import estimate
     from textsr.tiling.plan import TileRequest, Tiling
 
     torch.set_num_threads(1)
     be = backend(model)
+    flow = model in FLUX_ARCH
     lr = (size // SCALE, size // SCALE)
     tiling = Tiling(TileRequest("auto"), (size, size), SCALE) if mode == "tiled" else None
-    den = be.build_stages("ddnm", {}, {"clip_scale": 0.0}, **({"tiling": tiling} if tiling else {}))[0].denoiser
+    options = {} if flow else {"clip_scale": 0.0}
+    stage = be.build_stages("ddnm", {}, options, **({"tiling": tiling} if tiling else {}))[0]
     est = estimate(be, lr, SCALE, tiling, 1)
     assert est is not None
     predicted = est.tiled if tiling is not None else est.whole
-    op = AvgPool(SCALE, (3, size, size))
     y = torch.rand(1, 3, *lr) * 2 - 1
     cfg, noise = make_config("ddnm"), Noise.from_seeds([0])
-    with torch.no_grad():  # warm-up at the smallest size (allocator, kernels)
-        ddnm_step(den, Problem(AvgPool(SCALE, (3, 64, 64)), y[..., :16, :16]), torch.randn(1, 3, 64, 64), 500, 480,
-                  None, cfg, noise)
-    x = torch.randn(1, 3, size, size)
+    cond = be.encode_prompt("a red fox") if flow else None
+
+    def step_at(side: int, yy: torch.Tensor):  # (denoiser, problem, x_t, t, t_next) of one step at this size
+        op = AvgPool(SCALE, (3, side, side))
+        den, op = stage.bind(op, yy) if stage.bind is not None else (stage.denoiser, op)
+        T = den.schedule.T
+        return den, Problem(op, yy), torch.randn(1, *op.in_shape), T // 2, T // 2 - max(1, T // 50)
+
+    small = be.native_output()[0] if flow else 64
+    with torch.no_grad():  # warm-up at a small size (allocator, kernels)
+        den, prob, x, t, t_next = step_at(small, y[..., :small // SCALE, :small // SCALE])
+        ddnm_step(den, prob, x, t, t_next, cond, cfg, noise)
+    den, prob, x, t, t_next = step_at(size, y)
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     times = []
     with torch.no_grad():
         for _ in range(repeat):
             t0 = time.perf_counter()
-            ddnm_step(den, Problem(op, y), x, 500, 480, None, cfg, noise)
+            ddnm_step(den, prob, x, t, t_next, cond, cfg, noise)
             times.append(time.perf_counter() - t0)
-    windows = len(den.grid((size, size), 500)) if tiling is not None else 1
+    tiled = den if isinstance(den, TiledDenoiser) else den.base  # flow: under decode-project-encode
+    windows = len(tiled.grid(tuple(x.shape[-2:]), t)) if tiling is not None else 1
     return {"model": model, "size": size, "mode": mode, "seconds": min(times), "windows": windows,
             "peak_bytes": _status("VmHWM") - before, "estimate_bytes": predicted,
             "estimate_model_bytes": predicted - est.buffers,
@@ -102,6 +156,8 @@ def run(models, sizes, repeat: int) -> list[dict]:
     recs = []
     for model in models:
         for size in sizes:
+            if model in FLOW_SIZES and size not in FLOW_SIZES[model]:
+                continue
             for mode in ("whole", "tiled"):
                 if mode == "whole" and size > WHOLE_LIMITS[model]:
                     recs.append({"model": model, "size": size, "mode": mode, "skipped": True})
@@ -132,7 +188,7 @@ def table(recs: list[dict]) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048])
-    ap.add_argument("--models", nargs="+", default=["tiny", "mid"], choices=sorted(ARCH))
+    ap.add_argument("--models", nargs="+", default=["tiny", "mid"], choices=sorted([*ARCH, *FLUX_ARCH]))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--one", nargs=3, metavar=("MODEL", "SIZE", "MODE"), help=argparse.SUPPRESS)

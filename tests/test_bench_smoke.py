@@ -90,3 +90,21 @@ def test_tiling_benches_run(tmp_path, capsys):
     rec = mem.one("tiny", 96, "tiled", 1)
     assert rec["windows"] >= 4 and rec["estimate_model_bytes"] > 0  # 2 x 2, or 3 on a side when shifted
     assert f"| tiny | 96^2 | tiled | {rec['windows']} |" in mem.table([rec])
+    flow = mem.one("flux-tiny", 64, "tiled", 1)  # windows of 32 px: 3 x 3
+    assert flow["windows"] == 9 and flow["estimate_model_bytes"] > 0
+
+
+def test_flow_tiling_benches_run(tmp_path, capsys):
+    import torch
+
+    from textsr.model_registry import load_model
+    from textsr.testing.tiny_flux import build_tiny_flux2
+
+    codec = _load("tiling_codec")
+    be = load_model(build_tiny_flux2(tmp_path / "flux2"), device="cpu", offline=True)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = codec.measure(be.codec, be.codec.vae, x, 16)
+    assert list(r) == list(codec.VARIANTS) and all(v["decode"]["rel"] > 0 for v in r.values())
+    _load("tiling_flow_grid").computed()
+    out = capsys.readouterr().out
+    assert "| FLUX.1 [dev] | 28 | 1024^2 (a window) | 4096 | 1.15 | 1.000, 0.988, 0.976 | 0.1047 | 8 of 28 |" in out

@@ -1,8 +1,8 @@
 """Tiling the flow-matching backends (FLUX.1 [dev]/[schnell], FLUX.2 [klein] distilled/base, SD3.5) on tiny random
 models whose native square is set to 16 px, so that a 32 px output needs several windows: exact LR consistency
 after the final projection, batch item k = the same seed alone, one shared grid (the window's) for every window,
-the text fraction per guidance kind, the memory estimate, and the refusals (docs/tiling.md, "Flow-matching
-models")."""
+the text fraction per guidance kind, the memory estimate, and the refusals
+(docs/tiling.md, "Flow-matching models")."""
 
 from __future__ import annotations
 

@@ -6,10 +6,11 @@ window, and the outputs are fused with the smooth weights.  An image that fits i
 through the wrapped codec unchanged, so the codec's memory stays that of one window (times ``batch``)
 whatever the image size.  The grid is fixed (no shift): decoding must be deterministic.
 
-Autoencoders normalise over the whole image (GroupNorm), so a window's decoding differs slightly from
-the same pixels decoded in the whole image; the overlap hides the borders (measured in
-``tests/test_tiling_backends.py``).  The result is exact in the end anyway: latent backends project the
-decoded image onto ``A x = y`` in pixels.
+Autoencoders see the whole image twice, through their GroupNorm statistics and their mid-block
+self-attention, so a window's decoding differs from the same pixels decoded in the whole image, and
+windows within the convolutions' reach of a border add the rest (``bench/tiling_codec.py``; a codec
+without context is exact: ``tests/test_tiling_backends.py``).  The result is exact in the end anyway:
+latent backends project the decoded image onto ``A x = y`` in pixels.
 """
 
 from __future__ import annotations

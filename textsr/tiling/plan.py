@@ -124,11 +124,11 @@ class Tiling:
 
 
 def check_window(side: int, multiple: int, what: str) -> None:
-    """A window side must be a multiple of what the model's UNet (and autoencoder) divide by."""
+    """A window side must be a multiple of what the model's network (and autoencoder) divide by."""
     if side % multiple:
         lo, hi = side - side % multiple, side - side % multiple + multiple
-        raise UsageError(f"{what} {side} is not a multiple of {multiple} (this model's UNet and autoencoder divide "
-                         f"the image by {multiple}): use {lo or multiple} or {hi}")
+        raise UsageError(f"{what} {side} is not a multiple of {multiple} (this model's network and autoencoder "
+                         f"divide the image by {multiple}): use {lo or multiple} or {hi}")
 
 
 def exceeds(size: tuple[int, int], native: tuple[int, int], factor: float = 1.0) -> bool:

@@ -1,7 +1,7 @@
 """How far a windowed autoencoder (``TiledCodec``) is from the whole-image one, and why
 (docs/tiling.md, "Latent models"): the flow models' tiny VAEs (FLUX.1's and SD3.5's ``AutoencoderKL``,
-FLUX.2's ``AutoencoderKLFlux2`` with its patchify and batch-norm statistics) and Stable Diffusion's, random or trained (``--train-vae N`` Adam steps on
-smooth images, ``bench/flow_tiny.py``'s ``train_vae``).
+FLUX.2's ``AutoencoderKLFlux2`` with its patchify and batch-norm statistics) and Stable Diffusion's, random or
+trained (``--train-vae N`` Adam steps on smooth images, ``bench/flow_tiny.py``'s ``train_vae``).
 
 An image of ``--size`` px (smooth, from a random 8 x 8 grid) is encoded whole, then its latents decoded whole and
 on windows of ``--window`` px overlapping by a quarter (one window per call, fixed grid), and the image encoded on

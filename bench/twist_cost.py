@@ -53,8 +53,8 @@ def main(argv=None) -> None:
         x0 = draw(P, torch.Generator().manual_seed(0))
         for t in (500, 100):
             ab = den.schedule.abar(t)
-            x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * torch.randn(x0.shape, generator=torch.Generator().manual_seed(1),
-                                                                   dtype=F64)
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+            x = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise
             prob = Problem(A, y.expand(P, *y.shape[1:]), sig)
             cells, found = [], ""
             for kind in ("tweedie", "lowrank", "rayleigh"):

@@ -18,6 +18,14 @@ def pytest_configure(config):
         pass
 
 
+@pytest.fixture()
+def img(tmp_path):
+    """The demo's 8x8 LR image as an 8-bit PNG (``cli_helpers.demo_png``)."""
+    from cli_helpers import demo_png
+
+    return demo_png(tmp_path / "in.png")
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
 

@@ -46,7 +46,7 @@ def no_model_load(monkeypatch):
     (dict(steps=0), "steps must be a whole number >= 1"),
     (dict(simulate="yes"), "simulate must be true or false"),
     (dict(operator=5), "operator must be one of"),
-    (dict(preset=3), "preset must be a string"),
+    (dict(preset=3), "preset must be one of paper; got 3"),
     (dict(model=5), "model must be a registry name"),
     (dict(solver=5), "solver name must be a string"),
     (dict(device=3), "device must be a string"),

@@ -16,7 +16,8 @@ def manifest(tmp_path):
     Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(tmp_path / "lr.png")
     jobs = [{"image": "lr.png", "prompts": ["a circle"], "scale": 8, "samples": 2, "steps": 3, "out": "out/a"},
             {"image": "lr.png", "prompts": ["a star"], "scale": 8, "samples": 2, "steps": 3, "seed": 5, "out": "out/b"},
-            {"image": "missing.png", "scale": 8, "out": "out/c"}]
+            {"image": "lr.png", "prompts": ["a circle and a star"], "scale": 8, "samples": 1, "steps": 3,
+             "out": "out/c"}]  # fails while it runs: the built-in world has one object per scene
     path = tmp_path / "jobs.jsonl"
     path.write_text("\n".join(json.dumps(j) for j in jobs))
     return path
@@ -26,7 +27,7 @@ def test_local_batch_runs_reports_failures_and_resumes(manifest):
     jobs = load_manifest(manifest)
     res = run_batch(jobs)
     assert [r.status for r in res] == ["done", "done", "failed"]
-    assert "no such file" in res[2].error
+    assert "one object" in res[2].error
     assert (manifest.parent / "out/a/results.json").exists()
     again = run_batch(jobs)
     assert [r.status for r in again[:2]] == ["skipped", "skipped"]
@@ -35,6 +36,30 @@ def test_local_batch_runs_reports_failures_and_resumes(manifest):
 def test_batch_cli_exit_code(manifest):
     res = CliRunner().invoke(main, ["batch", str(manifest)])
     assert res.exit_code == 1 and "2 of 3 jobs" in res.output
+
+
+def test_every_jobs_inputs_are_checked_before_the_first_runs(tmp_path, monkeypatch):
+    """Issue 19 item 4: a missing image in the last job stops the batch before job 0 runs."""
+    import textsr.api
+
+    path = _write_jobs(tmp_path, [{**JOB, "out": "a"}, {**JOB, "out": "b"}, {**JOB, "image": "missing.png", "out": "c"},
+                                  {**JOB, "model": "no-such-model", "out": "d"}])
+    monkeypatch.setattr(textsr.api, "explore_request", lambda *a, **k: pytest.fail("a job ran"))
+    with pytest.raises(UsageError, match=r"(?s)2 of 4 jobs cannot run; nothing was run.*job 2 .*no such file.*"
+                                         r"job 3 .*unknown model 'no-such-model'"):
+        run_batch(load_manifest(path))
+    res = CliRunner().invoke(main, ["batch", str(path)])
+    assert res.exit_code == 2 and "nothing was run" in res.output
+    assert not any((tmp_path / o).exists() for o in "abcd")
+
+
+def test_a_finished_job_is_not_checked_again(tmp_path):
+    """A job that will be skipped (results.json exists) does not need its image any more."""
+    path = _write_jobs(tmp_path, [{**JOB, "image": "gone.png", "out": "a"}])
+    (tmp_path / "gone.png").write_bytes((tmp_path / "lr.png").read_bytes())
+    assert [r.status for r in run_batch(load_manifest(path))] == ["done"]
+    (tmp_path / "gone.png").unlink()
+    assert [r.status for r in run_batch(load_manifest(path))] == ["skipped"]
 
 
 @pytest.mark.parametrize("content,msg", [("[1]", "expected an object"), ('[{"image": "x"}]', "missing required"),
@@ -124,6 +149,8 @@ def test_a_half_finished_job_is_rerun_without_mixing(tmp_path):  # item 4 with r
     stale = tmp_path / "a" / "07-an-old-prompt"
     stale.mkdir(parents=True)
     (stale / "sample-00.png").write_bytes(b"old")
+    (tmp_path / "a" / ".textsr-run.json").write_text(  # the record a killed write leaves (textsr.outdir)
+        json.dumps({"textsr_version": "0.1.0", "files": ["07-an-old-prompt/sample-00.png", "grid.png"]}))
     (tmp_path / "a" / "mine.txt").write_text("keep")
     (tmp_path / "a" / ".grid.png.abcdefgh.tmp").write_bytes(b"partial")
     assert [r.status for r in run_batch(load_manifest(path))] == ["done"]
@@ -161,7 +188,10 @@ BAD_JOBS = [
     ({"simulate": "yes"}, "simulate must be true or false"),
     ({"overwrite": 1}, "overwrite must be true or false"),
     ({"model": 7}, "model must be a string"),
-    ({"solver": "euler"}, "solver must be one of"),
+    ({"solver": "euler"}, "unknown solver 'euler'; choose one of"),
+    ({"particles": 100000}, "particles must be a whole number from 1 to 4096"),
+    ({"travel": [5, 100000]}, "travel repeat R must be a whole number from 1 to 20"),
+    ({"prompt_prior": [0.5]}, "a prompt prior weighs the prompts' evidence, which only the particle solver"),
     ({"steps": 0}, "steps must be"),
     ({"template": ["a {x}"]}, "template must be a string"),
     ({"values": 3}, "values must be"),

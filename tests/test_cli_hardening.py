@@ -9,31 +9,16 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from click.testing import CliRunner
-from PIL import Image
+from cli_helpers import run_cli as run
 
 import textsr.api
 from textsr import io
-from textsr.cli import main
 from textsr.demo import demo_image
 
 FAST = ["--steps", "3", "--samples", "2", "--quiet"]
 
 
-@pytest.fixture()
-def img(tmp_path):
-    p = tmp_path / "in.png"
-    Image.fromarray((demo_image() * 255).round().astype(np.uint8)).save(p)
-    return p
-
-
-def run(args):
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    assert "Traceback" not in res.output, res.output
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    return res
 
 
 def tree(root: Path) -> set[str]:

@@ -115,7 +115,7 @@ def test_rank_method_exact_without_a_closed_form_names_the_particle_method(tmp_p
     res = CliRunner().invoke(main, ["rank", str(_lr_png(tmp_path / "lr.png", 4)), "--scale", "4", "--model", str(spec),
                                     "-p", "a cat", "-p", "a dog", "--method", "exact"])
     assert res.exit_code == 2 and "--method particles" in res.output and "Traceback" not in res.output
-    with pytest.raises(UsageError, match="method must be one of exact, particles"):
+    with pytest.raises(UsageError, match="method must be one of auto, exact, particles"):
         from textsr import rank
 
         rank(np.zeros((8, 8, 3)), ["a", "b"], scale=8, method="closed")

@@ -19,16 +19,20 @@ from textsr.operators import (
     AvgPool,
     Bicubic,
     BicubicReflect,
+    GaussianBlur,
     LinearOperator,
     Matrix,
     Separable,
     bicubic_matrix,
     bicubic_reflect_matrix,
+    gaussian_matrix,
     keys_cubic,
     make_operator,
 )
 
-SEPARABLE = {"bicubic": Bicubic, "bicubic-reflect": BicubicReflect}
+SEPARABLE = {"bicubic": Bicubic, "bicubic-reflect": BicubicReflect, "gaussian": GaussianBlur}
+# gaussian widths (LR pixels): below 0.88 nothing is truncated at the default cutoff, 1.5 truncates
+WIDTHS = [0.05, 0.3, 0.5, 0.85, 1.5]
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = [torch.float32, torch.float64]
@@ -57,7 +61,11 @@ def is_exact(op: LinearOperator) -> bool:
     if not isinstance(op, Separable):
         return True
     _, h, w = op.in_shape
-    build = bicubic_matrix if isinstance(op, Bicubic) else bicubic_reflect_matrix
+    if isinstance(op, GaussianBlur):
+        def build(n, f):
+            return gaussian_matrix(n, f, op.width)
+    else:
+        build = bicubic_matrix if isinstance(op, Bicubic) else bicubic_reflect_matrix
     for n in (h, w):
         s = torch.linalg.svdvals(build(n, op.factor))
         if (s <= op.cutoff * s.max()).any():
@@ -80,7 +88,8 @@ def random_matrix(m: int, n: int, rank: int, seed: int, gaussian: bool = False) 
 
 
 @st.composite
-def image_operators(draw, kinds=("avgpool", "bicubic", "bicubic-reflect"), max_side=64, cutoffs=None, max_factor=32):
+def image_operators(draw, kinds=("avgpool", "bicubic", "bicubic-reflect", "gaussian"), max_side=64, cutoffs=None,
+                    max_factor=32):
     kind = draw(st.sampled_from(kinds))
     max_factor = min(max_factor, max_side)
     # half the draws from small factors, where the LR image has more than a couple of pixels
@@ -90,6 +99,8 @@ def image_operators(draw, kinds=("avgpool", "bicubic", "bicubic-reflect"), max_s
     c = draw(st.sampled_from([1, 3]))
     if kind == "avgpool":
         return AvgPool(f, (c, h, w))
+    if kind == "gaussian":  # the default cutoff; the width decides what is truncated
+        return GaussianBlur(f, (c, h, w), width=draw(st.sampled_from(WIDTHS)))
     cutoff = draw(st.sampled_from(cutoffs or EXACT_CUTOFFS + TRUNC_CUTOFFS))
     return SEPARABLE[kind](f, (c, h, w), cutoff=cutoff)
 
@@ -553,14 +564,25 @@ def test_cuda_matches_cpu(dtype):
             assert_close(got.cpu(), f(inp), dtype, "cuda vs cpu")
 
 
-def test_cli_and_app_offer_every_operator():
-    from textsr.cli import OPERATOR_CHOICES
+def test_cli_app_and_rank_offer_every_registered_operator():
+    """One registry (textsr.operator_registry): the CLI's upscale and rank, and the app, offer its names."""
+    import click
 
-    assert sorted(OPERATOR_CHOICES) == sorted(OPERATORS)
+    from textsr.cli import main
+    from textsr.operator_registry import OPERATORS as REGISTRY
+
+    assert sorted(OPERATORS) == sorted(REGISTRY)
+    for command in ("upscale", "rank"):
+        opt = next(p for p in main.commands[command].params if p.name == "operator")
+        assert isinstance(opt.type, click.Choice) and list(opt.type.choices) == list(REGISTRY)
     pytest.importorskip("gradio")
-    from textsr.app.ui import OPERATORS as APP_OPERATORS
+    from textsr.app import build_app
 
-    assert sorted(APP_OPERATORS) == sorted(OPERATORS)
+    cfg = build_app(model_choices=["builtin-shapes"]).get_config_file()
+    drop = next(c for c in cfg["components"] if c["props"].get("elem_id") == "operator")
+    assert [v for _, v in drop["props"]["choices"]][1:] == list(REGISTRY)
+    fields = {c["props"].get("elem_id") for c in cfg["components"]}
+    assert {f"operator-{n}-{p.name}" for n, e in REGISTRY.items() for p in e.params} <= fields
 
 
 @pytest.mark.parametrize("f,h,w", [(3, 27, 36), (4, 64, 48), (8, 64, 64)])
@@ -576,3 +598,62 @@ def test_bicubic_and_avgpool_make_the_lr_images_of_pil(f, h, w):
     pil_bicubic = np.asarray(img.resize((w // f, h // f), Image.BICUBIC))
     assert np.abs(pil_bicubic - Bicubic(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6
     assert np.abs(np.asarray(img.reduce(f)) - AvgPool(f, (1, h, w)).A(t)[0, 0].numpy()).max() < 1e-6
+
+
+# ----------------------------------------------------------------------------- gaussian blur + downsample
+
+@pytest.mark.parametrize("f,width", [(2, 0.5), (4, 0.25), (3, 0.8), (8, 1.5)])
+def test_gaussian_matrix_is_the_pixel_integrated_kernel(f, width):
+    """Each weight is the Gaussian's mass over one HR pixel (std width * f, centred on the LR pixel),
+    computed here by a fine midpoint rule; rows sum to 1 (border rows renormalised over the image)."""
+    n = 6 * f
+    M = gaussian_matrix(n, f, width)
+    s = width * f
+    t = (torch.arange(n * 400, dtype=torch.float64) + 0.5) / 400  # 400 points per HR pixel
+    for i in range(n // f):
+        c = f * (i + 0.5)
+        dens = torch.exp(-0.5 * ((t - c) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+        mass = dens.reshape(n, 400).mean(1)
+        assert torch.allclose(M[i], mass / mass.sum(), atol=1e-5)
+    assert torch.allclose(M.sum(1), torch.ones(n // f, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("f", [2, 3, 4])
+def test_a_narrow_gaussian_samples_the_lr_pixel_centre(f):
+    """width -> 0: the LR pixel's value is the HR value at its centre (a pixel boundary for even f)."""
+    x = torch.randn(1, 1, 4 * f, 4 * f, dtype=torch.float64)
+    y = GaussianBlur(f, (1, 4 * f, 4 * f), width=1e-4).A(x)
+    if f % 2:
+        ref = x[..., f // 2::f, f // 2::f]
+    else:
+        rows = (x[..., f // 2 - 1::f, :] + x[..., f // 2::f, :]) / 2
+        ref = (rows[..., f // 2 - 1::f] + rows[..., f // 2::f]) / 2
+    assert torch.allclose(y, ref, atol=1e-12)
+
+
+def test_gaussian_keeps_constants_and_is_exact_below_its_truncation_width():
+    op = make_operator("gaussian", 4, (3, 32, 48), width=0.85)
+    assert op.describe()["width"] == 0.85 and op.out_shape == (3, 8, 12)
+    assert torch.allclose(op.A(torch.full((1, 3, 32, 48), 0.3, dtype=torch.float64)), torch.tensor(0.3,
+                          dtype=torch.float64))
+    y = torch.randn(2, 3, 8, 12, dtype=torch.float64)
+    assert torch.allclose(op.A(op.A_pinv(y)), y, atol=1e-9)  # A A+ = I: nothing truncated
+    wide = make_operator("gaussian", 4, (3, 32, 48), width=1.5)
+    assert (wide.A(wide.A_pinv(y)) - y).abs().max() > 0.1  # the finest LR detail is dropped
+    with pytest.raises(ValueError, match="width"):
+        make_operator("gaussian", 4, (3, 32, 48), width=0)
+
+
+def test_operator_registry_checks_parameters():
+    from textsr.errors import UsageError
+    from textsr.operator_registry import check_operator
+
+    assert check_operator("gaussian") == ("gaussian", {"width": 0.5})
+    assert check_operator("gaussian", {"width": 2}) == ("gaussian", {"width": 2.0})
+    assert check_operator("avgpool") == ("avgpool", {})
+    for bad, msg in [({"width": 0}, "width must be a number above 0"), ({"width": "1"}, "width must be a number"),
+                     ({"width": float("nan")}, "width must be"), ({"sigma": 1}, "has no option")]:
+        with pytest.raises(UsageError, match=msg):
+            check_operator("gaussian", bad)
+    with pytest.raises(UsageError, match="operator 'avgpool' has no option"):
+        check_operator("avgpool", {"width": 1})

@@ -375,7 +375,7 @@ def test_last_level_twist_and_the_timesteps_visited(monkeypatch, options, last_k
 
 
 def test_batched_vector_jacobian_products_equal_one_pass_each_and_survive_running_out_of_memory(monkeypatch):
-    from textsr.solvers import twist
+    from textsr.solvers import twist_parts
 
     W = torch.randn(12, 12, generator=torch.Generator().manual_seed(0), dtype=F64)
     x = torch.randn(3, 12, dtype=F64, requires_grad=True)
@@ -386,7 +386,7 @@ def test_batched_vector_jacobian_products_equal_one_pass_each_and_survive_runnin
         return [torch.autograd.grad(y, x, r.expand(3, 12), retain_graph=True)[0] for r in rows]
 
     ref = reference()
-    got = twist._vjps(torch.tanh(x @ W), x, rows)
+    got = twist_parts.vjps(torch.tanh(x @ W), x, rows)
     assert len(got) == 5 and all(torch.allclose(g, r, atol=1e-12) for g, r in zip(got, ref))
     grad, sizes = torch.autograd.grad, []
 
@@ -397,9 +397,9 @@ def test_batched_vector_jacobian_products_equal_one_pass_each_and_survive_runnin
                 raise torch.OutOfMemoryError("simulated")
         return grad(*a, **k)
 
-    monkeypatch.setattr(twist, "VJP_CHUNK", 8)
+    monkeypatch.setattr(twist_parts, "VJP_CHUNK", 8)
     monkeypatch.setattr(torch.autograd, "grad", small_memory)
-    got = twist._vjps(torch.tanh(x @ W), x, rows)
+    got = twist_parts.vjps(torch.tanh(x @ W), x, rows)
     assert sizes[:2] == [5, 2] and all(torch.allclose(g, r, atol=1e-12) for g, r in zip(got, ref))
 
 

@@ -121,7 +121,7 @@ def test_explore_refuses_the_preset_for_other_models_before_loading(lr_image, mo
     with pytest.raises(UsageError,
                        match="preset 'paper' is for deepfloyd-if models .*; this model is a 'shapes' model"):
         explore(lr_image, ["a red circle"], scale=SCALE, model="builtin-shapes", preset="paper")
-    with pytest.raises(UsageError, match="unknown preset"):
+    with pytest.raises(UsageError, match="preset must be one of paper; got 'fast'"):
         explore(lr_image, ["a red circle"], scale=SCALE, model="builtin-shapes", preset="fast")
 
 
@@ -189,11 +189,11 @@ def test_app_request_takes_a_preset(tiny_spec, lr_image):
     backend = load_model(tiny_spec, device="cpu", offline=True)
 
     class Pool:
-        def get(self, name):
+        def get(self, name, load=None):
             return backend
 
-    req = core.Request(lr=lr_image, notes=[], prompts_text="a cat", template=None, values=None, model="tiny",
-                       solver="ddnm", scale=SCALE, samples=1, seed=0, steps=2, preset="paper")
+    req, _ = core.page_request(lr_image, "a cat", template=None, values=None, model="tiny", solver="ddnm",
+                               scale=SCALE, samples=1, seed=0, steps=2, preset="paper")
     out = core.run_request(req, Pool(), core.Limits())
     assert out.settings.preset == "paper" and out.settings.operator == "bicubic-reflect"
 

@@ -102,7 +102,7 @@ def test_non_finite_metrics_become_null_with_a_note(tmp_path):
     assert doc["prompts"][0]["samples"][1]["lr_psnr"] is None
     assert doc["prompts"][1]["text_consistency"] is None
     assert any("prompts/0/samples/1/lr_psnr was inf" in n for n in doc["notes"])
-    assert "LR-PSNR n/a" in (tmp_path / "index.html").read_text()
+    assert "LR-PSNR &gt;=100 dB" in (tmp_path / "index.html").read_text()  # inf: A x = y exactly
 
 
 def test_index_html_escapes_prompts_and_shows_metrics(tmp_path):
@@ -110,7 +110,7 @@ def test_index_html_escapes_prompts_and_shows_metrics(tmp_path):
     assert "<script" not in html.lower() and "onerror=" not in html.replace("onerror=&quot;", "")
     assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in html
     assert "&amp; &quot;q&quot;" in html
-    assert "LR-PSNR 31.00 dB" in html and "text 0.26" in html and "seed 1235" in html
+    assert "LR-PSNR 31.0 dB" in html and "text 0.26" in html and "seed 1235" in html
     for ref in ['src="input.png"', 'src="bicubic.png"', 'src="00-a-red-circle/std.png"', 'href="results.json"']:
         assert ref in html
     assert "http://" not in html and "https://" not in html and "<link" not in html  # fully offline
@@ -169,10 +169,14 @@ def test_wrap_truncates_long_prompts():
 
 def test_existing_folder_only_our_files_overwritten(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    (tmp_path / "grid.png").write_bytes(b"old grid")
-    with pytest.raises(UsageError, match="--overwrite"):  # grid.png: textsr's name, another run's file
-        write(tmp_path)
-    write(tmp_path, overwrite=True)
+    (tmp_path / "grid.png").write_bytes(b"my grid")
+    for overwrite in (False, True):  # grid.png: textsr's name, but no textsr record lists it: never replaced
+        with pytest.raises(UsageError, match="no textsr record"):
+            write(tmp_path, overwrite=overwrite)
+    assert (tmp_path / "grid.png").read_bytes() == b"my grid"
+    (tmp_path / "grid.png").unlink()
+    write(tmp_path)
+    write(tmp_path, overwrite=True)  # textsr's own run: replaced
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert Image.open(tmp_path / "grid.png").format == "PNG"
 

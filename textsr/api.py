@@ -7,10 +7,12 @@ per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` wri
 
 ``explore`` runs in named phases, each a function below:
 
-1. ``check_inputs``: every argument validated, before any model is loaded -> ``ExploreRequest``;
+1. ``check_inputs``: an ``ExploreRequest`` (``textsr.request``: the arguments, each checked when it is
+   built) checked against the world before any model is loaded -> ``CheckedRequest``;
 2. ``resolve_backend``: a loaded ``Backend`` (``textsr.backends.base``) from a name, folder or object;
    ``apply_preset``: the preset (``textsr.presets``), if any, merged under the explicit options;
 3. ``build_measurement``: the LR image -> ``y`` in model space, the final operator, notes;
+   ``check_particles`` and ``check_memory``: a request that cannot fit is refused before any sampling;
 4. ``sample_prompt`` for each prompt: the backend's cascade, then the per-sample metrics;
 5. ``collect_settings``: the resolved settings of the run (``ExploreSettings``).
 """
@@ -29,39 +31,32 @@ import torch
 from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
-from .ranking import Ranking, rank  # ranking prompts by P(prompt | y): textsr.ranking
+from .request import ExploreRequest, expand_prompts, is_backend
+from .tiling import checks as tile_checks
 
-__all__ = ["Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts", "explore", "rank"]
+__all__ = ["CheckedRequest", "Exploration", "ExploreRequest", "Progress", "PromptResult", "expand_prompts", "explore",
+           "explore_request"]  # ranking prompts by P(prompt | y): textsr.ranking
 
 MAX_SAMPLES = validate.MAX_SAMPLES
-MAX_PARTICLES = 4096
+MAX_PARTICLES = validate.MAX_PARTICLES
 
 
 # ------------------------------------------------------------------------------------------------
 # phase 1: inputs
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ExploreRequest:
-    """The checked arguments of one ``explore`` call (see ``explore`` for their meaning)."""
+class CheckedRequest:
+    """An ``ExploreRequest`` after phase 1: the image read, the model named (the built-in world chosen
+    when none was given and it explains the input), and what phase 2 (the preset) resolves."""
 
-    image: tuple[np.ndarray, InputInfo, tuple[str, ...]]  # (h, w, C) in [0, 1], where from, notes: read already
-    prompts: list[str]
-    scale: int
-    model: Any
-    solver: str  # the registry name
-    samples: int
-    seed: int
+    request: ExploreRequest
+    image: tuple[np.ndarray, InputInfo, tuple[str, ...]]  # (h, w, C) in [0, 1], where from, notes
+    model: Any  # a registry name, folder, spec file or a loaded Backend
     operator: str | None  # None: the preset's (after apply_preset), else avgpool
-    sigma_y: float
-    solver_options: dict
+    operator_options: dict
+    solver_options: dict  # the engine's: the request's shorthands (steps, eta, travel ...) written in
     model_options: dict
-    device: str | None
-    dtype: str | None
-    simulate: bool
-    batch_size: int
-    max_pixels: int
-    preset: str | None = None
-    prompt_prior: tuple[float, ...] | None = None  # P(prompt) for the evidence (None: uniform)
+    tile: Any = None  # textsr.tiling.TileRequest (off unless asked)
 
     @property
     def operator_name(self) -> str:
@@ -70,145 +65,92 @@ class ExploreRequest:
             raise RuntimeError("the operator is resolved by apply_preset (phase 2b) before it is used")
         return self.operator
 
-    @property
-    def seeds(self) -> list[int]:
-        """Sample k uses ``seed + k`` (its own generator: a batch item equals the same seed alone)."""
-        return [self.seed + k for k in range(self.samples)]
+    def make_operator(self, factor: int, shape: tuple[int, ...]) -> Any:
+        """The run's operator at ``factor`` (a cascade stage's, or the final one) for images of ``shape``."""
+        from .operators import make_operator
+
+        return make_operator(self.operator_name, factor, shape, **self.operator_options)
+
+    # the request's values the phases read
+    prompts = property(lambda self: list(self.request.all_prompts))
+    solver = property(lambda self: self.request.solver_name)
+    scale = property(lambda self: self.request.scale)
+    samples = property(lambda self: self.request.samples)
+    seed = property(lambda self: self.request.seed)
+    seeds = property(lambda self: self.request.seeds)
+    sigma_y = property(lambda self: self.request.sigma_y)
+    simulate = property(lambda self: self.request.simulate)
+    preset = property(lambda self: self.request.preset)
+    prompt_prior = property(lambda self: self.request.prompt_prior)
+    batch_size = property(lambda self: self.request.batch_size or self.request.samples)
 
 
-def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = None,
-                   values: Sequence[str] | str | None = None) -> list[str]:
-    """Prompts plus a template sweep: ``template="a {shape} on blue", values="circle,star"``."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    out = [p.strip() for p in (prompts or [])]
-    if template is not None or values is not None:
-        if template is None or values is None:
-            raise UsageError("a prompt sweep needs both a template (e.g. 'a {shape} on blue') and values")
-        if isinstance(values, str):
-            values = [v for v in values.split(",")]
-        vals = [v.strip() for v in values if v.strip()]
-        if not vals:
-            raise UsageError("the sweep's values are empty; give a comma-separated list like 'circle,star,ring'")
-        import string
-
-        slots = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        if len(slots) != 1:
-            raise UsageError(f"the template {template!r} needs exactly one {{slot}}, e.g. 'a {{shape}} on blue'")
-        out += [template.replace("{" + slots[0] + "}", v) for v in vals]
-    if not out:
-        out = [""]
-    if len(out) != len(set(out)):
-        raise UsageError("the same prompt is given twice; each prompt must be distinct")
-    return out
-
-
-def check_inputs(image: Any, prompts: Sequence[str] | str | None, *, scale: int, model: Any, solver: str | None,
-                 samples: int, seed: int, template: str | None, values: Sequence[str] | str | None,
-                 operator: str | None, sigma_y: float, steps: int | None, solver_options: dict | None,
-                 model_options: dict | None, device: str | None, dtype: str | None, simulate: bool,
-                 batch_size: int | None, max_pixels: int, preset: str | None = None, particles: int | None = None,
-                 prompt_prior: Sequence[float] | None = None) -> ExploreRequest:
-    """Phase 1: validate every argument before any model loads or any sampling starts; each check is
-    ``textsr.validate``'s, shared with the CLI and batch manifests (a preset is checked against the
-    model's backend from its spec, without loading it). The image is read here too (an unreadable file
-    or a bad array fails before the model loads): ``req.image``.  ``solver=None``: ``ddnm+``, or ``tds``
-    with ``particles``."""
-    from .operators import OPERATORS
+def check_inputs(req: ExploreRequest) -> CheckedRequest:
+    """Phase 1: everything that can be checked before a model loads or sampling starts (the fields
+    themselves are checked when the ``ExploreRequest`` is built): the image is read (an unreadable file
+    or a bad array fails here), the model is named and a preset checked against its backend (from its
+    spec, no weights loaded), memory options are refused for an already loaded model."""
     from .presets import check_preset
-    from .solver_registry import canonical_name, config_class
 
-    scale = validate.scale(scale)
-    samples = validate.samples(samples)
-    seed = validate.seed(seed)
-    sigma_y = validate.sigma_y(sigma_y)
-    steps = validate.steps(steps)
-    batch_size = validate.batch_size(batch_size)
-    max_pixels = validate.max_pixels(max_pixels)
-    prompt_list = validate.prompts(prompts)
-    template = validate.text(template, "template")
-    values = validate.sweep_values(values)
-    solver_options = validate.options(solver_options, "solver_options")
-    model_options = validate.options(model_options, "model_options")
-    if operator is not None:  # None: the preset's, else avgpool
-        operator = validate.choice(operator, "operator", sorted(OPERATORS))
-    simulate = validate.flag(simulate, "simulate")
-    _check_model(model)
-    for name, v, kinds in (("device", device, "cpu, cuda, cuda:N or auto"),
-                           ("dtype", dtype, "float32, float16 or auto")):
-        if v is not None and not isinstance(v, str) and type(v).__module__ != "torch":
-            raise UsageError(f"{name} must be a string ({kinds}) or None, got {v!r}")
-    if preset is not None:
-        check_preset(validate.text(preset, "preset"), model_backend(model))
-    try:
-        solver = canonical_name(solver if solver is not None else ("tds" if particles is not None else "ddnm+"))
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    if steps is not None:
-        solver_options["steps"] = steps
-    if particles is not None:
-        if isinstance(particles, bool) or not isinstance(particles, int) or not 1 <= particles <= MAX_PARTICLES:
-            raise UsageError(f"particles must be an integer from 1 to {MAX_PARTICLES}, got {particles!r}")
-        if not config_class(solver).takes_particles:
-            raise UsageError(f"--particles needs a particle solver (tds); solver {solver!r} keeps one sample per "
-                             "seed. Leave the solver out or use --solver tds")
-        solver_options["particles"] = particles
-    prompts_all = expand_prompts(prompt_list, template, values)
-    if prompt_prior is not None:
-        from .evidence import check_prior
+    arr, info, notes = _as_array(req.image, req.max_pixels)  # read and checked now, before the model loads
+    if req.model is not None and not is_backend(req.model):
+        from .model_registry import check_model
 
-        prompt_prior = tuple(check_prior(prompt_prior, len(prompts_all)))
-    arr, info, notes = _as_array(image, max_pixels)  # read and checked now, before the model loads
-    return ExploreRequest(
-        image=(arr, info, tuple(notes)), prompts=prompts_all, scale=scale,
-        model=model, solver=solver, samples=samples, seed=seed, operator=operator, sigma_y=sigma_y,
-        solver_options=solver_options, model_options=model_options, device=device, dtype=dtype, simulate=simulate,
-        batch_size=batch_size or samples, max_pixels=max_pixels, preset=preset, prompt_prior=prompt_prior)
+        check_model(req.model)  # an unknown name, folder or spec, or weights that cannot be had, fail now
+    if req.preset is not None:
+        check_preset(req.preset, None if req.model is None else model_backend(req.model))
+    if is_backend(req.model) and req.load_options():
+        raise UsageError(f"memory options {sorted(req.load_options())} apply when textsr loads the model; this "
+                         "model is already loaded: pass them to load_model(..., load={...}) instead")
+    operator_options = {}
+    if req.operator is not None:
+        from .operator_registry import check_operator
+
+        operator_options = check_operator(req.operator, req.operator_options)[1]
+    model = req.model if req.model is not None else "builtin-shapes"
+    return CheckedRequest(request=req, image=(arr, info, tuple(notes)), model=model, operator=req.operator,
+                          operator_options=operator_options, solver_options=req.engine_solver_options(),
+                          model_options=dict(req.model_options),
+                          tile=req.tile_request())
 
 
 def model_backend(model: Any) -> str:
     """The backend kind (``"deepfloyd-if"`` ...) of a loaded backend, registry name, folder or spec,
     read from its spec (no weights loaded)."""
-    from .backends.base import Backend
     from .model_registry import resolve_spec
 
-    if isinstance(model, Backend):
+    if is_backend(model):
         return model.info.backend
     return str(resolve_spec(model)["backend"])
-
-
-def _check_model(model: Any) -> None:
-    from .backends.base import Backend
-
-    if not isinstance(model, (str, Path, Backend)):
-        raise UsageError(f"model must be a registry name (see `textsr models`), a model folder, a spec file or a "
-                         f"loaded Backend; got {model!r} ({type(model).__name__})")
 
 
 # ------------------------------------------------------------------------------------------------
 # phase 2: the model
 # ------------------------------------------------------------------------------------------------
-def resolve_backend(req: ExploreRequest) -> Any:
-    """Phase 2: ``req.model`` as a loaded ``Backend`` (an already loaded one is used as is)."""
-    from .backends.base import Backend
+def resolve_backend(req: CheckedRequest) -> Any:
+    """Phase 2: ``req.model`` as a loaded ``Backend`` (an already loaded one is used as is), loaded with
+    the request's device, dtype and memory options."""
     from .device import resolve_device, resolve_dtype
     from .model_registry import load_model
 
-    if isinstance(req.model, Backend):
+    if is_backend(req.model):
         return req.model
-    dev = resolve_device(req.device)
-    return load_model(req.model, device=dev, dtype=resolve_dtype(req.dtype, dev))
+    r = req.request
+    dev = resolve_device(r.device)
+    return load_model(req.model, device=dev, dtype=resolve_dtype(r.dtype, dev), load=r.load_options())
 
 
-def apply_preset(req: ExploreRequest, backend: Any) -> ExploreRequest:
+def apply_preset(req: CheckedRequest, backend: Any) -> CheckedRequest:
     """Phase 2b: the operator and the solver and model options the run uses: ``req.preset`` (if any)
     under the explicit ones, for this backend's stages (``textsr.presets``)."""
+    from .operator_registry import check_operator
     from .presets import resolve_preset
 
     r = resolve_preset(req.preset, backend=backend.describe()["backend"], solver=req.solver, operator=req.operator,
                        solver_options=req.solver_options, model_options=req.model_options,
                        stages=backend.stage_names)
-    return replace(req, operator=r.operator, solver_options=r.solver_options, model_options=r.model_options)
+    return replace(req, operator=r.operator, operator_options=check_operator(r.operator, req.operator_options)[1],
+                   solver_options=r.solver_options, model_options=r.model_options)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,6 +166,7 @@ class Measurement:
     input: InputInfo
     notes: list[str] = field(default_factory=list)
     reference: np.ndarray | None = None  # the HR original (simulation mode)
+    tiling: Any = None  # textsr.tiling.Tiling of a tiled run (None: whole images)
 
     @property
     def lr_hw(self) -> tuple[int, int]:
@@ -265,15 +208,14 @@ def _fit_channels(arr: np.ndarray, channels: int, notes: list[str]) -> np.ndarra
     raise UsageError(f"cannot feed a {arr.shape[2]}-channel image to a {channels}-channel model")
 
 
-def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndarray:
+def _simulate(arr: np.ndarray, req: CheckedRequest, notes: list[str]) -> np.ndarray:
     """Simulation mode: the HR original -> its LR image by ``req.operator`` (+ ``sigma_y`` noise)."""
     from .io import check_scale
-    from .operators import make_operator
 
     h, w = arr.shape[:2]
     check_scale(h, w, req.scale)
     x_hr = torch.from_numpy(arr).permute(2, 0, 1)[None].double() * 2 - 1
-    y = make_operator(req.operator_name, req.scale, tuple(x_hr.shape[1:])).A(x_hr)
+    y = req.make_operator(req.scale, tuple(x_hr.shape[1:])).A(x_hr)
     if req.sigma_y > 0:
         gen = torch.Generator().manual_seed(req.seed + 10_007)
         y = y + req.sigma_y * torch.randn(y.shape, generator=gen, dtype=torch.float64)
@@ -283,11 +225,9 @@ def _simulate(arr: np.ndarray, req: ExploreRequest, notes: list[str]) -> np.ndar
     return lr
 
 
-def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
+def build_measurement(req: CheckedRequest, backend: Any) -> Measurement:
     """Phase 3: read the image, fit it to the model (channels, size), check the size, build ``y`` and
     the final operator ``A`` (output size -> LR size)."""
-    from .operators import make_operator
-
     arr, info, notes = req.image[0], req.image[1], list(req.image[2])
     arr = _fit_channels(arr, backend.channels, notes)
     reference = None
@@ -298,12 +238,48 @@ def build_measurement(req: ExploreRequest, backend: Any) -> Measurement:
         arr, more = backend.prepare_input(arr, req.scale)
         notes.extend(more)
     h, w = arr.shape[:2]
-    backend.check_size((h, w), req.scale)
-    notes.extend(backend.input_notes((h, w), req.scale))
+    tiling, tile_notes = tile_checks.plan(req.tile, backend, (h, w), req.scale)  # check_size, or check_tiling
+    notes.extend(tile_notes if tiling is not None else backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
-    operator = make_operator(req.operator_name, req.scale, (backend.channels, h * req.scale, w * req.scale))
+    operator = req.make_operator(req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
-                       notes=notes, reference=reference)
+                       notes=notes, reference=reference, tiling=tiling)
+
+
+def check_particles(req: CheckedRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any) -> int | None:
+    """Phase 3b: a particle run's particles per denoiser call (``textsr.solvers.budget``), refused before any
+    sampling when the particles' state cannot fit in the memory available; None for the other solvers."""
+    from .solvers.budget import check_particle_memory, stages_request
+
+    if not any((st.solver or base_cfg).takes_particles for st in stages):
+        return None
+    preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.request.batch_size,
+                          torch.finfo(backend.work_dtype).bits // 8)
+    check_particle_memory(preq, backend.device)
+    return preq.max_rows
+
+
+def check_memory(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,
+                 max_rows: int | None = None) -> Any:
+    """Phase 3c (docs/tiling.md, "Memory"): the estimated peak memory of one batch, whole and on windows,
+    refused before any sampling when it cannot fit in what the device has free.  Estimated for tiled
+    runs, outputs larger than the model makes and CUDA devices (a CPU run at the model's size is not
+    traced: it costs a second per run); the estimate goes to the notes and results.json."""
+    native = backend.native_output()
+    output = (meas.lr_hw[0] * req.scale, meas.lr_hw[1] * req.scale)
+    larger = native is not None and (output[0] > native[0] or output[1] > native[1])
+    if meas.tiling is None and not larger and torch.device(backend.device).type != "cuda":
+        return None
+    from .solver_registry import make_config
+
+    cfgs = [st.solver for st in stages if st.solver is not None] or [make_config(req.solver)]
+    rows = min(req.batch_size, req.samples) * max(int(getattr(c, "particles", 1) or 1) for c in cfgs)
+    rows = rows if max_rows is None else min(rows, max_rows)  # a particle run's denoiser calls (check_particles)
+    est = tile_checks.check_memory(backend, meas.lr_hw, req.scale, meas.tiling, rows,
+                                   grad=any(c.needs_grad for c in cfgs), device=torch.device(backend.device))
+    if est is not None:
+        meas.notes.append(est.summary())
+    return est
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,32 +314,35 @@ def _progress_callback(callback: Callable[[Progress], None] | None, stages: list
     return cb
 
 
-def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
+def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any,
                   index: int, prompt: str, callback: Callable[[Progress], None] | None = None,
                   max_rows: int | None = None) -> PromptResult:
     """Phase 4: ``req.samples`` samples for one prompt (in batches of ``req.batch_size``), then the
     per-sample metrics.  Adds notes to ``meas.notes``.  ``max_rows``: a particle solver's particles per
     denoiser call (``textsr.solvers.budget``)."""
     from .cascade import run_cascade
-    from .operators import make_operator
 
     t0 = time.perf_counter()
     cond = backend.encode_prompt(prompt)
     meas.notes.extend(backend.prompt_notes(prompt))
     cb = _progress_callback(callback, stages, index, len(req.prompts), prompt)
     seeds = req.seeds
-    xs, log_z, ess = [], [], []
+    xs, befores, log_z, ess = [], [], [], []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
-                          sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
-                          device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=max_rows)
-        xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
+                          sigma_y=req.sigma_y, operator=req.make_operator,
+                          device=backend.device, dtype=backend.work_dtype, callback=cb,
+                          max_rows=max_rows)
+        fin = backend.finish(res.x, meas.y, res.operators[-1])  # the last stage's operator (a tiled codec)
+        xs.append(fin.x.detach())
+        befores.append(fin.before_projection)
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
     steps_ran = tuple(res.steps)
     x = torch.cat(xs)
     psnr = lr_psnr(x, meas.y, meas.operator)  # the solver's consistency, before display clipping
+    projection = None if any(b is None for b in befores) else projection_record(torch.cat(befores), x, meas)
     outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
     if outside:
         meas.notes.append(f"prompt {prompt!r}: {outside} of {req.samples} samples had values outside the image "
@@ -382,10 +361,19 @@ def sample_prompt(req: ExploreRequest, backend: Any, meas: Measurement, stages: 
                               "of N; the evidence and the sample frequencies are unreliable (more particles, or a "
                               "smaller measurement)")
     return PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - t0,
-                        backend.prompt_tags(prompt), extra, steps_ran, evidence)
+                        backend.prompt_tags(prompt), extra, steps_ran, evidence, projection)
 
 
-def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: ExploreRequest):
+def projection_record(before: torch.Tensor, after: torch.Tensor, meas: Measurement) -> dict:
+    """What a backend's final pixel projection changed, per sample: the LR-PSNR before it and the size of
+    the correction ``after - before`` (RMS and max, [0, 1] units) -- how far the model's answer was from ``y``."""
+    d = ((after.to(torch.float64) - before.to(after.device, torch.float64)) / 2).flatten(1)
+    return {"lr_psnr_before": lr_psnr(before.to(after.device), meas.y, meas.operator),
+            "correction_rms": [float(v) for v in d.square().mean(1).sqrt().tolist()],
+            "correction_max": [float(v) for v in d.abs().amax(1).tolist()]}
+
+
+def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: CheckedRequest):
     """The first stage's per-sample ``log Z_hat`` -> ``PromptEvidence`` (probability filled in later)."""
     from .evidence import PromptEvidence, combine
 
@@ -411,33 +399,75 @@ def fill_probabilities(results: list[PromptResult], prior: Sequence[float] | Non
 # ------------------------------------------------------------------------------------------------
 # phase 5: settings
 # ------------------------------------------------------------------------------------------------
-def collect_settings(req: ExploreRequest, backend: Any, meas: Measurement, stages: list,
-                     base_cfg: Any, steps_ran: Sequence[int] = ()) -> ExploreSettings:
-    """Phase 5: what ran, resolved: the base solver config with the user's options, each stage's config
-    with the steps it ran (``steps_ran``; a request the schedule could not honour is kept as
-    ``steps_requested`` and noted in ``meas.notes``)."""
-    known = base_cfg.to_dict()
-    solver = base_cfg.replace(**{k: v for k, v in req.solver_options.items() if k in known}).to_dict()
+def collect_settings(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,
+                     base_cfg: Any, steps_ran: Sequence[int] = (), memory: Any = None) -> ExploreSettings:
+    """Phase 5: what ran: each stage's solver config with the steps it ran (``steps_ran``; a request the
+    schedule could not honour is kept as ``steps_requested`` and noted in ``meas.notes``) and the time
+    travel it did; the top-level solver block holds what every stage ran (a list where they differ)."""
     per_stage = tuple({"stage": s.name, **(s.solver or base_cfg).to_dict(),
                        **({"model_options": dict(s.extra)} if s.extra else {})} for s in stages)
-    meas.notes.extend(record_steps_ran(solver, per_stage, steps_ran))
+    meas.notes.extend(record_steps_ran(per_stage, steps_ran))
+    meas.notes.extend(record_travel(per_stage))
+    solver = common_settings(per_stage)
+    if any("steps_requested" in st for st in per_stage):
+        solver["steps_requested"] = req.solver_options.get("steps")
     return ExploreSettings(
         input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
+        operator_options=dict(req.operator_options),
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset,
+        tiling=tiling_record(req, meas, memory))
 
 
-def record_steps_ran(solver: dict, per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
-    """Write the steps each stage ran into ``per_stage`` (and, when a stage was clamped, the top-level
-    ``solver``), keeping the request as ``steps_requested``; returns a note for each clamped stage."""
+def tiling_record(req: CheckedRequest, meas: Measurement, memory: Any) -> dict | None:
+    """results.json ``tiling``: the request, whether windows ran, and the memory estimate."""
+    if not req.tile.on and memory is None:
+        return None
+    return {"request": req.tile.to_dict(), "tiled": meas.tiling is not None,
+            "memory": None if memory is None else memory.to_dict()}
+
+
+def common_settings(per_stage: Sequence[dict]) -> dict:
+    """The top-level solver block of results.json: each setting the stages ran, one value where every
+    stage ran the same, else the list of the stages' values."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for st in per_stage for k in st):
+        if key in ("stage", "model_options", "steps_requested", "travel_requested"):
+            continue
+        vals = [st.get(key) for st in per_stage]
+        out[key] = vals[0] if all(v == vals[0] for v in vals) else vals
+    return out
+
+
+def record_steps_ran(per_stage: Sequence[dict], ran: Sequence[int]) -> list[str]:
+    """Write the steps each stage ran into ``per_stage``, keeping the request as ``steps_requested``;
+    returns a note for each clamped stage."""
     notes = []
     for st, n in zip(per_stage, ran):
         if st.get("steps") != n:
             notes.append(f"stage {st['stage']}: {st.get('steps')} steps requested, but its schedule (and start) allow "
                          f"{n}: ran {n}")
             st["steps_requested"], st["steps"] = st.get("steps"), n
-    if notes and solver.get("steps") not in ran:
-        solver["steps_requested"], solver["steps"] = solver.get("steps"), max(ran)
+    return notes
+
+
+def record_travel(per_stage: Sequence[dict]) -> list[str]:
+    """Time-travel as it ran (``textsr.schedule.travel_schedule`` over the steps the stage ran): each
+    stage's ``transitions`` (steps taken, jumps back included); a stage too short for one jump back of
+    ``travel_length`` ran none, and records ``travel_repeat = 1`` with the request as ``travel_requested``."""
+    from .schedule import travel_schedule
+
+    notes = []
+    for st in per_stage:
+        length, repeat, n = st.get("travel_length", 1), st.get("travel_repeat", 1), st.get("steps")
+        if repeat == 1 or not isinstance(n, int):
+            continue
+        if length >= n:
+            notes.append(f"stage {st['stage']}: time-travel of {length} steps back needs more than {length} steps; "
+                         f"the stage ran {n}, so no time-travel ran")
+            st["travel_requested"], st["travel_repeat"] = [length, repeat], 1
+        else:
+            st["transitions"] = len(travel_schedule(list(range(n, 0, -1)), length, repeat))
     return notes
 
 
@@ -458,81 +488,62 @@ def reference_scores(reference: np.ndarray, results: list[PromptResult]) -> dict
 # ------------------------------------------------------------------------------------------------
 # the entry point
 # ------------------------------------------------------------------------------------------------
-def explore(
-    image: Any,
-    prompts: Sequence[str] | str | None = None,
-    *,
-    scale: int,
-    model: Any = "builtin-shapes",
-    solver: str | None = None,
-    samples: int = 4,
-    seed: int = 0,
-    template: str | None = None,
-    values: Sequence[str] | str | None = None,
-    operator: str | None = None,
-    sigma_y: float = 0.0,
-    steps: int | None = None,
-    solver_options: dict | None = None,
-    model_options: dict | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    simulate: bool = False,
-    batch_size: int | None = None,
-    max_pixels: int = 4_000_000,
-    preset: str | None = None,
-    particles: int | None = None,
-    prompt_prior: Sequence[float] | None = None,
-    callback: Callable[[Progress], None] | None = None,
-) -> Exploration:
+def explore(image: Any = None, prompts: Sequence[str] | str | None = None, *,
+            callback: Callable[[Progress], None] | None = None, **args: Any) -> Exploration:
     """Sample ``samples`` HR images per prompt, all consistent with the LR ``image``.
+
+    ``args`` are the fields of ``textsr.request.ExploreRequest`` (docs/reference.md lists them with
+    their defaults): ``scale`` (required), ``model``, ``solver``, ``samples``, ``seed``, ``steps``,
+    ``operator``, ``sigma_y``, ``particles``, ``preset``, the memory options ... .  Notably:
 
     image: a path, PIL image, or an array/tensor in [0, 1] (uint8 accepted): (H, W), (H, W, C) or
     (C, H, W) with C = 1 or 3; a torch tensor is read channels-first when its first dimension is 1 or 3
     (so (3, 3, 3) is CHW), a numpy array channels-last when its last one is (so (3, 3, 3) is HWC). With
     ``simulate=True`` the image is a HR original: it is downsampled by ``scale`` with ``operator``
     (plus ``sigma_y`` noise) and the samples are also scored against it (PSNR/SSIM).
-    model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``.
-    operator: the downsampling operator A (``avgpool``, ``bicubic``, ``bicubic-reflect``); None: the
-    preset's, else ``avgpool``.
-    sigma_y: measurement noise std in [-1, 1] model units (half of a [0, 1]-units value), 0 to 2.
-    seed: 0 to 2**32 - 1; sample k uses ``seed + k``.
-    steps: shorthand for ``solver_options["steps"]`` (applies to every stage); a stage whose schedule
-    allows fewer runs fewer, and results.json records what ran.
-    preset: named settings (``"paper"``: the text-guided SR paper's DeepFloyd IF setting, see
-    ``textsr.presets``); explicit arguments override it; results.json records it and what it resolved to.
-    solver: a registered solver (``textsr.solver_registry``); None: ``ddnm+``, or ``tds`` with ``particles``.
+    model: a registry name (``textsr models``), a model folder or spec file, or a loaded ``Backend``
+    (``textsr.load_model``: load once, explore many times); None: the built-in shapes world when it can
+    explain the input, otherwise a ``UsageError`` listing the real models.
+    steps: shorthand for ``solver_options["steps"]`` (every stage); a stage whose schedule allows fewer
+    runs fewer, and results.json records what ran.
     particles: run the particle solver with this many particles per sample (every stage); each prompt then
     gets ``evidence`` (``textsr.evidence``): log p(y | prompt), its spread over samples and P(prompt | y)
     among the prompts given, with ``prompt_prior`` (None: uniform) as the prior.
+    tile: ``None``/``"off"`` (whole images; an output more than twice the model's size per side is refused),
+    ``"auto"`` (windows of the model's size where an image exceeds it) or a window side in output pixels;
+    tile_overlap: pixels (default a quarter of the window); tile_options: ``shift`` (True: a seeded random
+    shift of the window grid per step), ``batch`` (1: windows per model call), ``text`` (0.5: the text
+    guidance inside windows as a fraction of the whole image's), ``seed`` (docs/tiling.md).  Before any
+    sampling the peak memory of a batch is estimated and a request that cannot fit is refused.
     Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
+    return explore_request(ExploreRequest.build(image=image, prompts=prompts, **args), callback)
+
+
+def explore_request(request: ExploreRequest, callback: Callable[[Progress], None] | None = None) -> Exploration:
+    """``explore`` for a request already built (the CLI, app and batch runner build one)."""
     from .solver_registry import make_config
 
     t0 = time.perf_counter()
-    req = check_inputs(image, prompts, scale=scale, model=model, solver=solver, samples=samples, seed=seed,
-                       template=template, values=values, operator=operator, sigma_y=sigma_y, steps=steps,
-                       solver_options=solver_options, model_options=model_options, device=device, dtype=dtype,
-                       simulate=simulate, batch_size=batch_size, max_pixels=max_pixels, preset=preset,
-                       particles=particles, prompt_prior=prompt_prior)
+    if request.method is not None:
+        raise UsageError(f"method={request.method!r} chooses how ranking computes P(prompt | y); explore samples: "
+                         "rank with textsr.rank(...) or `textsr rank --method ...`, or leave method out")
+    req = check_inputs(request)
     backend = resolve_backend(req)
     req = apply_preset(req, backend)
     t_loaded = time.perf_counter()
     meas = build_measurement(req, backend)
     # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
-    stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
+    tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+    stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
     base_cfg = make_config(req.solver)  # the fallback for stages without their own config
-    max_rows = None
-    if base_cfg.takes_particles:  # refused before any work if the particles cannot fit (textsr.solvers.budget)
-        from .solvers.budget import check_particle_memory, stages_request
-
-        preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, batch_size,
-                              torch.finfo(backend.work_dtype).bits // 8)
-        check_particle_memory(preq, backend.device)
-        max_rows = preq.max_rows
+    max_rows = check_particles(req, backend, meas, stages, base_cfg)
+    memory = check_memory(req, backend, meas, stages, max_rows)
     results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback, max_rows)
                for i, p in enumerate(req.prompts)]
     fill_probabilities(results, req.prompt_prior)
-    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else ())
+    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else (),
+                                memory=memory)
     timings = {"total_s": round(time.perf_counter() - t0, 3), "load_s": round(t_loaded - t0, 3),
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
     return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,

@@ -1,14 +1,17 @@
 """Batch runs from a manifest, locally or on a Ray cluster (optional extra ``textsr[cluster]``).
 
-A manifest is a JSON list or a JSONL file of jobs; each job is the keyword arguments of
-``textsr.explore`` plus ``"out"`` (its output folder) and optionally ``"overwrite"``::
+A manifest is a JSON list or a JSONL file of jobs; each job is the fields of an ``ExploreRequest``
+(``textsr.request``: the arguments of ``textsr.explore``) plus ``"out"`` (its output folder) and
+optionally ``"overwrite"``::
 
     {"image": "faces/001.png", "prompts": ["an elderly woman"], "scale": 16, "model": "deepfloyd-if",
      "samples": 8, "seed": 0, "out": "results/001", "preset": "paper"}
 
-Relative paths are relative to the manifest. Every field is checked when the manifest is read
-(``textsr.validate``, the checks ``explore`` and the CLI use), and two jobs may not share an output
-folder (compared after resolving ``..`` and symbolic links), so a bad manifest fails before any job runs.
+Relative paths are relative to the manifest. Every field is checked when the manifest is read (the
+``ExploreRequest`` checks ``explore`` and the CLI use; a key given twice in one object is refused), and
+two jobs may not share an output folder (compared after resolving ``..`` and symbolic links).  Before the
+first job runs, ``run_batch`` checks the inputs of every job that will run (``check_jobs``: its image
+read, its model named and its weights available), so a bad manifest fails before any work.
 
 Resuming: a job is done when its folder holds results.json, which is written last
 (``textsr.outdir``); a done job is skipped unless ``force`` (CLI ``--force``/``--overwrite``) or the
@@ -29,14 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from . import validate
-from .batch_jobs import DEFAULT_MODEL, Job, JobResult, ModelCache, model_key, run_job
+from .batch_jobs import DEFAULT_MODEL, Job, JobResult, ModelCache, model_key, run_job, will_skip
 from .errors import UsageError
+from .io import strict_json_loads
+from .request import ExploreRequest, request_args
 
-__all__ = ["Job", "JobResult", "ModelCache", "load_manifest", "run_batch", "run_job"]
+__all__ = ["Job", "JobResult", "ModelCache", "check_jobs", "load_manifest", "run_batch", "run_job"]
 
-JOB_KEYS = {"image", "prompts", "scale", "model", "solver", "samples", "seed", "template", "values", "operator",
-            "sigma_y", "steps", "solver_options", "model_options", "device", "dtype", "simulate", "batch_size",
-            "max_pixels", "preset", "particles", "prompt_prior"}
+JOB_KEYS = {f.name for f in request_args("upscale")}  # the ExploreRequest's fields an upscale takes
 EXTRA_KEYS = {"out", "overwrite"}
 
 
@@ -83,10 +86,12 @@ def _read_items(path: Path) -> list[tuple[int, Any]]:
                          "one JSON object per line (JSONL), saved as UTF-8")
     if text.lstrip().startswith("["):
         try:
-            items = json.loads(text)
+            items = strict_json_loads(text)
         except json.JSONDecodeError as e:
             raise UsageError(f"manifest {path} is not valid JSON ({e.msg} at line {e.lineno}, "
                              f"column {e.colno})") from None
+        except UsageError as e:
+            raise UsageError(f"manifest {path}: {e}") from None
         starts = _list_item_lines(text, len(items)) if isinstance(items, list) else []
         return list(zip(starts, items))
     out = []
@@ -94,10 +99,12 @@ def _read_items(path: Path) -> list[tuple[int, Any]]:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            out.append((n, json.loads(line)))
+            out.append((n, strict_json_loads(line)))
         except json.JSONDecodeError as e:
             raise UsageError(f"manifest {path} line {n} is not valid JSON ({e.msg} at column {e.colno}); each "
                              "line of a JSONL manifest is one job object") from None
+        except UsageError as e:
+            raise UsageError(f"manifest {path} line {n}: {e}") from None
     return out
 
 
@@ -127,32 +134,28 @@ def _job(item: Any, base: Path) -> Job:
     overwrite = validate.flag(kw.pop("overwrite", False), "overwrite")
     img = Path(validate.path_text(kw["image"], "image", "an image file")).expanduser()
     kw["image"] = str(img if img.is_absolute() else base / img)
-    _check_fields(kw)
+    if "model" in kw:
+        validate.text(kw["model"], "model", optional=False)  # a manifest names models, it cannot hold one
+    ExploreRequest.build(**kw)  # every field checked as explore checks it
     return Job(out=(out if out.is_absolute() else base / out).resolve(), kwargs=kw, overwrite=overwrite)
 
 
-def _check_fields(kw: dict) -> None:
-    from .operators import OPERATORS
-    from .presets import preset_names
-    from .solver_registry import SOLVERS
+def check_jobs(jobs: Sequence[Job], force: bool = False) -> None:
+    """The inputs of every job that will run (``textsr.api.check_inputs``: its image read, its model
+    named, its weights available), all before the first job runs; one ``UsageError`` lists every problem."""
+    from .api import check_inputs
 
-    checks = {
-        "scale": validate.scale, "samples": validate.samples, "seed": validate.seed, "sigma_y": validate.sigma_y,
-        "steps": validate.steps, "batch_size": validate.batch_size, "max_pixels": validate.max_pixels,
-        "prompts": validate.prompts, "values": validate.sweep_values,
-        "template": lambda v: validate.text(v, "template"),
-        "model": lambda v: validate.text(v, "model", optional=False),
-        "solver": lambda v: validate.choice(v, "solver", list(SOLVERS)),
-        "operator": lambda v: validate.choice(v, "operator", sorted(OPERATORS)),
-        "preset": lambda v: validate.choice(v, "preset", list(preset_names())),
-        "solver_options": lambda v: validate.options(v, "solver_options"),
-        "model_options": lambda v: validate.options(v, "model_options"),
-        "device": lambda v: validate.text(v, "device"), "dtype": lambda v: validate.text(v, "dtype"),
-        "simulate": lambda v: validate.flag(v, "simulate"),
-    }
-    for key, check in checks.items():
-        if key in kw:
-            check(kw[key])
+    problems = []
+    for i, job in enumerate(jobs):
+        if will_skip(job, force):
+            continue
+        try:
+            check_inputs(ExploreRequest.build(**job.kwargs))
+        except UsageError as e:
+            problems.append(f"job {i} ({job.out}): {e}")
+    if problems:
+        raise UsageError(f"{len(problems)} of {len(jobs)} jobs cannot run; nothing was run. Fix the manifest:\n"
+                         + "\n".join(problems))
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +166,9 @@ def _check_fields(kw: dict) -> None:
 def run_batch(jobs: Sequence[Job], *, use_ray: bool = False, address: str | None = None, gpus_per_job: float = 0.0,
               cpus_per_job: float = 1.0, force: bool = False, workers: int | None = None,
               ray_init: dict[str, Any] | None = None) -> list[JobResult]:
-    """Run ``jobs`` locally (one process, grouped by model) or on Ray actors; results in manifest order."""
+    """Run ``jobs`` locally (one process, grouped by model) or on Ray actors; results in manifest order.
+    Every job's inputs are checked first (``check_jobs``)."""
+    check_jobs(jobs, force)
     if not use_ray:
         cache = ModelCache()
         order = sorted(range(len(jobs)), key=_model_order(jobs))

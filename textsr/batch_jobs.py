@@ -49,22 +49,23 @@ class ModelCache:
 
     def __init__(self, keep: int = 1):
         self.keep = keep
-        self._loaded: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple, Any] = OrderedDict()
         self.loads = 0
 
-    def get(self, model: str, device: Any = None, dtype: Any = None) -> Any:
+    def get(self, model: str, device: Any = None, dtype: Any = None, load: dict | None = None) -> Any:
+        """The backend of ``model`` on ``device``/``dtype`` with the memory options ``load``."""
         from . import model_registry
         from .device import resolve_device, resolve_dtype
 
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
-        key = (model_key(model), str(dev), str(dt))
+        key = (model_key(model), str(dev), str(dt), tuple(sorted((load or {}).items())))
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         while len(self._loaded) >= self.keep:  # free the old model before loading the next one
             self._loaded.popitem(last=False)
-        backend = model_registry.load_model(model, device=dev, dtype=dt)
+        backend = model_registry.load_model(model, device=dev, dtype=dt, load=dict(load or {}))
         self.loads += 1
         self._loaded[key] = backend
         return backend
@@ -80,22 +81,29 @@ def model_key(model: str) -> str:
     return str(p.resolve()) if p.exists() else model
 
 
+def will_skip(job: Job, force: bool = False) -> bool:
+    """A job whose folder holds a finished run (results.json) is skipped unless forced."""
+    return not (force or job.overwrite) and (job.out / "results.json").exists()
+
+
 def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> JobResult:
     """Run one job in this process; failures become a result with the error (the batch goes on)."""
-    from .api import explore
+    from .api import explore_request
     from .outdir import check_output_folder
+    from .request import ExploreRequest
 
     who: dict[str, Any] = {"worker": os.getpid(), "model_loads": None if cache is None else cache.loads}
-    if not (force or job.overwrite) and (job.out / "results.json").exists():
+    if will_skip(job, force):
         return JobResult(str(job.out), "skipped", **who)
     t0 = time.perf_counter()
     try:
         check_output_folder(job.out, overwrite=True)  # the job owns its folder: a half-finished run is replaced
-        kwargs = dict(job.kwargs)
+        req = ExploreRequest.build(**job.kwargs)
         if cache is not None:
-            kwargs["model"] = cache.get(kwargs.get("model", DEFAULT_MODEL), kwargs.get("device"), kwargs.get("dtype"))
+            load = req.load_options()
+            req = req.with_model(cache.get(req.model or DEFAULT_MODEL, req.device, req.dtype, load))
             who["model_loads"] = cache.loads
-        result = explore(**kwargs)
+        result = explore_request(req)
         result.save(job.out, overwrite=True)
     except TextSRError as e:
         return JobResult(str(job.out), "failed", time.perf_counter() - t0, str(e), **who)

@@ -10,18 +10,21 @@ import json
 import os
 import sys
 import time
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import validate
-from .presets import preset_names  # torch-free
-from .solver_registry import solver_names  # torch-free: the names only
+from .display import prompt_label, spread, terminal
 
-SOLVER_CHOICES = solver_names()
-OPERATOR_CHOICES = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS (no torch import for --help)
-PRESET_CHOICES = preset_names()
+
+def echo(message: Any = "", err: bool = False) -> None:
+    """Print a line: every control character escaped (``textsr.display.terminal``) but the message's own
+    line breaks, so nothing user-given reaching the terminal can set its title, clear it or move the
+    cursor; user-given values inside messages are escaped where they are put in (line breaks too)."""
+    click.echo(terminal(message, keep_newlines=True), err=err)
 
 
 def parse_kv(pairs, what: str) -> dict:
@@ -55,9 +58,9 @@ class _ProgressBar:
         key = (p.prompt_index, p.stage)
         if key != self.key:
             self.close()
-            label = p.prompt or "(no prompt)"
-            stage = f" stage {p.stage}" if p.stages > 1 else ""
-            self.bar = tqdm(total=p.total, desc=f"[{p.prompt_index + 1}/{p.prompts}] {label[:40]}{stage}",
+            label = terminal(prompt_label(p.prompt)[:40])
+            stage = f" stage {terminal(p.stage)}" if p.stages > 1 else ""
+            self.bar = tqdm(total=p.total, desc=f"[{p.prompt_index + 1}/{p.prompts}] {label}{stage}",
                             unit="step", leave=False, file=sys.stderr,
                             disable=None)  # None: no bar when stderr is not a terminal
             self.key = key
@@ -86,46 +89,46 @@ def _checked(check):
     return callback
 
 
-def _run_and_report(kwargs: dict, out: Path, quiet: bool, overwrite: bool = False) -> None:
-    from .api import explore
+def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False) -> None:
+    from .api import explore_request
     from .errors import TextSRError
-    from .outdir import check_output_folder
+    from .outdir import reserve
 
     bar = _ProgressBar(quiet)
     t0 = time.perf_counter()
     try:
-        check_output_folder(out, overwrite=overwrite)  # before any work: a bad folder costs nothing
-        result = explore(callback=bar, **kwargs)
-        files = result.save(out, overwrite=overwrite)
+        with reserve(out, overwrite=overwrite):  # before any work: a bad or busy folder costs nothing
+            result = explore_request(req, callback=bar)
+            files = result.save(out, overwrite=overwrite)
     except TextSRError as e:
         bar.close()
-        click.echo(f"error: {e}", err=True)
+        echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     except ValueError as e:  # configuration errors from the engine carry actionable messages
         bar.close()
-        click.echo(f"error: {e}", err=True)
+        echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         bar.close()
-        click.echo("interrupted; the output folder has no new results.json (written last), so it holds no finished "
+        echo("interrupted; the output folder has no new results.json (written last), so it holds no finished "
                    "run from this command", err=True)
         sys.exit(130)
     except torch_oom_types() as e:  # pragma: no cover - needs a GPU
         bar.close()
-        click.echo(f"error: out of memory ({e}); try --samples smaller, --batch-size 1 or --dtype float16", err=True)
+        echo(f"error: out of memory ({e}); try --samples smaller, --batch-size 1 or --dtype float16", err=True)
         sys.exit(1)
     bar.close()
     for n in result.notes:
-        click.echo(f"note: {n}")
+        echo(f"note: {n}")
     for line in result.summary():
-        click.echo(line)
+        echo(line)
     if result.reference_metrics:
         import numpy as np
 
         ps = [v for row in result.reference_metrics["psnr"] for v in row]
-        click.echo(f"vs. the original: PSNR mean {np.mean(ps):.2f} dB")
+        echo(f"vs. the original: PSNR mean {np.mean(ps):.2f} dB")
     index = files.get("index.html", out / "index.html")
-    click.echo(f"done in {time.perf_counter() - t0:.1f} s; results in {out}/ (open {index})")
+    echo(f"done in {time.perf_counter() - t0:.1f} s; results in {terminal(out)}/ (open {terminal(index)})")
 
 
 def torch_oom_types() -> tuple:
@@ -147,157 +150,128 @@ def main() -> None:
     """
 
 
-def _common_options(f):
-    opts = [
-        click.option("--prompt", "-p", "prompts", multiple=True, help="Text prompt (repeat for several)."),
-        click.option("--template", help="Prompt template with one slot, e.g. 'a {shape} on blue'."),
-        click.option("--values", help="Comma-separated values for the template slot, e.g. 'circle,star,ring'."),
-        click.option("--model", "-m", default="builtin-shapes", show_default=True,
-                     help="Model name (see `textsr models`), local folder or JSON model spec."),
-        click.option("--solver", "-s", type=click.Choice(SOLVER_CHOICES, case_sensitive=False), default=None,
-                     help="Solver [default: ddnm+; tds with --particles]."),
-        click.option("--particles", type=int, help="Particle solver (tds) with N particles per sample: sample "
-                     "frequencies consistent as N grows, and the evidence P(prompt | y) per prompt (unreliable "
-                     "when the ESS note appears)."),
-        click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts for the evidence, "
-                     "comma-separated (default: uniform)."),
-        click.option("--samples", "-n", type=int, default=4, show_default=True, help="Samples per prompt (1-256).",
-                     callback=_checked(lambda v: validate.samples(v))),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help=f"0 to {2**32 - 1}; sample k uses seed+k.", callback=_checked(lambda v: validate.seed(v))),
-        click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
-                     show_default=True, help="Output folder (refused if it holds another run, unless --overwrite)."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace the run already in the output folder (only textsr's own files are removed)."),
-        click.option("--operator", type=click.Choice(OPERATOR_CHOICES),
-                     help="Downsampling model A: avgpool (block mean; the default), bicubic (PIL / torch "
-                          "antialias), bicubic-reflect (MATLAB imresize, SR benchmarks' LR images; the paper "
-                          "preset's)."),
-        click.option("--preset", type=click.Choice(PRESET_CHOICES),
-                     help="Named settings: paper = the text-guided SR paper's DeepFloyd IF setting (see README); "
-                          "explicit options override it."),
-        click.option("--sigma-y", type=float, default=0.0, show_default=True,
-                     callback=_checked(lambda v: validate.sigma_y(v)),
-                     help="Noise std of the LR image in [-1,1] units (half the [0,1] value), 0 to 2."),
-        click.option("--steps", type=int, help="Denoising steps per stage (default: the solver's/model's).",
-                     callback=_checked(lambda v: validate.steps(v))),
-        click.option("--eta", type=float, help="Step stochasticity."),
-        click.option("--zeta", type=float, help="DPS step size."),
-        click.option("--travel", nargs=2, type=int, metavar="L R", help="Time-travel: jump back L steps, R passes."),
-        click.option("--solver-option", "solver_opts", multiple=True, metavar="KEY=VALUE",
-                     help="Any solver setting, e.g. mode=simplified."),
-        click.option("--option", "model_opts", multiple=True, metavar="KEY=VALUE",
-                     help="Model option, e.g. guidance_scale=7 (see README)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
-        click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA), float32, float16 ..."),
-        click.option("--batch-size", type=int, help="Samples per forward batch (lower to save memory).",
-                     callback=_checked(lambda v: validate.batch_size(v))),
-        click.option("--max-pixels", type=int, default=4_000_000, show_default=True, help="Largest input accepted.",
-                     callback=_checked(lambda v: validate.max_pixels(v))),
-        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+def request_options(command: str):
+    """Click options for the ``ExploreRequest`` fields that ``command`` offers (``textsr.request``: the
+    one declaration; flags, help and checks come from there).  Values not given stay None, so the
+    request's defaults apply."""
+    from .request import request_args
+
+    def decorate(f):
+        for fld in reversed(request_args(command)):
+            a = fld.metadata["arg"]
+            if not a.flags:
+                continue
+            default = a.defaults.get(command, fld.default if fld.default is not MISSING else None)
+            shown = default if default not in (None, False, (), {}) else None
+            help_text = a.help + (f" [default: {shown}]" if shown is not None else "")
+            kw: dict[str, Any] = {"help": help_text, "metavar": a.metavar}
+            if a.kind == "flag":
+                kw.update(is_flag=True, default=False)
+            elif a.kind in ("multiple", "kv"):
+                kw.update(multiple=True)
+            elif a.kind == "pair":
+                kw.update(nargs=2, type=int, default=None)
+            elif a.choices is not None:
+                kw.update(type=click.Choice(a.choices(), case_sensitive=False), default=default)
+            else:
+                kw.update(type=a.type, default=default, required=fld.name == "scale")
+            f = click.option(*a.flags, fld.name, **kw)(f)
+        return f
+
+    return decorate
 
 
-def _parse_prior(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
+def build_request(command: str, image: Any, values: dict) -> Any:
+    """The ``ExploreRequest`` from a command's parsed options (the request's fields only; ``values``
+    keeps the command's own options)."""
+    from .request import ExploreRequest, request_args
+
+    args: dict[str, Any] = {"image": image}
+    for fld in request_args(command):
+        if fld.name not in values:
+            continue
+        v, kind = values.pop(fld.name), fld.metadata["arg"].kind
+        if kind == "kv":
+            v = parse_kv(v, fld.metadata["arg"].flags[0]) or None
+        elif kind == "multiple":
+            v = tuple(v)
+        elif kind == "csv" and v is not None:
+            v = _parse_numbers(v, fld.metadata["arg"].flags[0])
+        if v is not None and not (kind == "flag" and v is False):
+            args[fld.name] = v
+    return ExploreRequest.build(**args)
+
+
+def _parse_numbers(text: str, flag: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint="--prior") from None
-
-
-def _build_kwargs(image, scale, prompts, template, values, model, solver, samples, seed, operator, preset, sigma_y,
-                  steps, eta, zeta, travel, solver_opts, model_opts, device, dtype, batch_size, max_pixels,
-                  particles=None, prompt_prior=None) -> dict:
-    sopts = parse_kv(solver_opts, "--solver-option")
-    for k, v in (("eta", eta), ("zeta", zeta)):
-        if v is not None:
-            sopts[k] = v
-    if travel:
-        sopts["travel_length"], sopts["travel_repeat"] = travel
-    return dict(image=image, prompts=list(prompts), template=template, values=values, scale=scale, model=model,
-                solver=solver, samples=samples, seed=seed, operator=operator, preset=preset, sigma_y=sigma_y,
-                steps=steps,
-                solver_options=sopts, model_options=parse_kv(model_opts, "--option"), device=device, dtype=dtype,
-                batch_size=batch_size, max_pixels=max_pixels, particles=particles,
-                prompt_prior=_parse_prior(prompt_prior))
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=flag) from None
 
 
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).",
-              callback=_checked(lambda v: validate.scale(v)))
-@click.option("--simulate", is_flag=True,
-              help="IMAGE is a high-res original: downsample it first and score against it.")
-@_common_options
-def upscale(image, scale, simulate, out, overwrite, quiet, **kw):
+@request_options("upscale")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
+              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in the output folder (only textsr's own files are removed).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def upscale(image, out, overwrite, quiet, **kw):
     """Sample high-resolution images of IMAGE for each prompt."""
-    kwargs = _build_kwargs(image, scale, **kw)
-    kwargs["simulate"] = simulate
-    _run_and_report(kwargs, out, quiet, overwrite)
+    req = _request_or_exit("upscale", image, kw)
+    _run_and_report(req, out, quiet, overwrite)
+
+
+def _request_or_exit(command: str, image: Any, values: dict) -> Any:
+    from .errors import UsageError
+
+    try:
+        return build_request(command, image, values)
+    except UsageError as e:
+        echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
 
 
 @main.command("rank")
 @click.argument("image", type=click.Path(path_type=Path))
-@click.option("--scale", "-x", type=int, required=True, help="Upscaling factor (2-32).")
-@click.option("--prompt", "-p", "prompts", multiple=True, required=True, help="A description (give two or more).")
-@click.option("--method", type=click.Choice(["exact", "particles"]),
-              help="exact: the closed-form evidence (built-in world; the default there); particles: the particle "
-                   "solver's estimate (the default elsewhere, and with --particles).")
-@click.option("--particles", type=int, help="Particles per run (particle method; default 16).")
-@click.option("--samples", "-n", type=int, default=4, show_default=True, help="Independent particle runs per prompt.")
-@click.option("--batch-size", type=int, help="Particle runs per batch (each holds batch-size x particles particles).")
-@click.option("--steps", type=int, help="Denoising steps per stage (default: the model's).")
-@click.option("--prior", "prompt_prior", help="Prior probabilities of the prompts, comma-separated (default: uniform).")
-@click.option("--model", "-m", default="builtin-shapes", show_default=True, help="Model name, folder or JSON spec.")
-@click.option("--option", "model_opts", multiple=True, metavar="KEY=VALUE", help="Model option (guidance is set to 1).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--operator", type=click.Choice(["avgpool", "bicubic"]), default="avgpool", show_default=True)
-@click.option("--sigma-y", type=float, default=0.0, show_default=True, help="LR noise std in [-1,1] units.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@request_options("rank")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {prompt, probability, log_z}.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def rank_cmd(image, scale, prompts, method, particles, samples, batch_size, steps, prompt_prior, model, model_opts,
-             seed, operator, sigma_y, device, dtype, as_json, quiet):
+def rank_cmd(image, as_json, quiet, **kw):
     """Rank the prompts by P(prompt | IMAGE): which description explains the low-resolution image, and how
     likely each is, in the model's belief at guidance scale 1, among the prompts given."""
-    from .api import rank
     from .errors import TextSRError
+    from .ranking import rank_request
 
+    req = _request_or_exit("rank", image, kw)
     bar = _ProgressBar(quiet or as_json)
     try:
-        r = rank(image, list(prompts), scale=scale, model=model, method=method, particles=particles, samples=samples,
-                 batch_size=batch_size, seed=seed, prompt_prior=_parse_prior(prompt_prior),
-                 model_options=parse_kv(model_opts, "--option"), steps=steps, operator=operator, sigma_y=sigma_y,
-                 device=device, dtype=dtype, callback=bar)
+        r = rank_request(req, callback=bar)
     except (TextSRError, ValueError) as e:
         bar.close()
-        click.echo(f"error: {e}", err=True)
+        echo(f"error: {e}", err=True)
         sys.exit(getattr(e, "exit_code", 2))
     bar.close()
     if as_json:
-        click.echo(json.dumps(r.to_json(), indent=2))
+        echo(json.dumps(r.to_json(), indent=2))
         return
     neutral = ", ".join(f"{k}={v}" for k, v in r.neutral_options.items()) or "no guidance options"
     how = ("exact (closed form)" if r.method == "exact" else
            f"estimated by {r.particles} particles x {r.samples} runs per prompt")
-    click.echo(f"P(prompt | image) among the {len(r.entries)} prompts given (uniform prior unless --prior), the model "
-               f"at guidance scale 1 ({neutral}); {how}")
+    echo(f"P(prompt | image) among the {len(r.entries)} prompts given (uniform prior unless --prior), the model "
+         f"at guidance scale 1 ({neutral}); {how}")
     width = 30
     for entry in r.entries:
         p = entry["probability"]
         bar_s = "#" * int(round((p or 0.0) * width))
         lz = "n/a" if entry["log_z"] is None or entry["log_z"] != entry["log_z"] else f"{entry['log_z']:.1f}"
-        est = "" if r.method == "exact" else f" (spread {entry['spread']:.1f}, ESS min {entry['ess_min']:.2f})"
-        click.echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {entry['prompt'] or '(no prompt)'}   "
-                   f"log p(y|prompt) {lz}{est}")
+        est = "" if r.method == "exact" else (f" (spread {spread(entry['spread'], r.samples)}, "
+                                              f"ESS min {entry['ess_min']:.2f})")
+        echo(f"{'n/a' if p is None else f'{p:6.3f}'} |{bar_s:<{width}}| {terminal(prompt_label(entry['prompt']))}   "
+             f"log p(y|prompt) {lz}{est}")
     for n in r.notes:
-        click.echo(f"note: {n}")
+        echo(f"note: {n}")
 
 
 @main.command()
@@ -312,11 +286,12 @@ def rank_cmd(image, scale, prompts, method, particles, samples, batch_size, step
 def demo(out, overwrite, samples, seed, quiet):
     """Built-in offline demo: a rendered scene, downsampled 8x, explored with 4 prompts."""
     from .demo import demo_kwargs
+    from .request import ExploreRequest
 
     kwargs = demo_kwargs(out, samples=samples, seed=seed)
-    click.echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
+    echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
                f"{len(kwargs['prompts'])} prompts x {samples} samples with DDNM+ on the built-in shapes model")
-    _run_and_report(kwargs, out, quiet, overwrite)
+    _run_and_report(ExploreRequest.build(**kwargs), out, quiet, overwrite)
 
 
 @main.command()
@@ -327,7 +302,7 @@ def models(as_json):
 
     rows = model_table()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         cached = r.get("cached")
@@ -335,9 +310,11 @@ def models(as_json):
         vram = r.get("vram_gb")
         approx = "~" if "estimate" in str(r.get("notes", "")).lower() else ""
         vram_s = f"{approx}{vram:g} GB" if isinstance(vram, (int, float)) else (vram or "-")
-        click.echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
+        echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
         for hid in r.get("hub_ids", []):
-            click.echo(f"{'':<20}{hid}")
+            echo(f"{'':<20}{hid}")
+        if r.get("license"):
+            echo(f"{'':<20}licence: {r['license']}")
 
 
 @main.command()
@@ -364,12 +341,12 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force
         results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
                             cpus_per_job=cpus_per_job, workers=workers, force=force)
     except TextSRError as e:
-        click.echo(f"error: {e}", err=True)
+        echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
     for r in results:
-        click.echo(f"{r.status:<8} {r.out}  ({r.seconds:.1f} s)" + (f"\n         {r.error}" if r.error else ""))
+        echo(f"{r.status:<8} {terminal(r.out)}  ({r.seconds:.1f} s)" + (f"\n         {r.error}" if r.error else ""))
     failed = sum(r.status == "failed" for r in results)
-    click.echo(f"{len(results) - failed} of {len(results)} jobs done or skipped; {failed} failed")
+    echo(f"{len(results) - failed} of {len(results)} jobs done or skipped; {failed} failed")
     sys.exit(1 if failed else 0)
 
 
@@ -385,16 +362,16 @@ def app(host, port, concurrency, share):
     try:
         from .app import launch
     except ImportError as e:
-        click.echo(f"error: the web app needs gradio ({e}); install with: pip install 'textsr[app]'", err=True)
+        echo(f"error: the web app needs gradio ({e}); install with: pip install 'textsr[app]'", err=True)
         sys.exit(2)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(f"warning: serving on {host}: anyone who can reach this address can use the app", err=True)
+        echo(f"warning: serving on {host}: anyone who can reach this address can use the app", err=True)
     from .errors import TextSRError
 
     try:
         launch(host=host, port=port, concurrency=concurrency)
     except TextSRError as e:
-        click.echo(f"error: {e}", err=True)
+        echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
 
 

@@ -5,7 +5,8 @@ model (docs/method.md, "Particle (SMC) sampling and the evidence").  Per prompt:
 
 * ``log_z = logsumexp_k(log Z_k) - log K``: the unbiased combination of the K samples' estimates (nats; a
   density of y in [-1, 1] units, so only differences between prompts on the same y mean something);
-* ``spread``: the standard deviation of the ``log Z_k`` (how far to trust ``log_z``);
+* ``spread``: the standard deviation of the ``log Z_k`` (how far to trust ``log_z``; NaN, null in
+  results.json, with fewer than two finite estimates);
 * ``probability``: ``P(prompt | y) = pi_j Z_j / sum_i pi_i Z_i`` among the prompts *given* (prior ``pi``
   uniform unless the caller gives one): the model's belief about which of these descriptions explains y,
   not a probability over all descriptions;
@@ -47,13 +48,14 @@ def _finite_or_none(v: float) -> float | None:
 
 
 def combine(log_z_samples: torch.Tensor) -> tuple[float, float]:
-    """``(logsumexp(log Z_k) - log K, std of the finite log Z_k)`` of per-sample estimates."""
+    """``(logsumexp(log Z_k) - log K, std of the finite log Z_k)`` of per-sample estimates (the std is NaN
+    for fewer than two finite values: one run has no spread)."""
     v = log_z_samples.detach().to("cpu", torch.float64).flatten()
     if v.numel() == 0:
         return float("nan"), float("nan")
     finite = v[torch.isfinite(v)]
     log_z = float(torch.logsumexp(v, 0)) - math.log(v.numel())
-    spread = float(finite.std()) if finite.numel() > 1 else 0.0
+    spread = float(finite.std()) if finite.numel() > 1 else float("nan")
     return log_z, spread
 
 
@@ -78,7 +80,8 @@ def check_prior(prior: Sequence[float] | None, n: int) -> list[float]:
         raise UsageError(f"the prompt prior must be {n} numbers, got {prior!r}") from None
     if len(vals) != n:
         raise UsageError(f"the prompt prior has {len(vals)} values for {n} prompts; give one per prompt")
-    if any(not math.isfinite(v) or v < 0 for v in vals) or sum(vals) <= 0:
-        raise UsageError(f"the prompt prior must be non-negative numbers with a positive sum, got {vals}")
-    s = sum(vals)
-    return [v / s for v in vals]
+    if any(not math.isfinite(v) or v < 0 for v in vals) or max(vals) <= 0:
+        raise UsageError(f"the prompt prior must be finite non-negative numbers, not all 0; got {list(prior)}")
+    top = max(vals)  # scaled first: the sum of values near the float limit overflows (1e308 + 1e308 = inf)
+    s = math.fsum(v / top for v in vals)
+    return [v / top / s for v in vals]

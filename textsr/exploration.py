@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from .display import lr_psnr, prompt_label, quoted, spread
 
 
 @dataclass
@@ -44,9 +45,10 @@ class InputInfo:
 class ExploreSettings:
     """Every setting a run used, resolved (defaults filled in): what ``results.json`` records.
 
-    solver: the base solver config (``SolverConfig.to_dict``); stages: per cascade stage, its name and
-    the solver config it actually ran with (backend per-stage defaults, the preset and user options
-    applied) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
+    solver: what every stage ran (``api.common_settings``: one value per setting where the stages agree,
+    else the list of their values); stages: per cascade stage, its name and the solver config it actually
+    ran with (backend per-stage defaults, the preset and user options applied, the steps and time travel
+    that ran) and the backend's resolved options for that stage (``model_options``, e.g. IF's CFG scale);
     preset: the preset's name (None: none).  sigma_y is in [-1, 1] units.
     """
 
@@ -62,9 +64,11 @@ class ExploreSettings:
     device: str
     dtype: str
     preset: str | None = None
+    operator_options: dict = field(default_factory=dict)  # the operator's parameters (operator_registry)
+    tiling: dict | None = None  # tiled runs and memory estimates: request, whether windows ran, memory
 
     def solver_dict(self) -> dict:
-        """The ``solver`` entry of results.json: the base config plus ``per_stage``."""
+        """The ``solver`` entry of results.json: what every stage ran plus ``per_stage``."""
         return {**self.solver, "per_stage": [dict(s) for s in self.stages]}
 
 
@@ -82,10 +86,13 @@ class PromptResult:
     extra: dict = field(default_factory=dict)
     steps_ran: tuple[int, ...] = ()  # denoising steps each cascade stage ran (a schedule may clamp a request)
     evidence: Any = None  # textsr.evidence.PromptEvidence (particle solvers)
+    #: backends with a final pixel projection (latent models): per sample the LR-PSNR before it and the size
+    #: of its correction, ``{"lr_psnr_before": [...], "correction_rms": [...], "correction_max": [...]}``
+    projection: dict | None = None
 
     @property
     def label(self) -> str:
-        return self.prompt or "(no prompt)"
+        return prompt_label(self.prompt)
 
     @property
     def text_consistency(self) -> float | None:
@@ -100,7 +107,8 @@ class PromptResult:
             "text_consistency": self.text_consistency,
             "seconds": round(self.seconds, 3),
             "samples": [
-                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k]}
+                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k],
+                 **self._projection_at(k)}
                 for k in range(len(self.seeds))
             ],
         }
@@ -112,6 +120,14 @@ class PromptResult:
             entry["evidence"] = self.evidence.to_dict()
         return entry
 
+    def _projection_at(self, k: int) -> dict:
+        p = self.projection
+        if p is None:
+            return {}
+        return {"lr_psnr_before_projection": p["lr_psnr_before"][k],
+                "projection_correction_rms": p["correction_rms"][k],
+                "projection_correction_max": p["correction_max"][k]}
+
     def summary(self) -> str:
         tc = "n/a" if self.text_consistency is None else f"{self.text_consistency:.2f}"
         extra = f", SW {self.extra['sw']:.3f} (floor {self.extra['sw_floor']:.3f})" if "sw" in self.extra else ""
@@ -122,9 +138,13 @@ class PromptResult:
         ev = self.evidence
         if ev is not None:
             p = "" if ev.probability is None else f", P(prompt | y) {ev.probability:.3f}"
-            extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {ev.spread:.2f}, ESS min {ev.ess_min:.2f})" + p
+            extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {spread(ev.spread, len(ev.log_z_samples))}, "
+                      f"ESS min {ev.ess_min:.2f})" + p
                       + ("" if ev.calibrated else " [guided: not calibrated]"))
-        return (f"{self.label!r}: text consistency {tc}, LR-PSNR min {min(self.lr_psnr):.1f} dB, "
+        if self.projection is not None:
+            extra += (f"; before the final projection LR-PSNR min {lr_psnr(min(self.projection['lr_psnr_before']))} "
+                      f"dB, correction RMS max {max(self.projection['correction_rms']):.4f}")
+        return (f"{quoted(self.label)}: text consistency {tc}, LR-PSNR min {lr_psnr(min(self.lr_psnr))} dB, "
                 f"diversity {self.diversity['pairwise_l2']:.3f}{extra}")
 
 
@@ -158,6 +178,7 @@ class Exploration:
             "solver": s.solver_dict(),
             "preset": s.preset,
             "operator": s.operator,
+            "operator_options": s.operator_options,
             "sigma_y": s.sigma_y,
             "seed": s.seed,
             "samples_per_prompt": s.samples,
@@ -170,19 +191,23 @@ class Exploration:
         }
         if self.reference_metrics is not None:
             out["reference"] = self.reference_metrics
+        if s.tiling is not None:
+            out["tiling"] = s.tiling
         return out
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:
         """Write input/baselines/samples/std maps/grid/index.html, then results.json (``textsr.outdir``).
 
-        A folder holding another run is refused unless ``overwrite`` (then only textsr's files are
-        removed); if writing fails, nothing half-written stays and ``OutputWriteError.rescued`` names
-        the fallback folder holding the complete run."""
+        ``directory`` must name a folder: None or an empty name raise ``UsageError`` (pass '.' for the
+        current folder). A folder holding another run is refused unless ``overwrite`` (then only the
+        files textsr's records list are removed), and so is one holding files of textsr's names that
+        textsr did not write, or links where it writes; if writing fails, nothing half-written stays
+        and ``OutputWriteError.rescued`` names the fallback folder holding the complete run."""
         from .report import write_outputs
 
         samples = {p.label: list(p.samples) for p in self.prompts}
         std_maps = {p.label: p.std_map for p in self.prompts}
-        return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
+        return write_outputs(directory, lr=self.lr, samples=samples, std_maps=std_maps,
                              results=self.results_dict(), scale=self.scale, notes=[], overwrite=overwrite)
 
     def summary(self) -> list[str]:

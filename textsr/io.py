@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from textsr.display import terminal
 from textsr.errors import InputImageError, RuntimeFailure, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,12 +119,12 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                 array, grayscale = _pil_to_rgb(im, notes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputImageError(
-            f"{p}: the image is too large for Pillow's decompression-bomb guard ({e}). "
+            f"{terminal(p)}: the image is too large for Pillow's decompression-bomb guard ({e}). "
             f"Downscale it (at most {max_pixels:,} pixels) and try again."
         ) from None
     except UnidentifiedImageError:
         raise InputImageError(
-            f"{p}: not an image Pillow can read (corrupt, zero width/height, or an unsupported "
+            f"{terminal(p)}: not an image Pillow can read (corrupt, zero width/height, or an unsupported "
             "format). Use a PNG, JPEG, WebP, TIFF or BMP file."
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -131,7 +132,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         # SyntaxError (broken headers) or ValueError/EOFError (bad tiles).
         what = "truncated" if "truncated" in str(e).lower() else "corrupt or unreadable"
         raise InputImageError(
-            f"{p}: the image file is {what} ({type(e).__name__}: {e}). "
+            f"{terminal(p)}: the image file is {what} ({type(e).__name__}: {e}). "
             "Re-export or re-download it, e.g. save it again as PNG."
         ) from None
     return LoadedImage(
@@ -162,21 +163,21 @@ def _pil_to_rgb(im: Image.Image, notes: list[str]) -> tuple[np.ndarray, bool]:
 def _check_file(p: Path) -> None:
     if not p.exists():
         hint = f" (the folder {p.parent} does not exist either)" if not p.parent.exists() else ""
-        raise InputImageError(f"{p}: no such file{hint}. Check the path to the input image.")
+        raise InputImageError(f"{terminal(p)}: no such file{hint}. Check the path to the input image.")
     if p.is_dir():
-        raise InputImageError(f"{p}: is a folder, not an image file. Give the path of one image.")
+        raise InputImageError(f"{terminal(p)}: is a folder, not an image file. Give the path of one image.")
     if not os.access(p, os.R_OK):
-        raise InputImageError(f"{p}: permission denied. Make the file readable or copy it elsewhere.")
+        raise InputImageError(f"{terminal(p)}: permission denied. Make the file readable or copy it elsewhere.")
     if p.stat().st_size == 0:
-        raise InputImageError(f"{p}: the file is empty (0 bytes). Re-export or re-download the image.")
+        raise InputImageError(f"{terminal(p)}: the file is empty (0 bytes). Re-export or re-download the image.")
 
 
 def _check_size(p: Path, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
-        raise InputImageError(f"{p}: the image is empty ({width}x{height} pixels). Use a non-empty image.")
+        raise InputImageError(f"{terminal(p)}: the image is empty ({width}x{height} pixels). Use a non-empty image.")
     if width * height > max_pixels:
         raise InputImageError(
-            f"{p}: the image is {width}x{height} = {width * height:,} pixels, more than the limit "
+            f"{terminal(p)}: the image is {width}x{height} = {width * height:,} pixels, more than the limit "
             f"of {max_pixels:,}. This tool super-resolves *low*-resolution images: downscale or "
             "crop the input (or raise max_pixels if you really mean it)."
         )
@@ -461,6 +462,21 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``obj`` as indented UTF-8 JSON. numpy scalars/arrays and Paths are converted;
     NaN/inf are rejected (``ValueError``) because they are not valid JSON."""
     return write_bytes_atomic(json_bytes(obj), path)
+
+
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` that refuses a key given twice in one object (plain ``json`` keeps the last one
+    silently) with a ``UsageError`` naming the key."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        out: dict[str, Any] = {}
+        for k, v in items:
+            if k in out:
+                raise UsageError(f"the key {k!r} is given twice in one object; give each key once")
+            out[k] = v
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)
 
 
 def json_default(o: Any) -> Any:

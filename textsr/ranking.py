@@ -26,6 +26,7 @@ import torch
 from .errors import UsageError
 
 METHODS = ("exact", "particles")
+DEFAULT_PARTICLES = 16  # per run, for the particle method when none are given
 
 
 @dataclass
@@ -52,61 +53,64 @@ def _logit(log_z: float | None, prior: float) -> float:
 
 
 def choose_method(method: str | None, backend: Any, particles_given: bool) -> str:
-    """``method`` checked against the backend: None is ``"particles"`` when particles were asked for, else
-    ``"exact"`` where the backend has closed-form evidence, else ``"particles"``."""
+    """``method`` checked against the backend: ``"auto"`` (or None) is ``"particles"`` when particles were asked
+    for, else ``"exact"`` where the backend has closed-form evidence, else ``"particles"``."""
     has_exact = bool(getattr(backend, "closed_form_evidence", False))
-    if method is None:
+    if method in (None, "auto"):
         return "exact" if has_exact and not particles_given else "particles"
     if method not in METHODS:
-        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise UsageError(f"method must be one of auto, {', '.join(METHODS)}, got {method!r}")
     if method == "exact" and not has_exact:
         raise UsageError(f"the model {backend.info.name!r} has no closed-form evidence: use method 'particles' "
                          "(--method particles), which estimates it with the particle solver")
     return method
 
 
-def rank(image: Any, prompts: Sequence[str] | str, *, scale: int, model: Any = "builtin-shapes",
-         method: str | None = None, particles: int | None = None, samples: int = 4, seed: int = 0,
-         prompt_prior: Sequence[float] | None = None, model_options: dict | None = None, steps: int | None = None,
-         operator: str | None = None, sigma_y: float = 0.0, device: str | None = None, dtype: str | None = None,
-         batch_size: int | None = None, max_pixels: int = 4_000_000,
-         callback: Callable[[Any], None] | None = None) -> Ranking:
-    """Rank ``prompts`` by ``P(prompt | y) ∝ prior * p(y | prompt)`` (module docstring).  ``method``: ``"exact"``,
-    ``"particles"`` or None (exact where the backend has the closed form and ``particles`` is not given);
-    ``particles`` (default 16) x ``samples`` runs per prompt, in batches of ``batch_size`` samples (each batch
-    holds ``batch_size x particles`` particles; the denoiser sees ``batch_size`` at a time, 64 when None).  Every
-    argument is checked before any work; ``UsageError`` says what to pass."""
+def rank(image: Any, prompts: Sequence[str] | str, *, callback: Callable[[Any], None] | None = None,
+         **args: Any) -> Ranking:
+    """Rank ``prompts`` by ``P(prompt | y) ∝ prior * p(y | prompt)`` (module docstring).  ``args``: the fields of
+    ``textsr.request.ExploreRequest`` that ``textsr rank`` offers (docs/reference.md): ``scale`` (required),
+    ``method`` (``"auto"``: exact where the backend has the closed form and ``particles`` is not given, else
+    ``"particles"``), ``particles`` (default 16) x ``samples`` runs per prompt in batches of ``batch_size``
+    samples (the denoiser sees ``batch_size`` particles at a time, 64 when None), ``model``, ``seed``,
+    ``prompt_prior``, ``operator``, ``sigma_y`` ... .  Every argument is checked before any work; ``UsageError``
+    says what to pass."""
+    from .request import ExploreRequest
+
+    args.setdefault("method", "auto")
+    return rank_request(ExploreRequest.build(image=image, prompts=prompts, **args), callback)
+
+
+def rank_request(request: Any, callback: Callable[[Any], None] | None = None) -> Ranking:
+    """``rank`` for an ``ExploreRequest`` already built (the CLI's); its ``method`` None is ``"auto"``."""
     from . import api
     from .evidence import check_prior, prompt_probabilities
 
     t0 = time.perf_counter()
-    req_prompts = api.expand_prompts(prompts)
-    if len(req_prompts) < 2:
+    if len(request.all_prompts) < 2:
         raise UsageError("ranking needs at least two prompts (-p ... -p ...)")
-    if method is not None and method not in METHODS:
-        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    n_particles = 16 if particles is None else particles
-    req = api.check_inputs(image, req_prompts, scale=scale, model=model, solver="tds", samples=samples, seed=seed,
-                           template=None, values=None, operator=operator, sigma_y=sigma_y, steps=steps,
-                           solver_options=None, model_options=model_options, device=device, dtype=dtype,
-                           simulate=False, batch_size=batch_size, max_pixels=max_pixels, particles=n_particles)
-    pi = check_prior(prompt_prior, len(req_prompts))
+    req = api.check_inputs(replace(request, method=request.method or "auto"))
+    pi = check_prior(request.prompt_prior, len(request.all_prompts))
     backend = api.resolve_backend(req)
-    chosen = choose_method(method, backend, particles is not None)
+    chosen = choose_method(request.method, backend, request.particles is not None)
+    if chosen == "particles" and request.particles is None:
+        req = replace(req, request=replace(req.request, particles=DEFAULT_PARTICLES),
+                      solver_options={**req.solver_options, "particles": DEFAULT_PARTICLES})
     req = api.apply_preset(req, backend)
     meas = api.build_measurement(req, backend)
     neutral = backend.neutral_guidance(dict(req.model_options))
     if chosen == "exact":
         rows = _exact(backend, req, meas)
     else:
-        rows = _particles(backend, replace(req, model_options=neutral), meas, batch_size, callback)
+        rows = _particles(backend, replace(req, model_options=neutral), meas, callback)
     probs = prompt_probabilities([r["log_z"] for r in rows], pi)
     for r, p, q in zip(rows, probs, pi):
         r["probability"], r["logit"] = p, _logit(r["log_z"], q)
     # by posterior log-odds (log prior + log Z): probabilities underflow to 0 for every prompt but the best
     rows.sort(key=lambda r: r.pop("logit"), reverse=True)
+    particle_run = chosen == "particles"
     return Ranking(rows, {k: neutral[k] for k in backend.neutral_options}, chosen,
-                   None if chosen == "exact" else n_particles, None if chosen == "exact" else req.samples,
+                   req.request.particles if particle_run else None, req.samples if particle_run else None,
                    meas.notes, time.perf_counter() - t0)
 
 
@@ -120,20 +124,17 @@ def _exact(backend: Any, req: Any, meas: Any) -> list[dict]:
     return rows
 
 
-def _particles(backend: Any, req: Any, meas: Any, batch_size: int | None,
-               callback: Callable[[Any], None] | None) -> list[dict]:
+def _particles(backend: Any, req: Any, meas: Any, callback: Callable[[Any], None] | None) -> list[dict]:
     """The first stage's evidence per prompt (the stage whose estimate is reported; the others do not run)."""
     from . import api
     from .cascade import run_cascade
-    from .operators import make_operator
     from .solver_registry import make_config
-    from .solvers.budget import check_particle_memory, stages_request
 
-    stages = backend.build_stages("tds", req.solver_options, req.model_options)[:1]
+    tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+    stages = backend.build_stages("tds", req.solver_options, req.model_options, **tiled)[:1]
     base_cfg = make_config("tds")
-    preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, batch_size,
-                          torch.finfo(backend.work_dtype).bits // 8)
-    check_particle_memory(preq, backend.device)
+    max_rows = api.check_particles(req, backend, meas, stages, base_cfg)
+    api.check_memory(req, backend, meas, stages, max_rows)
     rows = []
     for i, p in enumerate(req.prompts):
         cond = backend.encode_prompt(p)
@@ -143,8 +144,8 @@ def _particles(backend: Any, req: Any, meas: Any, batch_size: int | None,
         ess: list[torch.Tensor] = []
         for b0 in range(0, req.samples, req.batch_size):
             res = run_cascade(stages, meas.y, req.scale, base_cfg, req.seeds[b0:b0 + req.batch_size], cond,
-                              sigma_y=req.sigma_y, operator=lambda f, s: make_operator(req.operator_name, f, s),
-                              device=backend.device, dtype=backend.work_dtype, callback=cb, max_rows=preq.max_rows)
+                              sigma_y=req.sigma_y, operator=req.make_operator, device=backend.device,
+                              dtype=backend.work_dtype, callback=cb, max_rows=max_rows)
             if res.log_evidence is None or res.stage_ess[0] is None:
                 raise TypeError("the particle solver returned no evidence")
             log_z.append(res.log_evidence)

@@ -20,6 +20,8 @@ from .errors import UsageError
 SEED_MAX = 2**32 - 1  # the base seed; sample k uses seed + k
 SIGMA_Y_MAX = 2.0  # [-1, 1] units: noise as large as the whole pixel range
 MAX_SAMPLES = 256
+MAX_PARTICLES = 4096  # per sample
+MAX_TRAVEL_REPEAT = 20  # time-travel passes per block (RePaint's default is 10): the work grows with it
 SCALES = range(2, 33)
 
 
@@ -76,6 +78,23 @@ def sigma_y(value: Any) -> float:
 
 def steps(value: Any) -> int | None:
     return None if value is None else integer(value, "steps", lo=1, hint="denoising steps per stage")
+
+
+def particles(value: Any) -> int | None:
+    return None if value is None else integer(value, "particles", lo=1, hi=MAX_PARTICLES,
+                                              hint="particles per sample of the particle solver")
+
+
+def travel(value: Any) -> tuple[int, int] | None:
+    """Time-travel ``(L, R)``: jump back L steps, R passes over each block (R = 1 is off), R capped."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise UsageError(f"travel must be two whole numbers (L, R): jump back L steps, R passes; got {_shown(value)}")
+    length = integer(value[0], "travel length L", lo=1, hint="steps jumped back")
+    repeat = integer(value[1], "travel repeat R", lo=1, hi=MAX_TRAVEL_REPEAT,
+                     hint="passes over each block, 1 = off; the work grows R-fold")
+    return length, repeat
 
 
 def batch_size(value: Any) -> int | None:

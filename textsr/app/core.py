@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from ..display import NO_PROMPT, prompt_label, terminal
 from ..errors import InputImageError, UsageError
+from ..request import ExploreRequest, expand_prompts
 
 log = logging.getLogger("textsr.app")
 
@@ -82,7 +84,7 @@ class ModelPool:
         if not self._entries:
             raise ValueError("the app needs at least one model to offer")
         self._keep = keep
-        self._loaded: OrderedDict[str, Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
         self._name_locks = {n: threading.Lock() for n in self._entries}
 
@@ -106,34 +108,37 @@ class ModelPool:
     def default(self) -> str:
         return DEFAULT_MODEL if DEFAULT_MODEL in self._entries else self.names[0]
 
-    def get(self, name: str) -> Any:
+    def get(self, name: str, load: Mapping[str, Any] | None = None) -> Any:
+        """Model ``name`` loaded with the memory options ``load`` (``textsr.request.MEMORY_OPTIONS``)."""
         if name not in self._entries:
             raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(self.names)}")
+        key = (name, tuple(sorted((load or {}).items())))
         with self._name_locks[name]:  # two requests for one model load it once
             with self._lock:
-                if name in self._loaded:
-                    self._loaded.move_to_end(name)
-                    return self._loaded[name]
-            backend = self._load(name)
+                if key in self._loaded:
+                    self._loaded.move_to_end(key)
+                    return self._loaded[key]
+            backend = self._load(name, dict(load or {}))
             with self._lock:
-                self._loaded[name] = backend
+                self._loaded[key] = backend
                 while len(self._loaded) > self._keep:
                     self._loaded.popitem(last=False)
             return backend
 
-    def _load(self, name: str) -> Any:
+    def _load(self, name: str, load: dict) -> Any:
         from ..backends.base import Backend
 
         entry = self._entries[name]
-        if isinstance(entry, Backend):
-            return entry
-        if callable(entry):
-            return entry()
+        if isinstance(entry, Backend) or callable(entry):
+            if load:
+                raise UsageError(f"the model {name!r} is loaded when this app starts; memory options "
+                                 f"{sorted(load)} do not apply to it")
+            return entry if isinstance(entry, Backend) else entry()
         from ..device import resolve_device, resolve_dtype
         from ..model_registry import load_model
 
         dev = resolve_device(None)
-        return load_model(entry, device=dev, dtype=resolve_dtype(None, dev))
+        return load_model(entry, device=dev, dtype=resolve_dtype(None, dev), load=load)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ def load_upload(path: str | Path, limits: Limits) -> tuple[np.ndarray, list[str]
     try:
         li = load_image(p, max_pixels=limits.max_upload_pixels)
     except InputImageError as e:
-        raise InputImageError(str(e).replace(str(p), p.name)) from None
+        raise InputImageError(str(e).replace(terminal(p), terminal(p.name))) from None
     return li.array, list(li.notes)
 
 
@@ -219,9 +224,6 @@ def describe_input(lr: np.ndarray, scale: int | None, notes: Sequence[str] = ())
     return out
 
 
-NO_PROMPT = "(no prompt)"
-
-
 def parse_prompts(text: str | None) -> list[str]:
     """One prompt per line; blank lines are dropped; a line ``(no prompt)`` is the unconditional run
     (also what no prompts at all give)."""
@@ -231,20 +233,16 @@ def parse_prompts(text: str | None) -> list[str]:
 
 def sweep_preview(prompts_text: str | None, template: str | None, values: str | None) -> str:
     """The prompt list a run would use, in words (or what is wrong with the sweep)."""
-    from ..api import expand_prompts
-
     try:
-        prompts = expand_prompts(parse_prompts(prompts_text), *_sweep_args(template, values))
+        prompts = expand_prompts(parse_prompts(prompts_text), **_sweep_args(template, values))
     except UsageError as e:
         return f"⚠ {md_text(e)}"
     shown = ", ".join(md_text(repr(p)) if p else md_text(f"{NO_PROMPT} (unconditional)") for p in prompts)
     return f"{len(prompts)} prompt{'s' if len(prompts) != 1 else ''}: {shown}"
 
 
-def _sweep_args(template: str | None, values: str | None) -> tuple[str | None, str | None]:
-    template = (template or "").strip() or None
-    values = (values or "").strip() or None
-    return template, values
+def _sweep_args(template: str | None, values: str | None) -> dict[str, str | None]:
+    return {"template": (template or "").strip() or None, "values": (values or "").strip() or None}
 
 
 def choose_seed(seed: Any, randomize: bool) -> int:
@@ -264,54 +262,41 @@ def choose_seed(seed: Any, randomize: bool) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Request:
-    """One press of "Explore": the page's fields, already typed."""
+def page_request(lr: np.ndarray, prompts_text: str | None, *, template: str | None, values: str | None, model: str,
+                 solver: str, particles: int | None = None, **args: Any) -> tuple[ExploreRequest, list[str]]:
+    """The page's fields as an ``ExploreRequest`` (the one every front end builds), plus notes: with
+    particles the particle solver tds runs, and the note says so when another solver was chosen."""
+    from ..solver_registry import canonical_name, config_class
 
-    lr: np.ndarray
-    notes: list[str]
-    prompts_text: str
-    template: str | None
-    values: str | None
-    model: str
-    solver: str
-    scale: int
-    samples: int
-    seed: int
-    steps: int | None = None
-    operator: str | None = None  # None: the preset's, else avgpool
-    sigma_y: float = 0.0
-    preset: str | None = None
-    particles: int | None = None  # > 0: the particle solver and P(prompt | image) per prompt
-
-
-def run_request(req: Request, pool: ModelPool, limits: Limits, callback: Callable | None = None):
-    """Run ``explore`` for a request; returns the ``Exploration`` (with the input's notes added)."""
-    from ..api import expand_prompts, explore
-    from ..solvers import canonical_name, config_class
-
-    prompts = expand_prompts(parse_prompts(req.prompts_text), *_sweep_args(req.template, req.values))
-    check_request_size(req.lr.shape[:2], req.scale, req.samples, len(prompts), limits)
-    try:
-        solver = canonical_name(req.solver)
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    if req.steps is not None and not 1 <= req.steps <= limits.max_steps:
-        raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
-    notes = list(req.notes)
-    particles = req.particles or None
-    if particles is not None:
-        if not 1 <= particles <= limits.max_particles:
-            raise UsageError(f"particles must be from 0 (off) to {limits.max_particles}, got {particles}")
-        if not config_class(solver).takes_particles:
-            notes.append(f"particles: the particle solver tds ran instead of {solver} "
-                         "(which keeps one sample per seed)")
+    notes = []
+    if particles:
+        try:
+            name = canonical_name(solver)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if not config_class(name).takes_particles:
+            notes.append(f"particles: the particle solver tds ran instead of {name} (which keeps one sample per seed)")
             solver = "tds"
-    backend = pool.get(req.model)
-    result = explore(req.lr, prompts, scale=req.scale, model=backend, solver=solver, samples=req.samples,
-                     seed=req.seed, operator=req.operator, sigma_y=req.sigma_y, steps=req.steps, preset=req.preset,
-                     particles=particles, callback=callback)
-    result.notes[:0] = notes
+    req = ExploreRequest.build(image=lr, prompts=parse_prompts(prompts_text), model=model, solver=solver,
+                               particles=particles or None, **_sweep_args(template, values), **args)
+    return req, notes
+
+
+def run_request(req: ExploreRequest, pool: ModelPool, limits: Limits, callback: Callable | None = None,
+                notes: Sequence[str] = ()):
+    """Run a page's request within this server's ``limits`` on the pool's model; returns the
+    ``Exploration`` with ``notes`` (the input's, the page's) first."""
+    from ..api import explore_request
+
+    lr = np.asarray(req.image)
+    check_request_size(lr.shape[:2], req.scale, req.samples, len(req.all_prompts), limits)
+    if req.steps is not None and req.steps > limits.max_steps:
+        raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
+    if req.particles is not None and req.particles > limits.max_particles:
+        raise UsageError(f"particles must be from 0 (off) to {limits.max_particles}, got {req.particles}")
+    backend = pool.get(str(req.model), req.load_options())
+    result = explore_request(req.with_model(backend), callback=callback)
+    result.notes[:0] = list(notes)
     return result
 
 
@@ -323,7 +308,7 @@ def progress_fraction(p) -> float:
 
 
 def progress_text(p) -> str:
-    label = p.prompt or "(no prompt)"
+    label = prompt_label(p.prompt)
     stage = f" · stage {p.stage}" if p.stages > 1 else ""
     return f"prompt {p.prompt_index + 1}/{p.prompts} {label[:40]!r}{stage} · step {p.step}/{p.total}"
 

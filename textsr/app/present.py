@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .core import NO_PROMPT, UsageError, md_text
+from ..display import lr_psnr, prompt_label, spread
+from .core import UsageError, md_text
 
 # --------------------------------------------------------------------------------------------
 # Presenting a result
@@ -32,22 +33,14 @@ def enlarge(a: np.ndarray, min_side: int = 256) -> np.ndarray:
     return np.repeat(np.repeat(a, f, axis=0), f, axis=1) if f > 1 else a
 
 
-def fmt_psnr(v: float) -> str:
-    """LR-PSNR for display: above 100 dB the sample is consistent to rounding error."""
-    if not math.isfinite(v) or v >= 100:
-        return "≥100"
-    return f"{v:.1f}"
-
-
 def fmt_score(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
 def sample_caption(prompt: str, k: int, seed: int, psnr: float, score: float | None,
                    probability: float | None = None) -> str:
-    label = prompt or NO_PROMPT
     p = "" if probability is None else f" · P(prompt | image) {probability:.2f}"
-    return f"{label}{p} · #{k} seed {seed} · LR-PSNR {fmt_psnr(psnr)} dB · text {fmt_score(score)}"
+    return f"{prompt_label(prompt)}{p} · #{k} seed {seed} · LR-PSNR {lr_psnr(psnr)} dB · text {fmt_score(score)}"
 
 
 def prompt_probability(p) -> float | None:
@@ -72,7 +65,7 @@ def evidence_cell(p) -> str:
     if ev is None:
         return "-"
     prob = "n/a" if ev.probability is None else f"{ev.probability:.3f} {'█' * int(round(ev.probability * 10))}"
-    lz = f"{ev.log_z:.1f} ± {ev.spread:.1f}" if math.isfinite(ev.log_z) else "n/a"
+    lz = f"{ev.log_z:.1f} ± {spread(ev.spread, len(ev.log_z_samples))}" if math.isfinite(ev.log_z) else "n/a"
     return f"{prob} (log p(y \\| prompt) {lz}{'' if ev.calibrated else '; guided, not calibrated'})"
 
 
@@ -81,7 +74,7 @@ def std_items(result) -> list[tuple[np.ndarray, str]]:
     from ..report import colorize
 
     vmax = std_scale(result)
-    return [(colorize(p.std_map, vmin=0.0, vmax=vmax), f"{p.prompt or NO_PROMPT} · mean {p.diversity['mean_std']:.3f}")
+    return [(colorize(p.std_map, vmin=0.0, vmax=vmax), f"{prompt_label(p.prompt)} · mean {p.diversity['mean_std']:.3f}")
             for p in result.prompts]
 
 
@@ -105,8 +98,8 @@ def summary_markdown(result, seed: int, seconds: float) -> str:
             + (" P(prompt \\| image) among these prompts |" if evidence else ""),
             "|---|---|---|---|---|" + ("---|" if evidence else "")]
     for p in result.prompts:
-        label = md_text(p.prompt or NO_PROMPT)
-        rows.append(f"| {label} | {fmt_score(p.text_consistency)} | {fmt_psnr(min(p.lr_psnr))} | "
+        label = md_text(prompt_label(p.prompt))
+        rows.append(f"| {label} | {fmt_score(p.text_consistency)} | {md_text(lr_psnr(min(p.lr_psnr)))} | "
                     f"{p.diversity['pairwise_l2']:.3f} | {p.seconds:.1f} |"
                     + (f" {evidence_cell(p)} |" if evidence else ""))
     k = len(result.prompts[0].seeds) if result.prompts else 0
@@ -149,14 +142,15 @@ def compare(result, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str
     i, j = locate(result, index)
     p = result.prompts[i]
     x = torch.from_numpy(np.ascontiguousarray(p.samples[j])).permute(2, 0, 1)[None].double() * 2 - 1
-    op = make_operator(result.settings.operator, result.scale, tuple(x.shape[1:]))
+    op = make_operator(result.settings.operator, result.scale, tuple(x.shape[1:]), **result.settings.operator_options)
     ax = ((op.A(x)[0].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
     diff = np.abs(ax - result.lr.astype(np.float32))
     diff_map = colorize(diff.mean(axis=2), vmin=0.0, vmax=DIFF_SCALE)
-    text = (f"**{md_text(p.prompt or NO_PROMPT)}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
+    text = (f"**{md_text(prompt_label(p.prompt))}**, sample #{j} (seed {p.seeds[j]}): downsampled with "
             f"{md_text(result.settings.operator)} ×{result.scale} it differs from the input by at most "
-            f"**{diff.max():.2g}** (mean {diff.mean():.2g}; [0, 1] units) · LR-PSNR {fmt_psnr(p.lr_psnr[j])} dB · "
-            f"text score {fmt_score(p.text_scores[j])}. Difference colours: 0 (dark) to {DIFF_SCALE} (yellow).")
+            f"**{diff.max():.2g}** (mean {diff.mean():.2g}; [0, 1] units) · "
+            f"LR-PSNR {md_text(lr_psnr(p.lr_psnr[j]))} dB · text score {fmt_score(p.text_scores[j])}. "
+            f"Difference colours: 0 (dark) to {DIFF_SCALE} (yellow).")
     return enlarge(to_uint8(result.lr)), enlarge(to_uint8(ax)), enlarge(diff_map), text
 
 

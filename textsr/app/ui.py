@@ -14,13 +14,15 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # no telemetry, no version che
 
 import gradio as gr  # noqa: E402
 
+from ..display import NO_PROMPT  # noqa: E402
 from ..errors import TextSRError  # noqa: E402
+from ..operator_registry import operator_names  # noqa: E402
 from ..presets import preset_names  # noqa: E402
+from ..request import MEMORY_OPTIONS  # noqa: E402
 from . import core, present  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
-OPERATORS = ["avgpool", "bicubic", "bicubic-reflect"]  # textsr.operators.OPERATORS
 DEFAULT = "default"  # operator: the preset's, else avgpool
 NO_PRESET = "none"
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
@@ -131,27 +133,30 @@ class Handlers:
                 int(d.get("steps") or 0), d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, preset=NO_PRESET, particles=0,
+            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values,
             progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
+        """``operator_values``: the registry's operator parameters in ``operator_params()`` order (the
+        chosen operator's are used)."""
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
                 raise core.UsageError("upload a low-resolution image first (or press \"Use the demo scene\")")
             lr, notes = core.load_upload(image, self.limits)
             used_seed = core.choose_seed(seed, bool(randomize))
-            req = core.Request(lr=lr, notes=notes, prompts_text=prompts or "", template=template, values=values,
-                               model=str(model), solver=str(solver), scale=_int(scale, "scale"),
-                               samples=_int(samples, "samples"), seed=used_seed,
-                               steps=_int(steps, "steps") or None,
-                               operator=None if operator in (None, "", DEFAULT) else str(operator),
-                               preset=None if preset in (None, "", NO_PRESET) else str(preset),
-                               particles=_int(particles, "particles") if particles else None)
+            op = None if operator in (None, "", DEFAULT) else str(operator)
+            req, more = core.page_request(
+                lr, prompts or "", template=template, values=values, model=str(model), solver=str(solver),
+                particles=_int(particles, "particles") if particles else None, scale=_int(scale, "scale"),
+                samples=_int(samples, "samples"), seed=used_seed, steps=_int(steps, "steps") or None, operator=op,
+                operator_options=operator_options(op, operator_values),
+                preset=None if preset in (None, "", NO_PRESET) else str(preset),
+                **{k: True for k in (memory or ())})
             progress(0.0, desc=f"loading {req.model}")
 
             def on_step(p):
                 progress(core.progress_fraction(p), desc=core.progress_text(p))
 
-            result = core.run_request(req, self.pool, self.limits, callback=on_step)
+            result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more])
             progress(1.0, desc="writing the download")
             archive = self.workdir.zip_result(result)
             seconds = time.perf_counter() - t0
@@ -173,6 +178,18 @@ class Handlers:
             if result is None:
                 raise core.UsageError("run an exploration first")
             return present.compare(result, evt.index)
+
+
+def operator_params() -> list[tuple[str, Any]]:
+    """Every registered operator parameter as (operator name, ``OperatorParam``): one page field each."""
+    from ..operator_registry import OPERATORS
+
+    return [(name, p) for name, e in OPERATORS.items() for p in e.params]
+
+
+def operator_options(operator: str | None, values: Sequence[Any]) -> dict:
+    """The chosen operator's parameters from the page's parameter fields (``operator_params`` order)."""
+    return {p.name: float(v) for (name, p), v in zip(operator_params(), values) if name == operator and v is not None}
 
 
 def _int(v: Any, what: str) -> int:
@@ -213,8 +230,8 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                     demo_btn = gr.Button("Use the demo scene", size="sm", variant="secondary", elem_id="demo-button")
                 info = gr.Markdown(elem_id="input-info", latex_delimiters=[])
                 prompts = gr.Textbox(label="Prompts (one per line)", lines=3, max_lines=10, elem_id="prompts",
-                                     placeholder="a red circle\na crimson star\n(no prompt)",
-                                     info="A line \"(no prompt)\" adds the unconditional row.")
+                                     placeholder=f"a red circle\na crimson star\n{NO_PROMPT}",
+                                     info=f"A line \"{NO_PROMPT}\" adds the unconditional row.")
                 with gr.Accordion("Prompt sweep: a template with one {slot} and values", open=False):
                     template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template")
                     values = gr.Textbox(label="Values (comma-separated)", placeholder="circle, star, ring",
@@ -235,8 +252,12 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Number(0, precision=0, minimum=0, maximum=limits.max_steps,
                                       label="Steps per stage (0 = the model's default)", elem_id="steps")
-                    operator = gr.Dropdown([DEFAULT] + OPERATORS, value=DEFAULT, label="Downsampling operator A",
-                                           info="default: the preset's, else avgpool", elem_id="operator")
+                    operator = gr.Dropdown([DEFAULT] + operator_names(), value=DEFAULT,
+                                           label="Downsampling operator A", info="default: the preset's, else avgpool",
+                                           elem_id="operator")
+                    op_fields = [gr.Number(p.default, label=f"{p.name} ({name} operator)", info=p.help,
+                                           minimum=p.lo, maximum=p.hi, elem_id=f"operator-{name}-{p.name}")
+                                 for name, p in operator_params()]
                     preset = gr.Dropdown([NO_PRESET] + preset_names(), value=NO_PRESET, label="Preset",
                                          info="paper: the paper's DeepFloyd IF setting (DeepFloyd IF models only)",
                                          elem_id="preset")
@@ -244,6 +265,9 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                           label="Particles per sample (0 = off)", elem_id="particles",
                                           info="> 0: the particle solver (tds), and how plausible each prompt is "
                                                "given the input, P(prompt | image), next to its samples")
+                    memory = gr.CheckboxGroup(list(MEMORY_OPTIONS), value=[], label="Memory options (GPU)",
+                                              info="applied when the model loads; see the README's troubleshooting",
+                                              elem_id="memory")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
                 summary = gr.Markdown(elem_id="summary", latex_delimiters=[])
@@ -280,7 +304,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
         run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator, preset, particles],
+                              steps, operator, preset, particles, memory, *op_fields],
                       [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
                       api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
                       ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,

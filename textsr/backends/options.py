@@ -102,16 +102,24 @@ def fractions(value: Any, name: str, n: int = 2) -> tuple[float, ...]:
 @dataclass(frozen=True)
 class LoadOptions(BackendOptions):
     """Load-time settings (a model spec's ``"load"``) of the Hugging Face backends without their own
-    (DeepFloyd IF has ``IFLoadOptions``): cpu_offload (keep only the module in use on the GPU) and
-    attention_slicing (compute attention in slices), each where the backend supports it."""
+    (DeepFloyd IF has ``IFLoadOptions``), each where the backend supports it (``of``'s ``known``):
+    cpu_offload (keep the modules not in use on the CPU; what that means is the backend's, e.g. the flow
+    backends' text encoders), sequential_cpu_offload (stream every module's weights to the GPU layer by layer:
+    least memory, slowest), attention_slicing (compute attention in slices), vae_tiling (encode/decode large
+    images in overlapping tiles) and vae_slicing (one image of a batch at a time through the VAE)."""
 
     what: ClassVar[str] = "load"
     cpu_offload: bool = False
     attention_slicing: bool = False
+    sequential_cpu_offload: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
 
     def __post_init__(self) -> None:
-        self.set("cpu_offload", flag(self.cpu_offload, "cpu_offload"))
-        self.set("attention_slicing", flag(self.attention_slicing, "attention_slicing"))
+        for name in ("cpu_offload", "attention_slicing", "sequential_cpu_offload", "vae_tiling", "vae_slicing"):
+            self.set(name, flag(getattr(self, name), name))
+        if self.cpu_offload and self.sequential_cpu_offload:
+            raise UsageError("choose one of cpu_offload and sequential_cpu_offload (the sequential one offloads more)")
 
     @classmethod
     def of(cls, source: Mapping[str, Any], backend: str, *, known: Sequence[str] = ("cpu_offload",),

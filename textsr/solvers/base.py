@@ -12,6 +12,7 @@ import torch
 from ..denoiser import Denoiser
 from ..operators import LinearOperator
 from ..schedule import Spacing
+from ..validate import MAX_TRAVEL_REPEAT
 
 StepKind = Literal["ddnm", "ddim", "ddpm"]
 STEP_KINDS = ("ddnm", "ddim", "ddpm")
@@ -166,8 +167,9 @@ class SolverConfig:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if self.step_kind not in STEP_KINDS:
             raise ValueError(f"step_kind must be one of {', '.join(map(repr, STEP_KINDS))}, got {self.step_kind!r}")
-        if self.travel_length < 1 or self.travel_repeat < 1:
-            raise ValueError("travel_length and travel_repeat must be >= 1 (travel_repeat = 1 is off)")
+        if self.travel_length < 1 or not 1 <= self.travel_repeat <= MAX_TRAVEL_REPEAT:
+            raise ValueError(f"travel_length must be >= 1 and travel_repeat from 1 (off) to {MAX_TRAVEL_REPEAT} "
+                             f"(the work grows R-fold); got {self.travel_length}, {self.travel_repeat}")
         if not 0.0 < self.start <= 1.0:
             raise ValueError(f"start must lie in (0, 1], got {self.start}")
         if isinstance(self.skip, bool) or not isinstance(self.skip, int) or not 0 <= self.skip < self.steps:
@@ -178,6 +180,13 @@ class SolverConfig:
                              "steps dropped), not both")
         if self.init not in ("noise", "pinv"):
             raise ValueError(f"init must be 'noise' or 'pinv', got {self.init!r}")
+
+    def starts_at_zero_snr(self) -> bool:
+        """Whether this solver can take a step from a pure-noise level (``abar_t = 0``: a rectified flow's
+        ``s = 1``).  Steps built on Tweedie's gain ``(1 - abar_t) / sqrt(abar_t)`` cannot (there ``x_t``
+        carries nothing about x0 and the gain is infinite): the particle twists; a flow grid starts such
+        solvers at its first level below pure noise (``textsr.flow.FlowSchedule.for_solver``)."""
+        return not self.takes_particles
 
     def trim_timesteps(self, ts: list[int]) -> list[int]:
         """The timesteps this solver visits out of the grid ``ts`` (all of them; particle solvers may end early)."""

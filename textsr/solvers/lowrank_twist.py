@@ -20,7 +20,7 @@ the components down (the spread between the few left and their own low-rank part
 This is exact when the excess has rank <= k - 2 (then the random probed subspace holds at least two
 directions at the floor: the two smallest eigenvalues of T agree, which is checked).  Where they do not (a
 covariance of high rank, e.g. many components early in the chain), the particle gets the Rayleigh twist
-(``twist._rayleigh``) from the same backward pass along ``u``, whose one variance is then the better summary.
+(``twist.py's ``"rayleigh"````) from the same backward pass along ``u``, whose one variance is then the better summary.
 Cost per level: k + 1 backward passes (Rayleigh: 1; the dense ``"tweedie"`` twist: m) and O(P k^2 d)
 arithmetic.  The log-determinant and the quadratic form come from the same positive definite matrix, so any
 run gives correct weights; the twist only moves their variance.
@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import torch
 
-from .twist import MIN_VAR, ChainMap, _range_iso, _vjps, mean_s2, rayleigh_direction, rayleigh_from
+from .twist_parts import MIN_VAR, ChainMap, mean_s2, range_iso, rayleigh_direction, rayleigh_from, vjps
 
 PROBES = 8  # k: fixed y-space probes (plus each particle's residual direction)
 FLOOR_TOL = 1.0 + 1e-2  # the probes found the floor when their two smallest eigenvalues agree this closely
@@ -78,7 +78,7 @@ def lowrank_twist(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, ch
     u = rayleigh_direction(A, r, sigma2, rho2)
     shared = A.At(_probe_vectors(k, tuple(A.out_shape)).to(device=r.device, dtype=r.dtype))  # (k, *shape)
     rows = torch.cat([u.unsqueeze(0), shared.unsqueeze(1).expand(k, *u.shape)])  # (k + 1, P, *shape)
-    Cu, CV = (k_t * t for t in _rows(torch.stack(_vjps(x0_hat, x_in, rows))).split([1, k], dim=1))  # Cov v
+    Cu, CV = (k_t * t for t in _rows(torch.stack(vjps(x0_hat, x_in, rows))).split([1, k], dim=1))  # Cov v
     V = _rows(shared.unsqueeze(1).expand(k, *u.shape))
     # 1. an orthonormal basis B of the probes and Cov in it: T = B Cov B^T, floor a = its smallest eigenvalue
     Gi = _inv_sqrt(V @ V.transpose(1, 2))
@@ -101,7 +101,7 @@ def lowrank_twist(x0_hat, x_in, A, r, sigma2: float, k_t: float, rho2: float, ch
     top = a.unsqueeze(-1) + s2
     delta = ((top if chain is None else chain(top)) - a_c.unsqueeze(-1)).clamp(min=0.0) * (inv > 0)
     # 4. C = D + F F^T, D = a_c A A^T + sigma_y^2 I, F = A dirs diag(delta)^1/2: Woodbury and the determinant lemma
-    log_iso, v = _range_iso(A, r, a_c.clamp(min=MIN_VAR), sigma2)  # log N(r; 0, D), A^T D^-1 r
+    log_iso, v = range_iso(A, r, a_c.clamp(min=MIN_VAR), sigma2)  # log N(r; 0, D), A^T D^-1 r
     F = delta.sqrt().unsqueeze(-1) * dirs
     kap = a_c.clamp(min=MIN_VAR).repeat_interleave(k)
     Fi = F.reshape(P * k, *shape).to(x_in.dtype)

@@ -41,7 +41,8 @@ from .chain import ChainVariances
 from .chunks import cond_rows, row_slices
 from .lowrank_twist import PROBES
 from .step import fresh_noise_std, transition
-from .twist import TWISTS, TwistEval, concat, evaluate_twist, mean_s2, resolve_twist, sum_squares
+from .twist import TWISTS, TwistEval, concat, evaluate_twist, resolve_twist
+from .twist_parts import mean_s2, sum_squares
 
 RESAMPLE_ON_EXACT = 0.5  # ess_threshold="auto" with the exact dense twist at every level
 RETRY = 8  # a particle whose low-rank twist found no floor tries it again at every RETRY-th level

@@ -74,3 +74,36 @@ def test_the_denoiser_sees_at_most_the_batch_size_of_particles(monkeypatch):
     rows.clear()
     explore(demo_image(), ["a red circle"], scale=8, particles=40, samples=2, steps=2)  # no batch size: 64 at most
     assert max(rows) == DEFAULT_ROWS
+
+
+def test_a_front_end_learns_a_requests_work_before_any_sampling(monkeypatch):
+    """``textsr.api.request_budget``: what the web app caps (issue 21, defect 1), for the run explore would do."""
+    from textsr.api import request_budget
+    from textsr.demo import demo_image
+    from textsr.request import ExploreRequest
+
+    def no_work(*a, **k):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr("textsr.cascade.sample", no_work)
+    size = request_budget(ExploreRequest(image=demo_image(), prompts=("a red circle", "a red star"), scale=8,
+                                         samples=16, particles=64, steps=5))
+    assert (size.samples, size.particles, size.held, size.max_rows, size.prompts) == (16, 64, 16 * 64, DEFAULT_ROWS, 2)
+    assert size.steps == (5, 5) and size.shapes == ((3, 16, 16), (3, 64, 64))  # the built-in world's two stages
+    assert size.denoiser_evaluations == 16 * 64 * 10 and size.total_evaluations == 2 * 16 * 64 * 10
+    plain = request_budget(ExploreRequest(image=demo_image(), prompts=("a red circle",), scale=8, samples=3,
+                                          batch_size=2))
+    assert (plain.particles, plain.held, plain.max_rows) == (1, 2, 2)
+
+
+def test_batches_and_chunks_of_particles_change_no_number():
+    """Same seeds, same samples and evidence whether the particles go through the denoiser all at once or in
+    chunks of the batch size (memory flat in the number of particles)."""
+    from textsr import explore
+    from textsr.demo import demo_image
+
+    runs = [explore(demo_image(), ["a red circle"], scale=8, particles=6, samples=2, steps=3, batch_size=b)
+            for b in (None, 1)]  # None: 12 particles per call; 1: one sample's 6 particles per batch, 1 per call
+    a, b = (r.prompts[0] for r in runs)
+    np.testing.assert_allclose(b.samples, a.samples, atol=1e-6)
+    assert b.evidence.log_z_samples == pytest.approx(a.evidence.log_z_samples, abs=1e-6)

@@ -35,7 +35,7 @@ from .request import ExploreRequest, expand_prompts, is_backend
 from .tiling import checks as tile_checks
 
 __all__ = ["CheckedRequest", "Exploration", "ExploreRequest", "Progress", "PromptResult", "expand_prompts", "explore",
-           "explore_request"]  # ranking prompts by P(prompt | y): textsr.ranking
+           "explore_request", "request_budget"]  # ranking prompts by P(prompt | y): textsr.ranking
 
 MAX_SAMPLES = validate.MAX_SAMPLES
 MAX_PARTICLES = validate.MAX_PARTICLES
@@ -249,14 +249,41 @@ def build_measurement(req: CheckedRequest, backend: Any) -> Measurement:
 def check_particles(req: CheckedRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any) -> int | None:
     """Phase 3b: a particle run's particles per denoiser call (``textsr.solvers.budget``), refused before any
     sampling when the particles' state cannot fit in the memory available; None for the other solvers."""
-    from .solvers.budget import check_particle_memory, stages_request
+    from .solvers.budget import check_particle_memory
 
     if not any((st.solver or base_cfg).takes_particles for st in stages):
         return None
-    preq = stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.request.batch_size,
-                          torch.finfo(backend.work_dtype).bits // 8)
-    check_particle_memory(preq, backend.device)
-    return preq.max_rows
+    size = run_size(req, backend, meas, stages, base_cfg)
+    check_particle_memory(size, backend.device)
+    return size.max_rows
+
+
+def run_size(req: CheckedRequest, backend: Any, meas: Measurement, stages: list, base_cfg: Any) -> Any:
+    """The ``textsr.solvers.budget.ParticleRequest`` of a run: its stages' shapes and steps, samples, batch
+    size, particles (1 without the particle solver), prompts and the backend's value size."""
+    from .solvers.budget import stages_request
+
+    return stages_request(stages, base_cfg, meas.lr_hw, req.scale, req.samples, req.request.batch_size,
+                          torch.finfo(backend.work_dtype).bits // 8, prompts=len(req.prompts))
+
+
+def request_budget(request: ExploreRequest) -> Any:
+    """What ``request`` (an exploration's) will ask of the machine, known before any sampling: a
+    ``textsr.solvers.budget.ParticleRequest`` with the particles held at once (``held``: batch size x
+    particles), their state's bytes (``state_bytes``), the images through the denoiser per prompt and in all
+    (``denoiser_evaluations``, ``total_evaluations``: samples x particles x steps over the stages, x prompts)
+    and per call (``max_rows``).  Phases 1-3 run (the image read, the model loaded, or the given ``Backend``
+    used, the stages built), no sampling: a front end caps a request's work with it (the web app), and
+    ``textsr.solvers.budget.check_particle_memory(size, device)`` refuses one whose state cannot fit."""
+    from .solver_registry import make_config
+
+    req = check_inputs(request)
+    backend = resolve_backend(req)
+    req = apply_preset(req, backend)
+    meas = build_measurement(req, backend)
+    tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+    stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
+    return run_size(req, backend, meas, stages, make_config(req.solver))
 
 
 def check_memory(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,

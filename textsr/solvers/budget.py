@@ -1,6 +1,7 @@
 """What a particle run asks of the machine, known before any work: the particles it holds at once, the memory of
 their state and the denoiser evaluations it needs.  ``explore`` and ``rank`` refuse a request whose particle
-state cannot fit (``check_particle_memory``); the web app caps its requests with ``particle_request``.
+state cannot fit (``check_particle_memory``); a front end (the web app) caps a request's work with
+``textsr.api.request_budget(request)``, which returns this module's ``ParticleRequest`` for it.
 
 A particle run of ``samples`` samples in batches of ``batch_size`` holds ``batch_size x particles`` particles
 at once, each with a few image-sized tensors (``STATE_TENSORS``: x_t, Tweedie's estimate, eps, the twist's
@@ -13,10 +14,11 @@ activations do not grow with the number of particles.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ..tiling.memory import available_memory  # free device memory, or the host's MemAvailable
 
 STATE_TENSORS = 10  # image-sized float tensors per particle, the step's temporaries included (measured: 7-9)
 MEMORY_SHARE = 0.5  # a request may hold at most this share of the memory available when it starts
@@ -35,6 +37,7 @@ class ParticleRequest:
     steps: tuple[int, ...]
     value_bytes: int = 8
     max_rows: int = DEFAULT_ROWS  # particles per denoiser call
+    prompts: int = 1
 
     @property
     def held(self) -> int:
@@ -53,48 +56,32 @@ class ParticleRequest:
         with its twist's backward passes on top)."""
         return self.samples * self.particles * sum(self.steps)
 
+    @property
+    def total_evaluations(self) -> int:
+        """``denoiser_evaluations`` over every prompt of the run."""
+        return self.prompts * self.denoiser_evaluations
+
 
 def particle_request(samples: int, particles: int, shapes: Sequence[Sequence[int]], steps: Sequence[int],
-                     batch_size: int | None = None, value_bytes: int = 8) -> ParticleRequest:
+                     batch_size: int | None = None, value_bytes: int = 8, prompts: int = 1) -> ParticleRequest:
     """The size of a particle run (see ``ParticleRequest``); ``batch_size`` None: all samples at once, and
     ``DEFAULT_ROWS`` particles per denoiser call (the batch size when given)."""
     held = min(int(batch_size or samples), int(samples)) * int(particles)
     rows = int(batch_size) if batch_size else min(DEFAULT_ROWS, held)
     return ParticleRequest(int(samples), int(particles), int(batch_size or samples),
                            tuple(tuple(int(v) for v in s) for s in shapes), tuple(int(v) for v in steps),
-                           int(value_bytes), max(1, rows))
+                           int(value_bytes), max(1, rows), int(prompts))
 
 
 def stages_request(stages: Sequence[Any], base_cfg: Any, lr_hw: tuple[int, int], scale: int, samples: int,
-                   batch_size: int | None, value_bytes: int) -> ParticleRequest:
+                   batch_size: int | None, value_bytes: int, prompts: int = 1) -> ParticleRequest:
     """The ``ParticleRequest`` of a cascade (``cascade.Stage``s: ``channels``, ``divisor``, ``solver``) run on an
     LR image of ``lr_hw`` at ``scale``; a stage without its own solver config uses ``base_cfg``."""
     h, w = lr_hw
     shapes = [(st.channels, h * scale // st.divisor, w * scale // st.divisor) for st in stages]
     cfgs = [st.solver or base_cfg for st in stages]
-    return particle_request(samples, max(getattr(c, "particles", 1) for c in cfgs), shapes, [c.steps for c in cfgs],
-                            batch_size, value_bytes)
-
-
-def available_memory(device) -> int | None:
-    """Bytes free for a new request on ``device``: the GPU's free memory, or the host's available memory
-    (``/proc/meminfo``); None where it cannot be read."""
-    import torch
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return int(torch.cuda.mem_get_info(dev)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
+    particles = max(getattr(c, "particles", None) or 1 for c in cfgs)  # 1: a solver without particles
+    return particle_request(samples, particles, shapes, [c.steps for c in cfgs], batch_size, value_bytes, prompts)
 
 
 def _gb(n: float) -> str:
@@ -105,9 +92,11 @@ def check_particle_memory(req: ParticleRequest, device, available: int | None = 
     """``UsageError`` naming what to lower when the particles' state would take more than ``MEMORY_SHARE`` of
     the memory available on ``device`` (``available`` overrides the reading); nothing when it fits or the
     memory cannot be read."""
+    import torch
+
     from ..errors import UsageError
 
-    free = available if available is not None else available_memory(device)
+    free = available if available is not None else available_memory(torch.device(device))
     if free is None or req.state_bytes <= MEMORY_SHARE * free:
         return
     per_particle = max(math.prod(s) for s in req.shapes) * req.value_bytes * STATE_TENSORS

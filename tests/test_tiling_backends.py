@@ -216,3 +216,29 @@ def test_text_inside_windows_is_a_fraction_of_the_guidance(tiny_if):
     assert [s.denoiser.window_base.guidance_scale for s in st] == [1.5, 1.0]
     full = tiny_if.build_stages("ddnm", {"steps": 2}, {}, tiling=Tiling(TileRequest("auto", text=1.0), (64, 64), 8))
     assert all(s.denoiser.window_base is None for s in full)
+
+
+def test_particles_on_windows_go_through_the_denoiser_in_chunks_with_the_same_numbers(pixel):
+    """A tiled particle run (TDS on windows of a 16 px model): the particles reach the tiled denoiser in chunks
+    of the batch size, and the samples and evidence equal the run with every particle at once."""
+    y = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
+    kw = dict(scale=4, model=pixel, particles=3, steps=3, samples=2, tile="auto", tile_options={"shift": False},
+              model_options={"clip_scale": 0.0})
+    rows, real = [], TiledDenoiser.__call__
+
+    def counted(self, x, t, cond=None):
+        rows.append(x.shape[0])
+        return real(self, x, t, cond)
+
+    TiledDenoiser.__call__ = counted
+    try:
+        whole = explore(y, [""], **kw)  # 6 particles per call
+        assert max(rows) == 6
+        rows.clear()
+        chunked = explore(y, [""], batch_size=1, **kw)  # one sample's 3 particles per batch, 1 per call
+        assert max(rows) == 1 and chunked.results_dict()["tiling"]["tiled"]
+    finally:
+        TiledDenoiser.__call__ = real
+    np.testing.assert_allclose(chunked.prompts[0].samples, whole.prompts[0].samples, atol=1e-5)
+    assert chunked.prompts[0].evidence.log_z_samples == pytest.approx(whole.prompts[0].evidence.log_z_samples,
+                                                                       abs=1e-4)

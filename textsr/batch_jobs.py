@@ -65,7 +65,12 @@ class ModelCache:
             return self._loaded[key]
         while len(self._loaded) >= self.keep:  # free the old model before loading the next one
             self._loaded.popitem(last=False)
-        backend = model_registry.load_model(model, device=dev, dtype=dt, load=dict(load or {}))
+        if model == DEFAULT_MODEL and not load:  # the one the inputs' checks loaded (model_choice)
+            from .model_choice import builtin_world
+
+            backend = builtin_world(str(dev))
+        else:
+            backend = model_registry.load_model(model, device=dev, dtype=dt, load=dict(load or {}))
         self.loads += 1
         self._loaded[key] = backend
         return backend
@@ -86,8 +91,10 @@ def will_skip(job: Job, force: bool = False) -> bool:
     return not (force or job.overwrite) and (job.out / "results.json").exists()
 
 
-def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> JobResult:
-    """Run one job in this process; failures become a result with the error (the batch goes on)."""
+def run_job(job: Job, force: bool = False, cache: ModelCache | None = None,
+            callback: Any = None) -> JobResult:
+    """Run one job in this process; failures become a result with the error (the batch goes on).
+    ``callback``: the run's step progress (``textsr.api.Progress``)."""
     from .api import explore_request
     from .outdir import check_output_folder
     from .request import ExploreRequest
@@ -99,11 +106,11 @@ def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> J
     try:
         check_output_folder(job.out, overwrite=True)  # the job owns its folder: a half-finished run is replaced
         req = ExploreRequest.build(**job.kwargs)
-        if cache is not None:
+        if cache is not None:  # no model: the built-in world (run_batch's check_jobs found that it explains the input)
             load = req.load_options()
             req = req.with_model(cache.get(req.model or DEFAULT_MODEL, req.device, req.dtype, load))
             who["model_loads"] = cache.loads
-        result = explore_request(req)
+        result = explore_request(req, callback)
         result.save(job.out, overwrite=True)
     except TextSRError as e:
         return JobResult(str(job.out), "failed", time.perf_counter() - t0, str(e), **who)

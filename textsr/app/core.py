@@ -209,6 +209,11 @@ def md_text(text: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
 
 
+def md_lines(text: Any) -> str:
+    """``text`` as literal Markdown (``md_text``) line by line, its line breaks kept (hard breaks)."""
+    return "  \n".join(md_text(line) for line in str(text).splitlines())
+
+
 def html_text(text: Any) -> str:
     """``text`` for places that render HTML (gradio's error pop-ups)."""
     return html.escape(str(text), quote=True)
@@ -298,13 +303,6 @@ def run_request(req: ExploreRequest, pool: ModelPool, limits: Limits, callback: 
     result = explore_request(req.with_model(backend), callback=callback)
     result.notes[:0] = list(notes)
     return result
-
-
-def progress_fraction(p) -> float:
-    """Overall fraction done for an ``api.Progress`` event (prompts x stages x steps)."""
-    stages = max(p.stages, 1)
-    within = (p.stage_index + p.step / max(p.total, 1)) / stages
-    return min(1.0, (p.prompt_index + within) / max(p.prompts, 1))
 
 
 def progress_text(p) -> str:

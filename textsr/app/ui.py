@@ -60,26 +60,34 @@ def theme() -> gr.themes.Base:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Errors reach the person who caused them as ``gr.Error``; the app keeps serving."""
+def user_errors(record: dict | None = None, session: str | None = None):
+    """Errors reach the person who caused them as ``gr.Error`` (its line breaks kept; it stays until
+    closed); with ``record``, ``record[session]`` keeps (title, message) for the page to show after the
+    pop-up is closed (``Handlers.last_error``).  The app keeps serving."""
     try:
         yield
     except gr.Error:
         raise
-    except (TextSRError, ValueError) as e:  # the engine's ValueErrors are configuration errors with actionable text
-        log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise gr.Error(core.html_text(e), title="Cannot run this", print_exception=False) from None
-    except MemoryError:
-        raise gr.Error("out of memory: use fewer samples, fewer prompts or a smaller scale",
-                       title="Out of memory") from None
-    except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            raise gr.Error(core.html_text(f"out of GPU memory ({e}): use fewer samples or a smaller scale"),
-                           title="Out of memory") from None
-        log.exception("request failed")
-        raise gr.Error(core.html_text(f"internal error ({type(e).__name__}: {e}); the app is still running, "
-                       "please try again or report this"), title="Internal error",
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message for the page
+        title, message = _user_message(e)
+        if record is not None and session is not None:
+            record[session] = (title, message)
+        raise gr.Error(core.html_text(message).replace("\n", "<br>"), title=title, duration=None,
                        print_exception=False) from None
+
+
+def _user_message(e: Exception) -> tuple[str, str]:
+    """(title, message) for a failed request."""
+    from ..device import is_out_of_memory, out_of_memory_message
+
+    if isinstance(e, (TextSRError, ValueError)):  # the engine's ValueErrors are configuration errors
+        log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+        return "Cannot run this", str(e)
+    if is_out_of_memory(e):
+        return "Out of memory", out_of_memory_message(e)
+    log.exception("request failed")
+    return "Internal error", (f"internal error ({type(e).__name__}: {e}); the app is still running, please try "
+                              "again or report this")
 
 
 @contextlib.contextmanager
@@ -103,6 +111,7 @@ class Handlers:
 
     def __init__(self, pool: core.ModelPool, limits: core.Limits, workdir: present.Workdir):
         self.pool, self.limits, self.workdir = pool, limits, workdir
+        self.errors: dict[str | None, tuple[str, str]] = {}  # session -> the last failed run's (title, message)
 
     def input_info(self, image: str | None, scale: float | None) -> str:
         """Size of the uploaded image and of the samples (a warning line when the image is unusable)."""
@@ -133,12 +142,12 @@ class Handlers:
                 int(d.get("steps") or 0), d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values,
+            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values, request: gr.Request = None,
             progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         """``operator_values``: the registry's operator parameters in ``operator_params()`` order (the
-        chosen operator's are used)."""
+        chosen operator's are used).  A failure is also kept for ``last_error`` (the page's session)."""
         t0 = time.perf_counter()
-        with user_errors():
+        with user_errors(self.errors, getattr(request, "session_hash", None)):
             if image is None:
                 raise core.UsageError("upload a low-resolution image first (or press \"Use the demo scene\")")
             lr, notes = core.load_upload(image, self.limits)
@@ -154,7 +163,7 @@ class Handlers:
             progress(0.0, desc=f"loading {req.model}")
 
             def on_step(p):
-                progress(core.progress_fraction(p), desc=core.progress_text(p))
+                progress(p.fraction, desc=core.progress_text(p))
 
             result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more])
             progress(1.0, desc="writing the download")
@@ -164,6 +173,12 @@ class Handlers:
         log.info("explored %d prompt(s) x %d sample(s) in %.2f s", len(result.prompts), req.samples, seconds)
         return (present.gallery_items(result), present.std_items(result), present.baseline_items(result),
                 present.summary_markdown(result, used_seed, seconds), str(archive), used_seed, result, *cmp)
+
+    def last_error(self, request: gr.Request = None) -> str:
+        """The failed run's message for the summary panel, line breaks kept: it stays on the page when the
+        pop-up is closed."""
+        title, message = self.errors.pop(getattr(request, "session_hash", None), ("Error", "the run failed"))
+        return f"**⚠ {core.md_text(title)}**\n\n" + core.md_lines(message)
 
     def layout(self, result) -> tuple[gr.Gallery, gr.Gallery]:
         """One gallery row per prompt (as many columns as samples); the std maps' colour scale."""
@@ -266,7 +281,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                           info="> 0: the particle solver (tds), and how plausible each prompt is "
                                                "given the input, P(prompt | image), next to its samples")
                     memory = gr.CheckboxGroup(list(MEMORY_OPTIONS), value=[], label="Memory options (GPU)",
-                                              info="applied when the model loads; see the README's troubleshooting",
+                                              info="applied when the model loads (the README's troubleshooting)",
                                               elem_id="memory")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
@@ -303,12 +318,12 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                        show_progress="hidden")
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
-        run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator, preset, particles, memory, *op_fields],
-                      [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
-                      api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
-                      ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,
-                                show_progress="hidden")
+        ran = run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed,
+                                    randomize, steps, operator, preset, particles, memory, *op_fields],
+                            [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff,
+                             cmp_text], api_name="explore", concurrency_id="explore", show_progress_on=[gallery])
+        ran.success(h.layout, state, [gallery, std], api_visibility="private", queue=False, show_progress="hidden")
+        ran.failure(h.last_error, None, summary, api_visibility="private", queue=False, show_progress="hidden")
         gallery.select(h.select, state, [cmp_in, cmp_down, cmp_diff, cmp_text], api_visibility="private",
                        queue=False)
     app.queue(default_concurrency_limit=concurrency, max_size=max_queue)

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +44,7 @@ from ..solvers import Noise, canonical_name
 from .base import Backend, check_options
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
-from .options import number
+from .options import LoadOptions, module_device, number
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -123,43 +123,18 @@ class IFOptions:
 
 
 @dataclass(frozen=True)
-class IFLoadOptions:
-    """Load-time settings (spec ``"load"``): cpu_offload keeps only the module in use (T5, UNet I or
-    UNet II) on the GPU; attention_slicing computes attention in slices; variant: preferred weight files
-    (``"fp16"``: half the download; used when present, upcast on CPU)."""
+class IFLoadOptions(LoadOptions):
+    """The memory options (``LoadOptions``: cpu_offload keeps one of T5, UNet I and UNet II on the GPU at a
+    time) plus variant: preferred weight files (``"fp16"``: half the download; used when present, upcast
+    on CPU)."""
 
-    cpu_offload: bool = False
-    attention_slicing: bool = False
+    what: ClassVar[str] = "DeepFloyd IF load"
     variant: str | None = "fp16"
 
-    @classmethod
-    def from_dict(cls, options: dict) -> IFLoadOptions:
-        check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF load")
-        out = cls(**options)
-        if not isinstance(out.cpu_offload, bool) or not isinstance(out.attention_slicing, bool):
-            raise UsageError("cpu_offload and attention_slicing must be true or false")
-        if out.variant is not None and not isinstance(out.variant, str):
-            raise UsageError(f"variant must be a string such as 'fp16' or null, got {out.variant!r}")
-        return out
-
-
-class _Residency:
-    """cpu_offload: keep exactly one of the large modules on the compute device, the rest on the CPU."""
-
-    def __init__(self, device: torch.device, modules: dict[str, torch.nn.Module], enabled: bool):
-        self.device, self.modules, self.enabled = device, modules, enabled
-        self.active: str | None = None
-
-    def activate(self, name: str) -> None:
-        if not self.enabled or self.active == name:
-            return
-        for n, m in self.modules.items():
-            if n != name:
-                m.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.modules[name].to(self.device)
-        self.active = name
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant is not None and not isinstance(self.variant, str):
+            raise UsageError(f"variant must be a string such as 'fp16' or null, got {self.variant!r}")
 
 
 # -- the backend --------------------------------------------------------------------------------------
@@ -179,6 +154,7 @@ class IFBackend(Backend):
     """DeepFloyd IF: stage I (+ optional stage II) with a shared T5 encoder.  See the module docstring."""
 
     neutral_options = {"guidance_scale": 1.0}  # CFG 1: the model's own p(x | prompt)
+    memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing")
 
     def resolved_options(self, options: dict) -> dict:
         return {"guidance_scale": list(IFOptions.from_dict({**self.defaults, **(options or {})}).guidance_scale)}
@@ -200,12 +176,7 @@ class IFBackend(Backend):
             mods["stage_2"] = stage_2.unet
         for m in mods.values():
             m.eval().requires_grad_(False)
-            m.to("cpu" if load.cpu_offload else device)
-        if load.attention_slicing:
-            for st in (stage_1, stage_2):
-                if st is not None:
-                    st.unet.set_attention_slice("auto")
-        self._residency = _Residency(device, mods, load.cpu_offload)
+        self._residency = load.apply(device, mods, slicing=[st.unet for st in (stage_1, stage_2) if st is not None])
         self._schedules = {k: NoiseSchedule.from_alphas_cumprod(st.scheduler.alphas_cumprod, name=f"if-{k}")
                            for k, st in (("stage_1", stage_1), ("stage_2", stage_2)) if st is not None}
         self._prompt_cache: dict[tuple[str, ...], IFText] = {}
@@ -261,7 +232,7 @@ class IFBackend(Backend):
         if prompts in self._prompt_cache:
             return self._prompt_cache[prompts]
         self._residency.activate("text_encoder")
-        dev = next(self.text_encoder.parameters()).device
+        dev = module_device(self.text_encoder)
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                              add_special_tokens=True, return_tensors="pt")
         with torch.no_grad():
@@ -338,7 +309,7 @@ class IFBackend(Backend):
         return IFSRCond(text=cond, image=math.sqrt(abar) * up + math.sqrt(1.0 - abar) * z, noise_level=noise_level)
 
     def describe(self) -> dict:
-        return {**super().describe(), "stages": dict(self.locations), "cpu_offload": self.load_options.cpu_offload}
+        return {**super().describe(), "stages": dict(self.locations)}
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -354,7 +325,7 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     for k, loc in stages.items():
         if not isinstance(loc, str):
             raise UsageError(f"DeepFloyd IF {k} must be a pipeline folder or a Hub id, got {loc!r}")
-    load = IFLoadOptions.from_dict(dict(source.get("load", {}) or {}))
+    load = IFLoadOptions.of(source, "deepfloyd-if", known=IFBackend.memory_options)
     info = source.get("info") or ModelInfo(name=str(source.get("name", "deepfloyd-if")), backend="deepfloyd-if",
                                            description="DeepFloyd IF")
     needs = {"stage_1": ("scheduler", "tokenizer", "text_encoder", "unet"),

@@ -14,6 +14,7 @@ y), against the single-stage result.
     python bench/gaussian_mixture.py --quick            # d = 8 at 100 steps + Table 2 at CFG 1
     python bench/gaussian_mixture.py --json results.json  # everything
     python bench/gaussian_mixture.py --tables 1 --ds 8,80 --only "ddpm step" --jobs 1  # the ddpm-step rows
+    python bench/gaussian_mixture.py --tables 1 --ds 8,80 --path flow   # the same solvers on the flow path
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -114,9 +116,15 @@ class RotatedDenoiser:
 
 
 def exact_posterior_denoiser(p) -> RotatedDenoiser:
-    """The exact posterior score of an MCGdiff problem at any d: with identity prior covariances every
-    posterior component has covariance ``(I + A^T A / sigma_y^2)^{-1}``, diagonal in the basis of A's
-    right singular vectors (so no d x d solve per step)."""
+    """The exact posterior score of an MCGdiff problem at any d (``exact_posterior_rotated``)."""
+    post, Q = exact_posterior_rotated(p)
+    return RotatedDenoiser(MixtureDenoiser(post, SCHED), Q)
+
+
+def exact_posterior_rotated(p) -> tuple[GaussianMixture, torch.Tensor]:
+    """The exact posterior of an MCGdiff problem in the basis ``Q`` of A's right singular vectors: with identity
+    prior covariances every posterior component has covariance ``(I + A^T A / sigma_y^2)^{-1}``, diagonal there
+    (so no d x d solve per step); a sample ``x`` is ``x_rot @ Q.T``."""
     M = p.operator._M.to(F64)
     _, s, Vh = torch.linalg.svd(M, full_matrices=True)  # Vh: (d, d), first dy rows span A's row space
     Q = Vh.T
@@ -131,12 +139,13 @@ def exact_posterior_denoiser(p) -> RotatedDenoiser:
     r = p.y.to(F64) - mu @ M.T
     logw = p.prior.log_weights.to(F64) - 0.5 * (r @ torch.linalg.solve(G, r.T)).diagonal()
     K = mu.shape[0]
-    post = GaussianMixture(None, means, DiagCov(var.expand(K, d).clone()), log_weights=logw)
-    return RotatedDenoiser(MixtureDenoiser(post, SCHED), Q)
+    return GaussianMixture(None, means, DiagCov(var.expand(K, d).clone()), log_weights=logw), Q
 
 
 def table1(ds, dys, steps_list, n_problems: int, n_samples: int, methods=TABLE1_METHODS,
-           only: str | None = None) -> list[dict]:
+           only: str | None = None, path: str = "vp") -> list[dict]:
+    """``path``: the VP rows (``"vp"``), the same solvers on the rectified-flow path (``"flow"``, bench/gm_flow.py),
+    or both; the problems, seeds and reference draws are the same."""
     recs = []
     for d in ds:
         for dy in dys:
@@ -157,6 +166,11 @@ def table1(ds, dys, steps_list, n_problems: int, n_samples: int, methods=TABLE1_
                 rows.append(("exact posterior score", make_config("plain", steps=steps), exact, False))
                 # the same from the exact p_T (the posterior diffused to the first step) instead of N(0, I)
                 rows.append(("exact posterior score, exact start", make_config("plain", steps=steps), exact, True))
+                if path != "vp":
+                    sys.path.insert(0, str(Path(__file__).resolve().parent))
+                    import gm_flow
+
+                    rows = (rows if path == "both" else []) + gm_flow.rows(steps, exact_posterior_rotated)
                 rows = [r for r in rows if only is None or only in r[0]]
                 for label, cfg, den_of, exact_start in rows:
                     t0 = time.perf_counter()
@@ -369,11 +383,12 @@ def run_jobs(run, jobs: list, processes: int) -> list[dict]:
     return [r for part in parts for r in part]
 
 
-def run_job(job: tuple, problems: int, samples: int, threads: int, only: str | None = None) -> list[dict]:
+def run_job(job: tuple, problems: int, samples: int, threads: int, only: str | None = None,
+            path: str = "vp") -> list[dict]:
     torch.set_num_threads(threads)
     if job[0] == "1":
         _, d, dy, steps = job
-        return table1((d,), (dy,), steps, problems, samples, only=only)
+        return table1((d,), (dy,), steps, problems, samples, only=only, path=path)
     return table23(job[1], 100, problems, min(samples, 1000), cascade=job[0] == "3")
 
 
@@ -388,6 +403,9 @@ def main(argv=None) -> None:
     ap.add_argument("--ds", default="8,80,800", help="Table 1 dimensions")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes (one table cell each)")
     ap.add_argument("--only", help="Table 1: only the rows whose label contains this text")
+    ap.add_argument("--path", choices=("vp", "flow", "both"), default="vp",
+                    help="Table 1: the VP rows, the same solvers on the rectified-flow path (bench/gm_flow.py), "
+                         "or both")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only print the tables of these record files")
     args = ap.parse_args(argv)
     if args.merge:
@@ -405,7 +423,7 @@ def main(argv=None) -> None:
     if "3" in args.tables and not args.quick:
         jobs += [("3", (1.0, 3.0))]
     run = functools.partial(run_job, problems=args.problems, samples=args.samples, threads=args.threads,
-                            only=args.only)
+                            only=args.only, path=args.path)
     recs = run_jobs(run, jobs, args.jobs)
     print_tables(recs)
     total = time.perf_counter() - t0

@@ -9,13 +9,18 @@ Models (random weights, fp16 on CUDA; the solvers' math stays float32):
   ``IFBackend`` code (CFG batching, thresholding, stage-II conditioning) with a stand-in text encoder
   (a random embedding table with T5-XXL's 4096-d output; T5 itself is not measured).
 * ``ddpm-256``: a UNet2DModel with google/ddpm-celebahq-256's configuration (~0.11B).
+* ``flux-dev`` and ``sd3.5-medium`` (``bench/gpu_flow.py``): FLUX.1 [dev]'s transformer (11.9B) and SD3.5
+  Medium's (2.5B) with their VAE at 1024 px in bfloat16 through the real flow backends, every solver they run
+  (plain, ddnm, ddnm+, dps, flowdps), and DDNM / DPS again with ``sequential_cpu_offload`` (``+seq-offload``);
+  the LR-PSNR before the final pixel projection is reported beside the one after it.
 
 For each model x solver it reports seconds per denoising step (per stage), peak GPU memory
 (``torch.cuda.max_memory_allocated``, weights included) and the LR-PSNR of ``A x`` against ``y``.
-Checks: DDNM and DDNM+ must reach LR-PSNR >= 60 dB on every sample; outputs must be finite (exit 1
-otherwise).  Budget: well under 8 minutes on one H100.
+Checks: DDNM and DDNM+ must reach LR-PSNR >= 60 dB on every sample (every solver on the flow models, whose
+final projection is exact); outputs must be finite (exit 1 otherwise).  Budget: well under 8 minutes on one H100.
 
     python bench/gpu_check.py                 # on a CUDA machine; --json results.json to save
+    python bench/gpu_check.py --models flux-dev sd3.5-medium   # the flow part only
     python bench/gpu_check.py --cpu-smoke     # tiny models, a few steps, CPU: checks the script runs
 """
 
@@ -43,6 +48,8 @@ from textsr.solvers import make_config, solver_names  # noqa: E402
 
 SOLVERS = tuple(solver_names())
 TEXT_DIM = 4096  # T5-v1.1-XXL
+MODELS = ("if-cascade", "ddpm-256", "flux-dev", "sd3.5-medium")
+FLOW_SOLVERS = ("plain", "ddnm", "ddnm+", "dps", "flowdps")  # pigdm and tds are refused on latent models
 
 
 def if_unet_config(stage: int, text_dim: int = TEXT_DIM) -> dict:
@@ -184,6 +191,8 @@ def main(argv=None) -> int:
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
     ap.add_argument("--particles", type=int, default=4, help="particles per sample of the particle solver (tds)")
     ap.add_argument("--max-seconds", type=float, default=420.0, help="skip remaining runs after this long")
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--flow-steps", type=int, default=None, help="steps of the flow models (default 4; smoke 2)")
     args = ap.parse_args(argv)
 
     cuda = torch.cuda.is_available() and not args.cpu_smoke
@@ -209,15 +218,65 @@ def main(argv=None) -> int:
     # a smooth LR image in [-1, 1]
     y = (torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=(out // scale,) * 2,
                                          mode="bilinear", align_corners=True) * 1.6 - 0.8).to(device)
-    seeds = list(range(samples))
     results = {"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or 'cpu'})",
                "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__, "smoke": smoke,
                "samples": samples, "particles": args.particles, "output": out, "scale": scale, "runs": []}
 
+    results["params_billion"] = {}
+    failures: list[str] = []
+    if "if-cascade" in args.models or "ddpm-256" in args.models:
+        vp_part(args, results, failures, device, dtype, smoke, if_steps, pixel_steps, samples, cuda, t_start, y, scale)
+    for kind in (m for m in args.models if m in ("flux-dev", "sd3.5-medium")):
+        flow_part(kind, args, results, failures, device, smoke, cuda, t_start)
+    report(results, failures, samples, args, out, scale, t_start)
+    return 1 if failures else 0
+
+
+def flow_part(kind, args, results, failures, device, smoke, cuda, t_start) -> None:
+    """FLUX.1 [dev] / SD3.5 Medium at 1024 px (bfloat16), every flow solver, then DDNM and DPS with sequential
+    CPU offload (bench/gpu_flow.py)."""
+    import gpu_flow
+
+    from textsr.backends.options import LoadOptions
+
+    size, scale = (32, 4) if smoke else (1024, 4)
+    steps = args.flow_steps or (2 if smoke else 4)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    for load, solvers in ((LoadOptions(), FLOW_SOLVERS), (LoadOptions(sequential_cpu_offload=True), ("ddnm", "dps"))):
+        name = kind + ("+seq-offload" if load.sequential_cpu_offload else "")
+        be, params = gpu_flow.build(kind, device, dtype, smoke, load)
+        results["params_billion"][kind] = params
+        for solver in solvers:
+            if time.perf_counter() - t_start > args.max_seconds:
+                results["runs"].append({"model": name, "solver": solver, "skipped": "time budget"})
+                continue
+            try:
+                r = gpu_flow.run(be, solver, steps, size, scale, cuda)
+            except Exception as e:  # one broken run must not hide the others' figures
+                traceback.print_exc()
+                results["runs"].append({"model": name, "solver": solver, "skipped": f"error: {e}"})
+                failures.append(f"{name}/{solver}: {type(e).__name__}: {e}")
+                continue
+            r.update(model=name, solver=solver, s_per_step={"latent": r["s_per_step"]}, output=size, dtype="bfloat16"
+                     if cuda else "float32")
+            results["runs"].append(r)
+            if not r["finite"]:
+                failures.append(f"{name}/{solver}: non-finite output")
+            if r["lr_psnr_min"] < 60:
+                failures.append(f"{name}/{solver}: LR-PSNR {r['lr_psnr_min']} dB < 60 after the final projection")
+        del be
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def vp_part(args, results, failures, device, dtype, smoke, if_steps, pixel_steps, samples, cuda, t_start, y,
+            scale) -> None:
+    """The IF cascade and the 256 px DDPM (the pixel-space part of the check)."""
+    seeds = list(range(samples))
     be, params_if = build_if(device, dtype, smoke)
     cond = be.encode_prompt("a photo of an old woman with a red hat")
     pixel_stages, params_px = build_pixel(device, dtype, smoke)
-    results["params_billion"] = {"if-cascade": params_if, "ddpm-256": params_px}
+    results["params_billion"].update({"if-cascade": params_if, "ddpm-256": params_px})
 
     def extra(solver):
         return {"zeta": 1.0} if solver == "dps" else {"particles": args.particles} if solver == "tds" else {}
@@ -236,8 +295,9 @@ def main(argv=None) -> int:
                 device=device)
     run_cascade(px_stages("dps"), y, scale, make_config("dps"), seeds[:1], None, device=device)
 
-    failures = []
     for model, make in (("if-cascade", if_stages), ("ddpm-256", px_stages)):
+        if model not in args.models:
+            continue
         for solver in args.solvers:
             if time.perf_counter() - t_start > args.max_seconds:
                 results["runs"].append({"model": model, "solver": solver, "skipped": "time budget"})
@@ -256,27 +316,30 @@ def main(argv=None) -> int:
                 failures.append(f"{model}/{solver}: non-finite output")
             if solver in ("ddnm", "ddnm+") and r["lr_psnr_min"] < 60:
                 failures.append(f"{model}/{solver}: LR-PSNR {r['lr_psnr_min']} dB < 60")
+
+
+def report(results, failures, samples, args, out, scale, t_start) -> None:
     results["total_seconds"] = round(time.perf_counter() - t_start, 1)
     results["failures"] = failures
 
     print(f"device: {results['device']}  dtype: {results['dtype']}  samples: {samples} (tds: {args.particles} "
           f"particles each)  output {out}px x{scale}  "
           f"params (B): {json.dumps(results['params_billion'])}")
-    print(f"{'model':<11} {'solver':<6} {'s/step per stage':<34} {'peak GB':>8} {'LR-PSNR min/mean':>18} "
-          f"{'total s':>8}")
+    print(f"{'model':<26} {'solver':<7} {'s/step per stage':<34} {'peak GB':>8} {'LR-PSNR min/mean':>18} "
+          f"{'before proj.':>12} {'total s':>8}")
     for r in results["runs"]:
         if "skipped" in r:
-            print(f"{r['model']:<11} {r['solver']:<6} skipped ({r['skipped']})")
+            print(f"{r['model']:<26} {r['solver']:<7} skipped ({r['skipped']})")
             continue
         steps = ", ".join(f"{k} {v:.4f}" for k, v in r["s_per_step"].items())
         peak = "-" if r["peak_gb"] is None else f"{r['peak_gb']:.2f}"
-        print(f"{r['model']:<11} {r['solver']:<6} {steps:<34} {peak:>8} "
-              f"{r['lr_psnr_min']:>8.1f} / {r['lr_psnr_mean']:<7.1f} {r['seconds']:>8.2f}")
+        before = f"{r['lr_psnr_before']:.1f}" if "lr_psnr_before" in r else "-"
+        print(f"{r['model']:<26} {r['solver']:<7} {steps:<34} {peak:>8} "
+              f"{r['lr_psnr_min']:>8.1f} / {r['lr_psnr_mean']:<7.1f} {before:>12} {r['seconds']:>8.2f}")
     verdict = "checks passed" if not failures else "FAILED: " + "; ".join(failures)
     print(f"total {results['total_seconds']} s; {verdict}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 1 if failures else 0
 
 
 if __name__ == "__main__":

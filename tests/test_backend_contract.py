@@ -70,6 +70,10 @@ CASES = [
     # sizes grows chaotically; 2 steps agree to 1e-5)
     Case("tiny-kandinsky", _builder("tiny_kandinsky", "build_tiny_kandinsky"), options={"prior_steps": 2},
          refused=("pigdm", "tds"), batch_steps={"dps": 2}),
+    # flow-matching latent models (docs/flow.md): 8x8 at x4 -> 32x32
+    Case("tiny-flux", _builder("tiny_flux", "build_tiny_flux"), lr=8, refused=("pigdm", "tds")),
+    Case("tiny-flux2-klein", _builder("tiny_flux", "build_tiny_flux2"), lr=8, refused=("pigdm", "tds")),
+    Case("tiny-sd3", _builder("tiny_sd3", "build_tiny_sd3"), lr=8, refused=("pigdm", "tds")),
 ]
 
 

@@ -72,7 +72,7 @@ def test_cfg_scale_one_is_the_conditional_branch(backend):
     den1 = backend.build_stages("dps", STEPS, {**FAST, "guidance_scale": 1.0})[0].denoiser
     den0, den2 = replace(den1, guidance=0.0), replace(den1, guidance=2.0)
     text = backend.encode_prompt("a red fox")
-    from textsr.backends.unclip import sample_prior
+    from textsr.backends.unclip_prior import sample_prior
 
     cond = KandinskyCond(sample_prior(backend.prior, backend.prior_scheduler, text, Noise.from_seeds([0, 1]), 4.0, 2,
                                       CPU), backend.zero_embedding())

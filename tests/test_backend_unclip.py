@@ -10,7 +10,9 @@ import torch.nn.functional as F
 pytest.importorskip("diffusers")
 
 from tests import backend_helpers as helpers  # noqa: E402
-from textsr.backends.unclip import DecoderCond, load_backend, mix_embeddings, unclip_classes  # noqa: E402
+from textsr.backends.unclip import load_backend  # noqa: E402
+from textsr.backends.unclip_prior import mix_embeddings, unclip_classes  # noqa: E402
+from textsr.backends.unclip_unet import DecoderCond  # noqa: E402
 from textsr.errors import InputImageError, ModelNotFoundError, UsageError  # noqa: E402
 from textsr.operators import AvgPool  # noqa: E402
 from textsr.testing.tiny_unclip import build_tiny_unclip  # noqa: E402

@@ -149,6 +149,8 @@ def test_a_half_finished_job_is_rerun_without_mixing(tmp_path):  # item 4 with r
     stale = tmp_path / "a" / "07-an-old-prompt"
     stale.mkdir(parents=True)
     (stale / "sample-00.png").write_bytes(b"old")
+    (tmp_path / "a" / ".textsr-run.json").write_text(  # the record a killed write leaves (textsr.outdir)
+        json.dumps({"textsr_version": "0.1.0", "files": ["07-an-old-prompt/sample-00.png", "grid.png"]}))
     (tmp_path / "a" / "mine.txt").write_text("keep")
     (tmp_path / "a" / ".grid.png.abcdefgh.tmp").write_bytes(b"partial")
     assert [r.status for r in run_batch(load_manifest(path))] == ["done"]

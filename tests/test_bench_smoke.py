@@ -67,3 +67,44 @@ def test_mcgdiff_problems_prints_the_problem_behind_the_readme(capsys):
     out = capsys.readouterr().out
     assert "| 0 | 0.7412, 0.0045 | 0.4326 | 0.0103 |" in out
     assert "mixture weights of problem k identical in every (d, dy) cell: True" in out
+
+
+def test_label_wrap_bench_counts_the_wrapping_work(capsys):
+    lw = _load("label_wrap")
+    lw.main(["--sizes", "3000", "30000", "--repeat", "1"])
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0].replace(",", "")) for r in rows] == [3000, 30000]
+    assert rows[0][3] == rows[1][3]  # characters measured: the same for 10x the prompt
+
+
+def test_tiling_benches_run(tmp_path, capsys):
+    exact = _load("tiling_exact")
+    exact.main(["--quick", "--json", str(tmp_path / "e.json")])
+    recs = json.loads((tmp_path / "e.json").read_text())
+    assert {r["variant"] for r in recs} == {"whole", "w16 o4 shift"} and all(r["sw"] > 0 for r in recs)
+    text = _load("tiling_text")
+    recs = text.run(samples=4, scene=12, window=8, steps=2, texts=(1.0, 0.0))
+    assert [r["sampler"] for r in recs] == ["whole image (scene model)", "windows 8 px, text 1", "windows 8 px, text 0"]
+    assert "| visible | windows 8 px, text 0 |" in text.table(recs)
+    mem = _load("tiling_memory")
+    rec = mem.one("tiny", 96, "tiled", 1)
+    assert rec["windows"] >= 4 and rec["estimate_model_bytes"] > 0  # 2 x 2, or 3 on a side when shifted
+    assert f"| tiny | 96^2 | tiled | {rec['windows']} |" in mem.table([rec])
+    flow = mem.one("flux-tiny", 64, "tiled", 1)  # windows of 32 px: 3 x 3
+    assert flow["windows"] == 9 and flow["estimate_model_bytes"] > 0
+
+
+def test_flow_tiling_benches_run(tmp_path, capsys):
+    import torch
+
+    from textsr.model_registry import load_model
+    from textsr.testing.tiny_flux import build_tiny_flux2
+
+    codec = _load("tiling_codec")
+    be = load_model(build_tiny_flux2(tmp_path / "flux2"), device="cpu", offline=True)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    r = codec.measure(be.codec, be.codec.vae, x, 16)
+    assert list(r) == list(codec.VARIANTS) and all(v["decode"]["rel"] > 0 for v in r.values())
+    _load("tiling_flow_grid").computed()
+    out = capsys.readouterr().out
+    assert "| FLUX.1 [dev] | 28 | 1024^2 (a window) | 4096 | 1.15 | 1.000, 0.988, 0.976 | 0.1047 | 8 of 28 |" in out

@@ -55,7 +55,8 @@ class DiskFull:
 # ----------------------------------------------------------------------------- item 1
 
 
-@pytest.mark.parametrize("ok", [0, 5, 13])  # fails on the first file, midway, on results.json (the 14th)
+# fails on the marker (written first), the first file, midway, on results.json (the 15th write)
+@pytest.mark.parametrize("ok", [0, 1, 6, 14])
 def test_full_disk_midway_keeps_the_run_in_a_fallback_folder(tmp_path, monkeypatch, ok):
     from textsr.errors import OutputWriteError
 
@@ -126,11 +127,28 @@ def test_a_folder_holding_another_run_is_refused(tmp_path):
     assert {p: (tmp_path / p).read_bytes() for p in tree(tmp_path)} == before  # untouched
 
 
-def test_files_of_an_interrupted_run_count_as_another_run(tmp_path):
-    (tmp_path / "00-a-ring").mkdir()
-    (tmp_path / "00-a-ring" / "sample-00.png").write_bytes(b"png")
-    with pytest.raises(UsageError, match="interrupted textsr run"):
+def interrupted(out, monkeypatch, at="index.html", **kw):
+    """A write killed (kill -9: nothing cleaned up) as it reached ``at``; leaves textsr's marker."""
+    real = io.write_bytes_atomic
+
+    def dies_at(data, path):
+        if Path(path).name == at:
+            raise Killed
+        return real(data, path)
+
+    monkeypatch.setattr(io, "write_bytes_atomic", dies_at)
+    with pytest.raises(Killed):
+        write(out, **kw)
+    monkeypatch.setattr(io, "write_bytes_atomic", real)
+
+
+def test_files_of_an_interrupted_run_count_as_another_run(tmp_path, monkeypatch):
+    interrupted(tmp_path, monkeypatch)
+    assert (tmp_path / "00-a-red-circle" / "sample-00.png").exists() and not (tmp_path / "results.json").exists()
+    with pytest.raises(UsageError, match="interrupted textsr run.*--overwrite"):
         write(tmp_path)
+    write(tmp_path, prompts=("a ring",), overwrite=True)  # the marker vouches for them: replaced
+    assert not (tmp_path / "00-a-red-circle").exists() and not (tmp_path / ".textsr-run.json").exists()
 
 
 def test_overwrite_removes_only_textsr_files(tmp_path):
@@ -147,13 +165,13 @@ def test_overwrite_removes_only_textsr_files(tmp_path):
 
 
 def test_files_listed_in_results_json_are_textsrs(tmp_path):
-    from textsr.outdir import own_files
+    from textsr.outdir import scan
 
     write(tmp_path)
     doc = json.loads((tmp_path / "results.json").read_text())
-    assert {p.relative_to(tmp_path).as_posix() for p in own_files(tmp_path)} == listed(doc)
+    assert set(scan(tmp_path).vouched) == listed(doc) and scan(tmp_path).finished
     (tmp_path / "notes.txt").write_text("mine")
-    assert "notes.txt" not in {p.name for p in own_files(tmp_path)}
+    assert "notes.txt" not in set(scan(tmp_path).vouched) | set(scan(tmp_path).foreign)
 
 
 def test_foreign_files_alone_are_not_another_run(tmp_path):
@@ -168,24 +186,25 @@ def test_foreign_files_alone_are_not_another_run(tmp_path):
 # ----------------------------------------------------------------------------- item 6
 
 
-def test_stale_temp_files_of_textsr_are_removed_on_the_next_write(tmp_path):
-    (tmp_path / "00-a-red-circle").mkdir()
+def test_stale_temp_files_of_an_interrupted_write_are_removed_with_it(tmp_path, monkeypatch):
+    interrupted(tmp_path, monkeypatch)  # its marker lists the names the temporary files stand for
     stale = [tmp_path / ".results.json.k2j_9x0a.tmp", tmp_path / ".grid.png.abcdefgh.tmp",
              tmp_path / "00-a-red-circle" / ".sample-00.png.x1y2z3w4.tmp",
              tmp_path / ".textsr-probe-12345678.tmp"]
-    foreign = [tmp_path / ".notes.txt.abcdefgh.tmp", tmp_path / ".grid.png.tmp"]
+    foreign = [tmp_path / ".notes.txt.abcdefgh.tmp", tmp_path / ".grid.png.tmp",
+               tmp_path / "00-a-red-circle" / ".sample-77.png.abcdefgh.tmp"]  # not a name the marker lists
     for f in stale + foreign:
         f.write_bytes(b"partial")
-    write(tmp_path)
+    write(tmp_path, overwrite=True)
     assert not any(f.exists() for f in stale)
     assert all(f.exists() for f in foreign)
 
 
-def test_a_folder_with_only_stale_temp_files_is_not_another_run(tmp_path):
+def test_temp_files_no_record_lists_are_neither_a_run_nor_removed(tmp_path):
     (tmp_path / "01-a-star").mkdir()
     (tmp_path / "01-a-star" / ".sample-03.png.abcdefgh.tmp").write_bytes(b"partial")
     write(tmp_path)  # not refused
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert (tmp_path / "01-a-star" / ".sample-03.png.abcdefgh.tmp").read_bytes() == b"partial"
 
 
 # ----------------------------------------------------------------------------- item 7

@@ -169,10 +169,14 @@ def test_wrap_truncates_long_prompts():
 
 def test_existing_folder_only_our_files_overwritten(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    (tmp_path / "grid.png").write_bytes(b"old grid")
-    with pytest.raises(UsageError, match="--overwrite"):  # grid.png: textsr's name, another run's file
-        write(tmp_path)
-    write(tmp_path, overwrite=True)
+    (tmp_path / "grid.png").write_bytes(b"my grid")
+    for overwrite in (False, True):  # grid.png: textsr's name, but no textsr record lists it: never replaced
+        with pytest.raises(UsageError, match="no textsr record"):
+            write(tmp_path, overwrite=overwrite)
+    assert (tmp_path / "grid.png").read_bytes() == b"my grid"
+    (tmp_path / "grid.png").unlink()
+    write(tmp_path)
+    write(tmp_path, overwrite=True)  # textsr's own run: replaced
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert Image.open(tmp_path / "grid.png").format == "PNG"
 

@@ -33,6 +33,7 @@ from . import validate
 from .errors import UsageError
 from .exploration import Exploration, ExploreSettings, InputInfo, Progress, PromptResult
 from .request import ExploreRequest, expand_prompts, is_backend
+from .tiling import checks as tile_checks
 
 __all__ = ["CheckedRequest", "Exploration", "ExploreRequest", "Progress", "PromptResult", "Ranking", "expand_prompts",
            "explore", "explore_request", "rank", "rank_request"]
@@ -56,6 +57,7 @@ class CheckedRequest:
     operator_options: dict
     solver_options: dict  # the engine's: the request's shorthands (steps, eta, travel ...) written in
     model_options: dict
+    tile: Any = None  # textsr.tiling.TileRequest (off unless asked)
 
     @property
     def operator_name(self) -> str:
@@ -104,7 +106,9 @@ def check_inputs(req: ExploreRequest) -> CheckedRequest:
         from .model_registry import MODELS, check_model
 
         rule = MODELS[model].sizes if isinstance(model, str) and model in MODELS else None
-        if rule is not None:  # an output this model cannot make is refused before it is looked for or loaded
+        if rule is not None and req.tile_request().tile == "off":
+            # an output this model cannot make whole is refused before it is looked for or loaded (with --tile
+            # the loaded backend's check_tiling decides)
             h, w = arr.shape[:2]
             rule.check((h // req.scale, w // req.scale) if req.simulate else (h, w), req.scale, model)
         check_model(model)  # an unknown name, folder or spec, or weights that cannot be had, fail now
@@ -120,7 +124,8 @@ def check_inputs(req: ExploreRequest) -> CheckedRequest:
         operator_options = check_operator(req.operator, req.operator_options)[1]
     return CheckedRequest(request=req, image=(arr, info, tuple(notes)), model=model, operator=req.operator,
                           operator_options=operator_options, solver_options=req.engine_solver_options(),
-                          model_options=dict(req.model_options))
+                          model_options=dict(req.model_options),
+                          tile=req.tile_request())
 
 
 def model_backend(model: Any) -> str:
@@ -175,6 +180,7 @@ class Measurement:
     input: InputInfo
     notes: list[str] = field(default_factory=list)
     reference: np.ndarray | None = None  # the HR original (simulation mode)
+    tiling: Any = None  # textsr.tiling.Tiling of a tiled run (None: whole images)
 
     @property
     def lr_hw(self) -> tuple[int, int]:
@@ -246,12 +252,33 @@ def build_measurement(req: CheckedRequest, backend: Any) -> Measurement:
         arr, more = backend.prepare_input(arr, req.scale)
         notes.extend(more)
     h, w = arr.shape[:2]
-    backend.check_size((h, w), req.scale)
-    notes.extend(backend.input_notes((h, w), req.scale))
+    tiling, tile_notes = tile_checks.plan(req.tile, backend, (h, w), req.scale)  # check_size, or check_tiling
+    notes.extend(tile_notes if tiling is not None else backend.input_notes((h, w), req.scale))
     y = torch.from_numpy(arr).permute(2, 0, 1)[None].to(torch.float32) * 2 - 1
     operator = req.make_operator(req.scale, (backend.channels, h * req.scale, w * req.scale))
     return Measurement(lr=arr, y=y.to(backend.device, backend.work_dtype), operator=operator, input=info,
-                       notes=notes, reference=reference)
+                       notes=notes, reference=reference, tiling=tiling)
+
+
+def check_memory(req: CheckedRequest, backend: Any, meas: Measurement, stages: list) -> Any:
+    """Phase 3b (docs/tiling.md, "Memory"): the estimated peak memory of one batch, whole and on windows,
+    refused before any sampling when it cannot fit in what the device has free.  Estimated for tiled
+    runs, outputs larger than the model makes and CUDA devices (a CPU run at the model's size is not
+    traced: it costs a second per run); the estimate goes to the notes and results.json."""
+    native = backend.native_output()
+    output = (meas.lr_hw[0] * req.scale, meas.lr_hw[1] * req.scale)
+    larger = native is not None and (output[0] > native[0] or output[1] > native[1])
+    if meas.tiling is None and not larger and torch.device(backend.device).type != "cuda":
+        return None
+    from .solver_registry import make_config
+
+    cfgs = [st.solver for st in stages if st.solver is not None] or [make_config(req.solver)]
+    rows = min(req.batch_size, req.samples) * max(int(getattr(c, "particles", 1) or 1) for c in cfgs)
+    est = tile_checks.check_memory(backend, meas.lr_hw, req.scale, meas.tiling, rows,
+                                   grad=any(c.needs_grad for c in cfgs), device=torch.device(backend.device))
+    if est is not None:
+        meas.notes.append(est.summary())
+    return est
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,18 +324,21 @@ def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: 
     meas.notes.extend(backend.prompt_notes(prompt))
     cb = _progress_callback(callback, stages, index, len(req.prompts), prompt)
     seeds = req.seeds
-    xs, log_z, ess = [], [], []
+    xs, befores, log_z, ess = [], [], [], []
     for b0 in range(0, req.samples, req.batch_size):
         res = run_cascade(stages, meas.y, req.scale, base_cfg, seeds[b0:b0 + req.batch_size], cond,
                           sigma_y=req.sigma_y, operator=req.make_operator,
                           device=backend.device, dtype=backend.work_dtype, callback=cb)
-        xs.append(backend.postprocess(res.x, meas.y, meas.operator).detach())
+        fin = backend.finish(res.x, meas.y, res.operators[-1])  # the last stage's operator (a tiled codec)
+        xs.append(fin.x.detach())
+        befores.append(fin.before_projection)
         if res.log_evidence is not None and res.stage_ess[0] is not None:
             log_z.append(res.log_evidence)
             ess.append(res.stage_ess[0])
     steps_ran = tuple(res.steps)
     x = torch.cat(xs)
     psnr = lr_psnr(x, meas.y, meas.operator)  # the solver's consistency, before display clipping
+    projection = None if any(b is None for b in befores) else projection_record(torch.cat(befores), x, meas)
     outside = int(((x.abs() > 1 + 1e-3).flatten(1).any(1)).sum())
     if outside:
         meas.notes.append(f"prompt {prompt!r}: {outside} of {req.samples} samples had values outside the image "
@@ -327,7 +357,16 @@ def sample_prompt(req: CheckedRequest, backend: Any, meas: Measurement, stages: 
                               "of N; the evidence and the sample frequencies are unreliable (more particles, or a "
                               "smaller measurement)")
     return PromptResult(prompt, samples01, seeds, psnr, text, std, div, time.perf_counter() - t0,
-                        backend.prompt_tags(prompt), extra, steps_ran, evidence)
+                        backend.prompt_tags(prompt), extra, steps_ran, evidence, projection)
+
+
+def projection_record(before: torch.Tensor, after: torch.Tensor, meas: Measurement) -> dict:
+    """What a backend's final pixel projection changed, per sample: the LR-PSNR before it and the size of
+    the correction ``after - before`` (RMS and max, [0, 1] units) -- how far the model's answer was from ``y``."""
+    d = ((after.to(torch.float64) - before.to(after.device, torch.float64)) / 2).flatten(1)
+    return {"lr_psnr_before": lr_psnr(before.to(after.device), meas.y, meas.operator),
+            "correction_rms": [float(v) for v in d.square().mean(1).sqrt().tolist()],
+            "correction_max": [float(v) for v in d.abs().amax(1).tolist()]}
 
 
 def prompt_evidence(log_z: torch.Tensor, ess: torch.Tensor, stages: list, backend: Any, req: CheckedRequest):
@@ -357,7 +396,7 @@ def fill_probabilities(results: list[PromptResult], prior: Sequence[float] | Non
 # phase 5: settings
 # ------------------------------------------------------------------------------------------------
 def collect_settings(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,
-                     base_cfg: Any, steps_ran: Sequence[int] = ()) -> ExploreSettings:
+                     base_cfg: Any, steps_ran: Sequence[int] = (), memory: Any = None) -> ExploreSettings:
     """Phase 5: what ran: each stage's solver config with the steps it ran (``steps_ran``; a request the
     schedule could not honour is kept as ``steps_requested`` and noted in ``meas.notes``) and the time
     travel it did; the top-level solver block holds what every stage ran (a list where they differ)."""
@@ -372,7 +411,16 @@ def collect_settings(req: CheckedRequest, backend: Any, meas: Measurement, stage
         input=meas.input, model=backend.describe(), solver=solver, stages=per_stage, operator=req.operator_name,
         operator_options=dict(req.operator_options),
         sigma_y=req.sigma_y, seed=req.seed, samples=req.samples, model_options=dict(req.model_options),
-        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset)
+        device=str(backend.device), dtype=str(backend.dtype).replace("torch.", ""), preset=req.preset,
+        tiling=tiling_record(req, meas, memory))
+
+
+def tiling_record(req: CheckedRequest, meas: Measurement, memory: Any) -> dict | None:
+    """results.json ``tiling``: the request, whether windows ran, and the memory estimate."""
+    if not req.tile.on and memory is None:
+        return None
+    return {"request": req.tile.to_dict(), "tiled": meas.tiling is not None,
+            "memory": None if memory is None else memory.to_dict()}
 
 
 def common_settings(per_stage: Sequence[dict]) -> dict:
@@ -457,6 +505,12 @@ def explore(image: Any = None, prompts: Sequence[str] | str | None = None, *,
     particles: run the particle solver with this many particles per sample (every stage); each prompt then
     gets ``evidence`` (``textsr.evidence``): log p(y | prompt), its spread over samples and P(prompt | y)
     among the prompts given, with ``prompt_prior`` (None: uniform) as the prior.
+    tile: ``None``/``"off"`` (whole images; an output more than twice the model's size per side is refused),
+    ``"auto"`` (windows of the model's size where an image exceeds it) or a window side in output pixels;
+    tile_overlap: pixels (default a quarter of the window); tile_options: ``shift`` (True: a seeded random
+    shift of the window grid per step), ``batch`` (1: windows per model call), ``text`` (0.5: the text
+    guidance inside windows as a fraction of the whole image's), ``seed`` (docs/tiling.md).  Before any
+    sampling the peak memory of a batch is estimated and a request that cannot fit is refused.
     Every argument is checked before any model loads (``UsageError`` says what to pass).
     """
     return explore_request(ExploreRequest.build(image=image, prompts=prompts, **args), callback)
@@ -477,8 +531,10 @@ def explore_request(request: ExploreRequest, callback: Callable[[Progress], None
         t_loaded = time.perf_counter()
         meas = build_measurement(req, backend)
         # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
-        stages = backend.build_stages(req.solver, req.solver_options, req.model_options)
+        tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+        stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
         base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+        memory = check_memory(req, backend, meas, stages)
         results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback)
                    for i, p in enumerate(req.prompts)]
     except (MemoryError, RuntimeError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
@@ -486,7 +542,8 @@ def explore_request(request: ExploreRequest, callback: Callable[[Progress], None
             raise
         raise RuntimeFailure(out_of_memory_message(e, None if backend is None else backend.memory_options)) from e
     fill_probabilities(results, req.prompt_prior)
-    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else ())
+    settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else (),
+                                memory=memory)
     timings = {"total_s": round(time.perf_counter() - t0, 3), "load_s": round(t_loaded - t0, 3),
                "per_prompt_s": [round(r.seconds, 3) for r in results]}
     return Exploration(lr=meas.lr, scale=req.scale, prompts=results, settings=settings, notes=meas.notes,

@@ -93,14 +93,14 @@ def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False, c
     world says what it is; ``caution=False``: the demo, whose header says it), notes, one line per prompt."""
     from .api import explore_request
     from .errors import TextSRError
-    from .outdir import check_output_folder
+    from .outdir import reserve
 
     bar = Progress(quiet)
     t0 = time.perf_counter()
     try:
-        check_output_folder(out, overwrite=overwrite)  # before any work: a bad folder costs nothing
-        result = explore_request(req, callback=bar)
-        files = result.save(out, overwrite=overwrite)
+        with reserve(out, overwrite=overwrite):  # before any work: a bad or busy folder costs nothing
+            result = explore_request(req, callback=bar)
+            files = result.save(out, overwrite=overwrite)
     except TextSRError as e:
         bar.close()
         echo(f"error: {e}", err=True)
@@ -350,6 +350,8 @@ def models(as_json):
         echo(f"{r['name']:<18} {r.get('backend', ''):<14} VRAM {vram_s:<10} [{mark}]  {r.get('description', '')}")
         for hid in r.get("hub_ids", []):
             echo(f"{'':<20}{hid}")
+        if r.get("license"):
+            echo(f"{'':<20}licence: {r['license']}")
 
 
 @main.command()

@@ -71,6 +71,7 @@ class ExploreSettings:
     dtype: str
     preset: str | None = None
     operator_options: dict = field(default_factory=dict)  # the operator's parameters (operator_registry)
+    tiling: dict | None = None  # tiled runs and memory estimates: request, whether windows ran, memory
 
     def solver_dict(self) -> dict:
         """The ``solver`` entry of results.json: what every stage ran plus ``per_stage``."""
@@ -91,6 +92,9 @@ class PromptResult:
     extra: dict = field(default_factory=dict)
     steps_ran: tuple[int, ...] = ()  # denoising steps each cascade stage ran (a schedule may clamp a request)
     evidence: Any = None  # textsr.evidence.PromptEvidence (particle solvers)
+    #: backends with a final pixel projection (latent models): per sample the LR-PSNR before it and the size
+    #: of its correction, ``{"lr_psnr_before": [...], "correction_rms": [...], "correction_max": [...]}``
+    projection: dict | None = None
 
     @property
     def label(self) -> str:
@@ -109,7 +113,8 @@ class PromptResult:
             "text_consistency": self.text_consistency,
             "seconds": round(self.seconds, 3),
             "samples": [
-                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k]}
+                {"index": k, "seed": self.seeds[k], "lr_psnr": self.lr_psnr[k], "text_score": self.text_scores[k],
+                 **self._projection_at(k)}
                 for k in range(len(self.seeds))
             ],
         }
@@ -120,6 +125,14 @@ class PromptResult:
         if self.evidence is not None:
             entry["evidence"] = self.evidence.to_dict()
         return entry
+
+    def _projection_at(self, k: int) -> dict:
+        p = self.projection
+        if p is None:
+            return {}
+        return {"lr_psnr_before_projection": p["lr_psnr_before"][k],
+                "projection_correction_rms": p["correction_rms"][k],
+                "projection_correction_max": p["correction_max"][k]}
 
     def summary(self) -> str:
         tc = "n/a" if self.text_consistency is None else f"{self.text_consistency:.2f}"
@@ -134,6 +147,9 @@ class PromptResult:
             extra += (f"; log p(y | prompt) {ev.log_z:.2f} (spread {spread(ev.spread, len(ev.log_z_samples))}, "
                       f"ESS min {ev.ess_min:.2f})" + p
                       + ("" if ev.calibrated else " [guided: not calibrated]"))
+        if self.projection is not None:
+            extra += (f"; before the final projection LR-PSNR min {lr_psnr(min(self.projection['lr_psnr_before']))} "
+                      f"dB, correction RMS max {max(self.projection['correction_rms']):.4f}")
         return (f"{quoted(self.label)}: text consistency {tc}, LR-PSNR min {lr_psnr(min(self.lr_psnr))} dB, "
                 f"diversity {self.diversity['pairwise_l2']:.3f}{extra}")
 
@@ -181,19 +197,23 @@ class Exploration:
         }
         if self.reference_metrics is not None:
             out["reference"] = self.reference_metrics
+        if s.tiling is not None:
+            out["tiling"] = s.tiling
         return out
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> dict:
         """Write input/baselines/samples/std maps/grid/index.html, then results.json (``textsr.outdir``).
 
-        A folder holding another run is refused unless ``overwrite`` (then only textsr's files are
-        removed); if writing fails, nothing half-written stays and ``OutputWriteError.rescued`` names
-        the fallback folder holding the complete run."""
+        ``directory`` must name a folder: None or an empty name raise ``UsageError`` (pass '.' for the
+        current folder). A folder holding another run is refused unless ``overwrite`` (then only the
+        files textsr's records list are removed), and so is one holding files of textsr's names that
+        textsr did not write, or links where it writes; if writing fails, nothing half-written stays
+        and ``OutputWriteError.rescued`` names the fallback folder holding the complete run."""
         from .report import write_outputs
 
         samples = {p.label: list(p.samples) for p in self.prompts}
         std_maps = {p.label: p.std_map for p in self.prompts}
-        return write_outputs(Path(directory), lr=self.lr, samples=samples, std_maps=std_maps,
+        return write_outputs(directory, lr=self.lr, samples=samples, std_maps=std_maps,
                              results=self.results_dict(), scale=self.scale, notes=[], overwrite=overwrite)
 
     def summary(self) -> list[str]:

@@ -103,6 +103,9 @@ BACKENDS: dict[str, str] = {
     "pixel": "textsr.backends.pixel:load_backend",
     "latent": "textsr.backends.latent:load_backend",
     "kandinsky": "textsr.backends.kandinsky:load_backend",
+    "flux": "textsr.backends.flux:load_backend",
+    "flux2": "textsr.backends.flux2:load_backend",
+    "sd3": "textsr.backends.sd3:load_backend",
 }
 
 # diffusers pipeline class (model_index.json "_class_name") -> (backend, stage key) for bare folders
@@ -112,6 +115,9 @@ PIPELINE_BACKENDS: dict[str, tuple[str, str]] = {
     "DDPMPipeline": ("pixel", "unet"),
     "DDIMPipeline": ("pixel", "unet"),
     "StableDiffusionPipeline": ("latent", "pipeline"),
+    "FluxPipeline": ("flux", "pipeline"),
+    "Flux2KleinPipeline": ("flux2", "pipeline"),
+    "StableDiffusion3Pipeline": ("sd3", "pipeline"),
 }
 
 _IF_LICENSE = ("DeepFloyd IF License Agreement (research use; see the model card). Gated: accept it on the "
@@ -126,6 +132,23 @@ _IF_VRAM_NOTE = ("VRAM is an ESTIMATE from parameter counts (fp16 weights: T5-XX
                  "--cpu-offload keeps one module on the GPU at a time (DeepFloyd documents 16 GB "
                  "for XL+L with xformers; diffusers 14 GB with its offloading). DPS/PiGDM back-propagate "
                  "through the UNet and need more.")
+
+_FLOW_SIZES = ("output sides multiples of 16 px (VAE x8 times 2 x 2 patches), up to ~2 MP, any aspect ratio: "
+               "e.g. 64x64 at x16, 128x128 at x8 or 256x256 at x4 -> 1024x1024, 200x152 at x4 -> 800x608; trained "
+               "around 1 MP")
+_FLOW_NOTES = ("EXPERIMENTAL flow-matching latent model (docs/flow.md): DDNM/DDNM+ by decode-project-encode, DPS and "
+               "flowdps through the VAE decoder, exact LR consistency after the final pixel projection (results.json "
+               "records the LR-PSNR before it); pigdm and tds are refused. VRAM is an ESTIMATE from parameter counts "
+               "in bfloat16 (weights {weights}) plus activations at 1 MP, not measured; load={{'cpu_offload': true}} "
+               "keeps "
+               "the text encoders off the GPU except while encoding ({offload}), sequential_cpu_offload streams every "
+               "module (slow), vae_tiling/vae_slicing cut the VAE's share. Run in bfloat16 (--dtype bfloat16).")
+_FLUX1_W = "transformer 11.9B = 23.8 GB, T5-XXL 4.8B = 9.5 GB, CLIP-L 0.25 GB, VAE 0.17 GB"
+_KLEIN_W = "transformer 3.9B = 7.8 GB, Qwen3-4B 4.0B = 8.0 GB, VAE 0.17 GB"
+_SD35_TEXT = "T5-XXL 4.8B = 9.5 GB, CLIP-L + CLIP-G 0.8B = 1.6 GB, VAE 0.17 GB"
+_SD35_CFG = " guidance_scale defaults to 2.0, FlowDPS's super-resolution setting on SD3."
+_SAI_LICENSE = ("Stability AI Community License (free below USD 1M annual revenue; see the model card). Gated: accept "
+                "it on the Hub model page while logged in, then `hf auth login` or set HF_TOKEN")
 
 MODELS: dict[str, ModelInfo] = {
     "builtin-shapes": ModelInfo(
@@ -204,6 +227,30 @@ MODELS: dict[str, ModelInfo] = {
         license="Apache-2.0",
         notes="VRAM estimate, not measured; latent model: exact LR consistency only after the final pixel "
               "projection"),
+    **{name: ModelInfo(name=name, backend=backend, description="EXPERIMENTAL: " + what, hub_ids=(hub_id,),
+                       vram_gb=vram, output_sizes=_FLOW_SIZES, license=lic,
+                       notes=_FLOW_NOTES.format(weights=weights, offload=offload) + extra)
+       for name, backend, what, hub_id, vram, lic, weights, offload, extra in (
+        ("flux.1-schnell", "flux", "FLUX.1 [schnell] (12B rectified-flow transformer, timestep-distilled: 4 steps, "
+         "no guidance)", "black-forest-labs/FLUX.1-schnell", 36.0, "Apache-2.0 (not gated)", _FLUX1_W,
+         "about 25 GB + activations", ""),
+        ("flux.1-dev", "flux", "FLUX.1 [dev] (12B rectified-flow transformer, guidance-distilled: guidance_scale 3.5 "
+         "as a transformer input, 28 steps)", "black-forest-labs/FLUX.1-dev", 36.0,
+         "FLUX.1 [dev] Non-Commercial License. Gated: accept it on the Hub model page while logged in, then "
+         "`hf auth login` or set HF_TOKEN", _FLUX1_W, "about 25 GB + activations", ""),
+        ("flux.2-klein-4b", "flux2", "FLUX.2 [klein] 4B (rectified-flow transformer + Qwen3-4B text encoder, "
+         "distilled: 4 steps, no guidance)", "black-forest-labs/FLUX.2-klein-4B", 18.0, "Apache-2.0 (not gated)",
+         _KLEIN_W, "about 9 GB + activations", ""),
+        ("flux.2-klein-base-4b", "flux2", "FLUX.2 [klein] base 4B (undistilled: classifier-free guidance 4.0, 50 "
+         "steps)", "black-forest-labs/FLUX.2-klein-base-4B", 18.0, "Apache-2.0 (not gated)", _KLEIN_W,
+         "about 9 GB + activations; CFG doubles the batch", ""),
+        ("sd3.5-medium", "sd3", "Stable Diffusion 3.5 Medium (2.5B MMDiT-X, CLIP-L + CLIP-G + T5-XXL, "
+         "classifier-free guidance, 28 steps)", "stabilityai/stable-diffusion-3.5-medium", 18.0, _SAI_LICENSE,
+         "transformer 2.5B = 4.9 GB, " + _SD35_TEXT, "about 6 GB + activations; CFG doubles the batch", _SD35_CFG),
+        ("sd3.5-large", "sd3", "Stable Diffusion 3.5 Large (8.1B MMDiT, CLIP-L + CLIP-G + T5-XXL, classifier-free "
+         "guidance, 28 steps)", "stabilityai/stable-diffusion-3.5-large", 30.0, _SAI_LICENSE,
+         "transformer 8.1B = 16.2 GB, " + _SD35_TEXT, "about 17 GB + activations; CFG doubles the batch", _SD35_CFG),
+    )},
 }
 
 # registry name -> model spec (same format as a JSON spec file)
@@ -228,6 +275,14 @@ SPECS: dict[str, dict] = {
     "stable-diffusion-2.1": {"backend": "latent", "stages": {"pipeline": "stabilityai/stable-diffusion-2-1-base"}},
     "kandinsky-2.2": {"backend": "kandinsky", "stages": {"prior": "kandinsky-community/kandinsky-2-2-prior",
                                                          "decoder": "kandinsky-community/kandinsky-2-2-decoder"}},
+    "flux.1-schnell": {"backend": "flux", "stages": {"pipeline": "black-forest-labs/FLUX.1-schnell"}},
+    "flux.1-dev": {"backend": "flux", "stages": {"pipeline": "black-forest-labs/FLUX.1-dev"}},
+    "flux.2-klein-4b": {"backend": "flux2", "stages": {"pipeline": "black-forest-labs/FLUX.2-klein-4B"}},
+    "flux.2-klein-base-4b": {"backend": "flux2", "stages": {"pipeline": "black-forest-labs/FLUX.2-klein-base-4B"}},
+    "sd3.5-medium": {"backend": "sd3", "stages": {"pipeline": "stabilityai/stable-diffusion-3.5-medium"},
+                     "defaults": {"guidance_scale": 2.0}},
+    "sd3.5-large": {"backend": "sd3", "stages": {"pipeline": "stabilityai/stable-diffusion-3.5-large"},
+                    "defaults": {"guidance_scale": 2.0}},
 }
 
 _IF_STAGE_1_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json",
@@ -235,12 +290,34 @@ _IF_STAGE_1_FILES = ("model_index.json", "scheduler/*", "tokenizer/*", "text_enc
 _IF_STAGE_2_FILES = ("model_index.json", "scheduler/*", "image_noising_scheduler/*", "unet/config.json",
                      "unet/*fp16*")
 
-# download hints for known repositories (patterns keep to the files textsr loads; gated: needs licence)
+# the diffusers folders only: the flow repos also hold single-file checkpoints of the same weights at their root
+_FLUX1_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+_KLEIN_PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+_SD35_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+               "tokenizer_3", "scheduler")
+# SD3.5 ships its text encoders twice (default and fp16 files, same size): fetch the default ones only
+_SD35_FILES = ("model_index.json", "scheduler/*", "tokenizer*/*", "transformer/*", "vae/*", "text_encoder*/config.json",
+               "text_encoder/model.safetensors", "text_encoder_2/model.safetensors", "text_encoder_3/model-*",
+               "text_encoder_3/model.safetensors.index.json")
+
+
+def _folders(parts: tuple[str, ...]) -> tuple[str, ...]:
+    return ("model_index.json", *(f"{p}/*" for p in parts))
+
+
+# download hints for known repositories (patterns keep to the files textsr loads; gated: needs licence); subfolders:
+# the components that must be cached (a snapshot without one fails before any work, naming it)
 HUB_SOURCES: dict[str, HubSource] = {
     **{f"DeepFloyd/IF-I-{s}-v1.0": HubSource(f"DeepFloyd/IF-I-{s}-v1.0", include=_IF_STAGE_1_FILES, gated=True)
        for s in ("XL", "L", "M")},
     **{f"DeepFloyd/IF-II-{s}-v1.0": HubSource(f"DeepFloyd/IF-II-{s}-v1.0", include=_IF_STAGE_2_FILES, gated=True)
        for s in ("L", "M")},
+    **{r: HubSource(r, subfolders=_FLUX1_PARTS, include=_folders(_FLUX1_PARTS), gated=g)
+       for r, g in (("black-forest-labs/FLUX.1-schnell", False), ("black-forest-labs/FLUX.1-dev", True))},
+    **{r: HubSource(r, subfolders=_KLEIN_PARTS, include=_folders(_KLEIN_PARTS))
+       for r in ("black-forest-labs/FLUX.2-klein-4B", "black-forest-labs/FLUX.2-klein-base-4B")},
+    **{r: HubSource(r, subfolders=_SD35_PARTS, include=_SD35_FILES, gated=True)
+       for r in ("stabilityai/stable-diffusion-3.5-medium", "stabilityai/stable-diffusion-3.5-large")},
 }
 
 _SPEC_KEYS = {"backend", "stages", "load", "defaults", "name", "description"}
@@ -252,7 +329,7 @@ def hub_source(repo_id: str, subfolders: tuple[str, ...] = ()) -> HubSource:
     known = HUB_SOURCES.get(repo_id)
     if known is None:
         return HubSource(repo_id, subfolders=subfolders)
-    return HubSource(repo_id, subfolders=subfolders, include=known.include, gated=known.gated)
+    return HubSource(repo_id, subfolders=subfolders or known.subfolders, include=known.include, gated=known.gated)
 
 
 def known_names() -> list[str]:

@@ -29,7 +29,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from textsr import io, outdir
 from textsr.display import lr_psnr, prompt_label
-from textsr.errors import UsageError
 from textsr.schema import validate_results
 
 # Anchor colours of matplotlib's viridis at 0, 1/8, ..., 1; interpolated to a 256-entry LUT.
@@ -80,9 +79,7 @@ def write_outputs(
     ``overwrite`` (then only textsr's files are removed), results.json last, and on a write error
     nothing half-written is left and the run goes to a fallback folder (``OutputWriteError``).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} is a file, not a folder. Choose another output folder.")
+    out = outdir.folder_arg(out_dir)  # None, '' (the current folder by accident) or a file: refused first
     lr = _image(lr, "lr")
     entries = _prompt_entries(results, samples)
     out_size = (lr.shape[0] * scale, lr.shape[1] * scale)
@@ -309,11 +306,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
-    """Truncate ``text`` with an ellipsis so it fits in ``width`` pixels (binary search)."""
-    if draw.textlength(text, font=font) <= width:
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, cut: bool = False) -> str:
+    """``text`` if it fits in ``width`` pixels (and is not ``cut``), else its longest prefix that fits
+    with an ellipsis appended (binary search)."""
+    if not cut and draw.textlength(text, font=font) <= width:
         return text
-    lo, hi = 0, len(text)  # longest prefix that fits with "..." lies in [lo, hi)
+    lo, hi = 0, len(text) + 1  # longest prefix that fits with "..." lies in [lo, hi)
     while lo < hi - 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if draw.textlength(text[:mid] + "...", font=font) <= width else (lo, mid)
@@ -321,23 +319,46 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lines: int) -> list[str]:
-    """Greedy word wrap to ``width`` pixels; over-long words are split; at most ``max_lines``,
-    the last one ending in '...' when text was cut."""
+    """Greedy word wrap to ``width`` pixels in at most ``max_lines`` lines, the last ending in '...'
+    when text was cut; a word wider than a line is broken.
+
+    The work is bounded by the lines drawn, not by ``len(text)``: words are read one at a time and
+    reading stops when the lines are full; a line holds at most ``int(width)`` characters (one pixel
+    each, which any visible character exceeds), so no measurement covers more than one line's worth of
+    text; a line's width is the sum of its words' (kerning across a space is ignored). A
+    200,000-character one-word prompt costs what a 2,000-character one does."""
+    chars = max(1, int(width))
+    space = draw.textlength(" ", font=font)
     lines: list[str] = []
-    words = text.split()
-    for i, word in enumerate(words):
-        while draw.textlength(word, font=font) > width and len(word) > 1:  # split long words
-            k = max(1, len(_fit(draw, word, font, width)) - 3)
-            lines.append(word[:k])
-            word = word[k:]
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-        if len(lines) > max_lines:  # enough: the rest is cut
-            rest = " ".join([lines[max_lines - 1], *lines[max_lines:], *words[i + 1 :]])
-            return [*lines[: max_lines - 1], _fit(draw, rest, font, width)]
+    widths: list[float] = []
+    for m in re.finditer(r"\S+", text):
+        start, end = m.span()
+        while start < end:
+            piece = _longest_fit(draw, text[start:min(end, start + chars)], font, width)
+            w = draw.textlength(piece, font=font)
+            whole = start == m.start() and len(piece) == end - start  # the whole word: it may join a line
+            if whole and lines and len(lines[-1]) + 1 + len(piece) <= chars and widths[-1] + space + w <= width:
+                lines[-1] += " " + piece
+                widths[-1] += space + w
+            elif len(lines) == max_lines:  # no room for another line: the rest is cut
+                sep = " " if start == m.start() else ""
+                return [*lines[:-1], _fit(draw, lines[-1] + sep + piece, font, width, cut=True)]
+            else:
+                lines.append(piece)
+                widths.append(w)
+            start += len(piece)
     return lines or [""]
+
+
+def _longest_fit(draw: ImageDraw.ImageDraw, word: str, font: Any, width: float) -> str:
+    """The longest prefix of ``word`` (at least one character) that fits in ``width`` pixels."""
+    if draw.textlength(word, font=font) <= width:
+        return word
+    lo, hi = 1, len(word)  # word[:lo] is taken (one character at least), word[:hi] is too wide
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if draw.textlength(word[:mid], font=font) <= width else (lo, mid)
+    return word[:lo]
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +457,8 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
     for k, s in enumerate(entry["samples"]):
         psnr = s.get("lr_psnr")  # null in results.json: not finite, i.e. A x = y exactly
         caption = (f"sample {s['index']:02d} · seed {s['seed']} · LR-PSNR "
-                   f"{lr_psnr(math.inf if psnr is None else psnr)} dB · text {_fmt(s.get('text_score'), 3)}")
+                   f"{lr_psnr(math.inf if psnr is None else psnr)} dB{_projection_caption(s)} · "
+                   f"text {_fmt(s.get('text_score'), 3)}")
         caption += "".join(f" · ref {key.upper()} {_fmt(v[k], 4)}" for key, v in ref.items() if k < len(v))
         figs.append(_figure(s["file"], caption))
     vmax = std_map.get("vmax", 0.0)
@@ -451,6 +473,16 @@ def _prompt_section(i: int, entry: dict[str, Any], std_map: dict[str, Any], ref:
         f'{_e(entry["folder"])}/</a></p>',
         '<div class="gallery">', *figs, std_fig, "</div></section>",
     ])
+
+
+def _projection_caption(sample: dict[str, Any]) -> str:
+    """Latent models: the LR-PSNR before the final pixel projection and that correction's size."""
+    if "lr_psnr_before_projection" not in sample:
+        return ""
+    before = sample["lr_psnr_before_projection"]
+    return (f" (before the final projection {lr_psnr(math.inf if before is None else before)} dB, correction RMS "
+            f"{_fmt(sample.get('projection_correction_rms'), 4)}, "
+            f"max {_fmt(sample.get('projection_correction_max'), 4)})")
 
 
 def _settings_table(doc: dict[str, Any]) -> str:

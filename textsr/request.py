@@ -133,6 +133,14 @@ def _prior(v: Any) -> tuple[float, ...] | None:
     return tuple(v)
 
 
+def _tile(v: Any) -> str | int | None:
+    if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+        return v
+    if isinstance(v, str):
+        return v.strip().lower()
+    raise UsageError(f"tile must be off, auto or a window side in pixels (e.g. 256), got {v!r}")
+
+
 def _flag(name: str) -> Callable[[Any], bool]:
     return lambda v: validate.flag(v, name)
 
@@ -216,7 +224,19 @@ class ExploreRequest:
     solver_options: dict = arg(lambda v: validate.options(v, "solver_options"), "Any solver setting, e.g. "
                                "mode=simplified.", "--solver-option", factory=dict, kind="kv", metavar="KEY=VALUE",
                                commands=UPSCALE)
-    # -- tiling (tile, tile_overlap) and rank's own fields (commands={"rank"}) go here, one field each
+    # -- any output size (docs/tiling.md); checked together by textsr.tiling.plan.TileRequest
+    tile: str | int | None = arg(_tile, "Any output size: run the model on overlapping windows of its own size "
+                                 "where the image exceeds it (auto) or of N px; the projection, guidance and "
+                                 "particle weights still act on the whole image [default: off].", "--tile",
+                                 metavar="auto|N")
+    tile_overlap: int | None = arg(_optional(lambda v: validate.integer(v, "tile_overlap", lo=0)),
+                                   "Window overlap in output pixels [default: a quarter of the window].",
+                                   "--tile-overlap", type=int, metavar="PX")
+    tile_options: dict = arg(lambda v: validate.options(v, "tile_options"), "shift=true|false (random grid shift "
+                             "per step), batch=N (windows per call), text=F (text guidance inside windows, a "
+                             "fraction of the whole image's).", "--tile-option", factory=dict, kind="kv",
+                             metavar="KEY=VALUE")
+    # -- rank's own fields (commands={"rank"}) go here, one field each
 
     # -- derived (not arguments)
     all_prompts: tuple[str, ...] = field(init=False, default=())
@@ -228,6 +248,13 @@ class ExploreRequest:
         object.__setattr__(self, "all_prompts", tuple(expand_prompts(self.prompts, self.template, self.values)))
         self._check_solver()
         self._check_operator()
+        self.tile_request()  # tile, tile_overlap and tile_options checked together
+
+    def tile_request(self) -> Any:
+        """The tiling asked for (``textsr.tiling.plan.TileRequest``; off unless ``tile`` is given)."""
+        from .tiling.plan import TileRequest
+
+        return TileRequest.of(self.tile, self.tile_overlap, self.tile_options)
 
     def _check_solver(self) -> None:
         from .solver_registry import config_class

@@ -20,7 +20,12 @@ Spacing = Literal["uniform", "linspace", "leading", "trailing"]
 
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """A VP noise schedule given by ``alphas_cumprod`` (float64, length T, decreasing)."""
+    """A VP noise schedule given by ``alphas_cumprod`` (float64, length T >= 1, non-increasing, in (0, 1]).
+
+    The last (noisiest) entry may be exactly 0: zero terminal SNR, the pure-noise level ``x_{T-1} = eps``
+    of a rectified flow at ``s = 1`` (``textsr.flow``).  Only formulas that divide by ``sqrt(abar_t)`` are
+    singular there; ``SolverConfig.starts_at_zero_snr`` says which solvers cannot take a step from it.
+    """
 
     alphas_cumprod: tuple[float, ...]
     name: str = "custom"
@@ -28,10 +33,10 @@ class NoiseSchedule:
 
     def __post_init__(self) -> None:
         a = torch.tensor(self.alphas_cumprod, dtype=torch.float64)
-        if a.ndim != 1 or len(a) < 2:
-            raise ValueError("alphas_cumprod needs at least 2 entries")
-        if not torch.all((a > 0) & (a <= 1)):
-            raise ValueError("alphas_cumprod must lie in (0, 1]")
+        if a.ndim != 1 or len(a) < 1:
+            raise ValueError("alphas_cumprod needs at least 1 entry")
+        if not (bool(torch.all(a[:-1] > 0)) and bool(torch.all(a <= 1)) and bool(a[-1] >= 0)):
+            raise ValueError("alphas_cumprod must lie in (0, 1] (only the last, noisiest entry may be 0)")
         if not torch.all(a[1:] <= a[:-1]):
             raise ValueError("alphas_cumprod must be non-increasing in t")
         object.__setattr__(self, "_abar", a)
@@ -64,6 +69,11 @@ class NoiseSchedule:
 
     # -- queries --------------------------------------------------------------------------------
     @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether the noisiest level is pure noise (``abar_{T-1} = 0``)."""
+        return float(self._abar[-1]) == 0.0
+
+    @property
     def T(self) -> int:
         return len(self.alphas_cumprod)
 
@@ -73,7 +83,7 @@ class NoiseSchedule:
             return 1.0
         if not 0 <= t < self.T:
             raise ValueError(f"timestep {t} outside [0, {self.T - 1}]")
-        return float(self._abar[t])
+        return float(self.alphas_cumprod[t])  # no tensor op: works under fake tensors too
 
     def timesteps(self, steps: int, spacing: Spacing = "uniform", t_start: int | None = None) -> list[int]:
         """``steps`` decreasing timesteps from ``t_start`` (default T-1) toward 0.
@@ -169,9 +179,13 @@ class DDPMPosterior:
 
 
 def ddpm_posterior(abar_t: float, abar_s: float) -> DDPMPosterior:
-    """Coefficients of ``q(x_s | x_t, x0)`` for ``abar_s >= abar_t`` (``abar_s = 1``: the final step)."""
-    if not 0.0 < abar_t < 1.0 or not abar_t <= abar_s <= 1.0:
-        raise ValueError(f"need 0 < abar_t < 1 and abar_t <= abar_s <= 1, got abar_t={abar_t}, abar_s={abar_s}")
+    """Coefficients of ``q(x_s | x_t, x0)`` for ``abar_s >= abar_t`` (``abar_s = 1``: the final step).
+
+    ``abar_t = 0`` (pure noise, zero terminal SNR) is the exact limit: ``x_t`` carries nothing about x0, so
+    ``ct = 0``, ``c0 = sqrt(abar_s)`` and ``beta_tilde = 1 - abar_s`` (the marginal of ``x_s``)."""
+    if not 0.0 <= abar_t < 1.0 or not abar_t <= abar_s <= 1.0 or abar_s == 0.0:
+        raise ValueError(f"need 0 <= abar_t < 1 and abar_t <= abar_s <= 1 (abar_s > 0), got abar_t={abar_t}, "
+                         f"abar_s={abar_s}")
     alpha = abar_t / abar_s
     beta = 1.0 - alpha
     c0 = math.sqrt(abar_s) * beta / (1.0 - abar_t)

@@ -34,6 +34,7 @@ SOLVERS: dict[str, SolverEntry] = {
     "dps": SolverEntry("textsr.solvers.dps", "DPSConfig", "dps_step"),
     "pigdm": SolverEntry("textsr.solvers.pigdm", "PiGDMConfig", "pigdm_step"),
     "tds": SolverEntry("textsr.solvers.tds", "TDSConfig", "tds_step"),
+    "flowdps": SolverEntry("textsr.solvers.flowdps", "FlowDPSConfig", "flowdps_step"),
 }
 
 

@@ -8,14 +8,17 @@ Per run, ``explore`` calls:
 
 1. ``prepare_input(arr, scale)``: adapt the LR image to what the model can take (default: unchanged);
 2. ``check_size(lr_hw, scale)``: refuse sizes the model cannot produce, naming sizes that work;
-3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none);
+3. ``input_notes(lr_hw, scale)``: remarks about the input for the user (default: none); with ``tile=``:
+   ``native_output()``, ``check_tiling(lr_hw, scale, tiling)`` (instead of ``check_size``) and
+   ``memory_probes(...)`` for the peak-memory estimate before any work (docs/tiling.md);
 4. ``stage_names`` (a preset's per-stage options), then ``build_stages(solver, solver_options, options)``:
    the cascade, once per run;
 
 then per prompt:
 
 5. ``encode_prompt(prompt)`` -> the condition ``C`` the stages' Denoisers take; ``prompt_notes(prompt)``;
-6. after sampling: ``postprocess(x, y, operator)`` (default: unchanged), ``text_scores(x, prompt)``
+6. after sampling: ``finish(x, y, operator)`` (default: unchanged; latent models decode and project, and
+   report the images before the projection), ``text_scores(x, prompt)``
    (default: none), ``exact_metrics(...)`` (default: none), ``prompt_tags(prompt)`` (default: none);
 
 and ``describe()`` for results.json.  With a particle solver, ``tilting_options(options)`` says whether the
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -36,10 +40,21 @@ import torch
 from ..cascade import Stage
 from ..model_registry import ModelInfo  # defined with the registry so that `textsr models` needs no torch
 from ..operators import LinearOperator
+from ..tiling.memory import MemoryProbe
+from ..tiling.plan import Tiling, exceeds
 
-__all__ = ["Backend", "ModelInfo", "check_options"]
+__all__ = ["Backend", "Finished", "ModelInfo", "check_options"]
 
 C = TypeVar("C")  # the condition type a backend's Denoisers take (what ``encode_prompt`` returns)
+
+
+@dataclass
+class Finished:
+    """A backend's final images ``x`` (model space, output size) and, when it ends with an exact pixel-space
+    projection onto ``A x = y``, the images just before it (``before_projection``; None otherwise)."""
+
+    x: torch.Tensor
+    before_projection: torch.Tensor | None = None
 
 
 class Backend(ABC, Generic[C]):
@@ -55,6 +70,7 @@ class Backend(ABC, Generic[C]):
     memory_options: ClassVar[tuple[str, ...]] = ()
     load_options: Any = None  # LoadOptions
     residency: Any = None  # the model CPU offload (LoadOptions.apply)
+    tiles: ClassVar[bool] = False  # runs on windows of its own size (``check_tiling``, ``build_stages(tiling=)``)
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -88,7 +104,37 @@ class Backend(ABC, Generic[C]):
         """The cascade for one run: each stage with its Denoiser (guidance wrappers applied) and its
         solver config (the backend's per-stage defaults overridden by ``solver_options``).
         ``options``: backend options (guidance scales, CLIP guidance, unCLIP lambda ...); unknown keys
-        and solvers the model cannot run raise ``UsageError`` naming what works."""
+        and solvers the model cannot run raise ``UsageError`` naming what works.  Backends that tile
+        also take ``tiling: Tiling`` (passed only for tiled runs, after ``check_tiling``)."""
+
+    # -- any output size (textsr.tiling, docs/tiling.md) ----------------------------------------
+    def native_output(self) -> tuple[int, int] | None:
+        """The output size (H, W) this model makes without windows (its last stage's training size);
+        None: no such size.  ``tile="auto"`` tiles only outputs larger than this (``makes``), and without
+        tiling an output more than ``tiling.UNTILED_LIMIT`` times larger per side is refused, naming ``--tile``."""
+        return None
+
+    def makes(self, output: tuple[int, int], factor: float = 1.0) -> bool:
+        """Whether the model makes an ``output`` (H, W) without windows, with ``factor`` times its own size
+        allowed per side.  Default: within ``native_output()`` per side; a model that makes any shape up to
+        an area (the flow models) overrides it.  ``tile="auto"`` tiles an output it does not make."""
+        native = self.native_output()
+        return native is None or not exceeds(output, native, factor)
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        """Check a tiled request before any work (sizes, window side, overlap) and return notes on what
+        runs where; raise ``UsageError`` naming the valid values otherwise.  A backend that tiles overrides
+        this and takes ``tiling=`` in ``build_stages``; the default refuses."""
+        from ..errors import UsageError
+
+        raise UsageError(f"model {self.info.name!r} cannot run on windows (--tile {tiling.request.tile}); leave "
+                         "--tile out (or --tile off)")
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        """The network calls of one run whose activations set its peak memory (each stage's model at
+        its size, and the autoencoder of a latent model), for ``textsr.tiling.memory.estimate``; empty:
+        this model gives no estimate."""
+        return []
 
     # -- text -----------------------------------------------------------------------------------
     @abstractmethod
@@ -104,10 +150,15 @@ class Backend(ABC, Generic[C]):
         return None
 
     # -- after sampling -------------------------------------------------------------------------
+    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
+        """Final samples (the last stage's output) -> images in [-1, 1] model space at the output size, and
+        the images before a final pixel projection when the backend makes one (latent models decode, then
+        project onto ``A x = y``: ``Finished.before_projection``).  Default: unchanged, no projection."""
+        return Finished(x)
+
     def postprocess(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-        """Final samples (the last stage's output) -> images in [-1, 1] model space at the output size;
-        e.g. latent models decode and project onto ``A x = y``.  Default: unchanged."""
-        return x
+        """The final images of ``finish``."""
+        return self.finish(x, y, operator).x
 
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
         """Per-sample text consistency in [0, 1] for final images ``x`` in [-1, 1] (None if unknown)."""

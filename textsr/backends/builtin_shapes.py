@@ -29,6 +29,7 @@ from ..errors import InputImageError, UsageError
 from ..model_registry import MODELS
 from ..schedule import NoiseSchedule
 from ..solvers import make_config
+from ..tiling.plan import Tiling
 from .base import Backend
 from .options import BackendOptions, LoadOptions, flag, number
 
@@ -146,6 +147,15 @@ class ShapesBackend(Backend):
         if tuple(lr_hw) != (want, want):
             raise InputImageError(f"at scale {scale} the built-in shapes model needs a {want}x{want} input "
                                   f"(64x64 output); got {lr_hw[1]}x{lr_hw[0]}")
+
+    def native_output(self) -> tuple[int, int]:
+        return (SIZE, SIZE)
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        raise UsageError(f"the built-in shapes model is an exact world of {SIZE}x{SIZE} scenes: every input is "
+                         f"explained at that size (its exact score is for whole scenes), so it has no windows to run "
+                         f"(--tile {tiling.request.tile}); leave --tile out, or use a real model (`textsr models`) for "
+                         "larger outputs")
 
     def parse(self, prompt: str):
         from ..shapes_world import parse_prompt

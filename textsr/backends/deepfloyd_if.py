@@ -21,16 +21,19 @@ the paper's own loop: docs/paper-if-loop.md).
   to ``x0_hat`` *before* the solver's data-consistency step, through ``Prediction.x0_transform``.
 * Weights run in the model dtype (fp16 on CUDA); solver math stays float32 (the adapter casts).
 * Not used: IF's safety checker and watermarker, and stage III.
+* Outputs larger than stage II makes (``tile=``, docs/tiling.md "Cascades"): stage I runs whole at
+  ``output / 4^m`` (the smallest m that fits its UNet), then stage II runs m times, x4 each, the passes
+  larger than its UNet on windows, each window conditioned on its crop of the upsampled previous pass.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +44,14 @@ from ..errors import InputImageError, UsageError
 from ..model_registry import ModelInfo
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, canonical_name
-from .base import Backend, check_options
+from ..tiling.cascade import CascadePass, CascadeSizes
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling
+from .base import Backend
+from .deepfloyd_if_options import IFLoadOptions, IFOptions
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
-from .options import LoadOptions, module_device, number
+from .options import module_device
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -63,80 +70,6 @@ STAGE_SOLVER_DEFAULTS: dict[str, tuple[dict, dict]] = {
 }
 
 
-def _pair(value: Any, name: str, kind: type) -> tuple:
-    vals = list(value) if isinstance(value, (list, tuple)) else [value, value]
-    if len(vals) != 2:
-        raise UsageError(f"DeepFloyd IF option {name} takes one value or two (stage I, stage II), got {value!r}")
-    try:
-        out = tuple(kind(v) for v in vals)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"DeepFloyd IF option {name} must be {kind.__name__}(s), got {value!r}") from e
-    if kind is int and any(float(v) != o for v, o in zip(vals, out)):
-        raise UsageError(f"DeepFloyd IF option {name} must be whole numbers, got {value!r}")
-    return out
-
-
-@dataclass(frozen=True)
-class IFOptions:
-    """Sampling options (``build_stages(..., options)``; ``--option KEY=VALUE`` on the CLI).
-
-    guidance_scale: CFG scale per stage (one number sets both); negative_prompt: the unconditional
-    branch's prompt; noise_level: stage II's augmentation level of the stage-I image (0..T-1 of the
-    noising schedule); steps: per-stage steps overriding the solver defaults (DDNM/DDNM+/plain 100 + 50,
-    DPS/PiGDM 250 + 100); warm_start: stage I starts at this fraction of the schedule from
-    ``sqrt(abar) A+ y + sqrt(1 - abar) z`` (SDEdit-style, the paper's code; None: from pure noise);
-    thresholding: apply the scheduler's dynamic thresholding (or clipping) to x0_hat.
-    """
-
-    guidance_scale: tuple[float, float] = (7.0, 4.0)
-    negative_prompt: str = ""
-    noise_level: int = 250
-    steps: tuple[int, int] | None = None
-    warm_start: float | None = None
-    thresholding: bool = True
-
-    def __post_init__(self) -> None:
-        if any(not math.isfinite(w) or w < 0 for w in self.guidance_scale):
-            raise UsageError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
-        if not isinstance(self.negative_prompt, str):
-            raise UsageError(f"negative_prompt must be a string, got {self.negative_prompt!r}")
-        if isinstance(self.noise_level, bool) or not isinstance(self.noise_level, int) or self.noise_level < 0:
-            raise UsageError(f"noise_level must be an integer >= 0, got {self.noise_level!r}")
-        if self.steps is not None and any(s < 1 for s in self.steps):
-            raise UsageError(f"steps must be positive, got {self.steps}")
-        if self.warm_start is not None and not 0.0 < self.warm_start <= 1.0:
-            raise UsageError(f"warm_start must lie in (0, 1], got {self.warm_start}")
-        if not isinstance(self.thresholding, bool):
-            raise UsageError(f"thresholding must be true or false, got {self.thresholding!r}")
-
-    @classmethod
-    def from_dict(cls, options: dict) -> IFOptions:
-        check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF")
-        o = dict(options)
-        if "guidance_scale" in o:
-            o["guidance_scale"] = _pair(o["guidance_scale"], "guidance_scale", float)
-        if o.get("steps") is not None:
-            o["steps"] = _pair(o["steps"], "steps", int)
-        if o.get("warm_start") is not None:
-            o["warm_start"] = number(o["warm_start"], "warm_start")
-        return cls(**o)
-
-
-@dataclass(frozen=True)
-class IFLoadOptions(LoadOptions):
-    """The memory options (``LoadOptions``: cpu_offload keeps one of T5, UNet I and UNet II on the GPU at a
-    time) plus variant: preferred weight files (``"fp16"``: half the download; used when present, upcast
-    on CPU)."""
-
-    what: ClassVar[str] = "DeepFloyd IF load"
-    variant: str | None = "fp16"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.variant is not None and not isinstance(self.variant, str):
-            raise UsageError(f"variant must be a string such as 'fp16' or null, got {self.variant!r}")
-
-
 # -- the backend --------------------------------------------------------------------------------------
 @dataclass
 class IFStageModels:
@@ -153,6 +86,7 @@ class IFStageModels:
 class IFBackend(Backend):
     """DeepFloyd IF: stage I (+ optional stage II) with a shared T5 encoder.  See the module docstring."""
 
+    tiles = True
     neutral_options = {"guidance_scale": 1.0}  # CFG 1: the model's own p(x | prompt)
     memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing")
 
@@ -271,28 +205,83 @@ class IFBackend(Backend):
             cfgs.append(stage_solver_config(solver, stage, {name: d}, user))
         return cfgs
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         opts = IFOptions.from_dict({**self.defaults, **(options or {})})
         cfgs = self.stage_solver_configs(solver, solver_options, opts)
         null = self.encode_prompt(opts.negative_prompt)
-        stages = []
+        dens, cond_fns = [], []
         for k, (key, st) in enumerate((("stage_1", self.stage_1), ("stage_2", self.stage_2))):
             if st is None:
                 continue
-            den = IFUNetDenoiser(st.unet, self._schedules[key], guidance_scale=opts.guidance_scale[k], null_text=null,
-                                 x0_transform=x0_transform_for(st.scheduler.config) if opts.thresholding else None,
-                                 activate=partial(self._residency.activate, key))
+
+            def make(w: float, key: str = key, st: IFStageModels = st) -> IFUNetDenoiser:
+                return IFUNetDenoiser(st.unet, self._schedules[key], guidance_scale=w, null_text=null,
+                                      x0_transform=x0_transform_for(st.scheduler.config) if opts.thresholding else None,
+                                      activate=partial(self._residency.activate, key))
+
+            den: Any = make(opts.guidance_scale[k])
+            if tiling is not None:  # windows where the pass exceeds the model; text weaker there if asked
+                native, mult, final = self.cascade_sizes().model_windows(low=(k == 0))
+                text = tiling.request.text
+                den = tiling.wrap(den, native, mult, final=final,
+                                  window_base=make(text * opts.guidance_scale[k]) if text < 1 else None)
+            dens.append(den)
             cond_fn = None
             if k == 1:
                 T = int(st.noising_scheduler.config.num_train_timesteps)
                 if opts.noise_level >= T:
                     raise UsageError(f"noise_level must be below {T}, got {opts.noise_level}")
                 cond_fn = partial(self._condition_stage_2, noise_level=opts.noise_level)
-            stages.append(Stage(name=key, denoiser=den, divisor=self.stage_divisors[k], channels=self.channels,
-                                condition=cond_fn, solver=cfgs[k],
+            cond_fns.append(cond_fn)
+        passes = (self.cascade_sizes().passes(tiling.output, tiling.scale, tiled=True) if tiling is not None else
+                  [CascadePass(n, k == 0, d, (0, 0)) for k, (n, d) in enumerate(zip(self.stage_names,
+                                                                                    self.stage_divisors))])
+        stages = []
+        for p in passes:
+            k = 0 if p.low else 1
+            stages.append(Stage(name=p.name, denoiser=dens[k], divisor=p.divisor, channels=self.channels,
+                                condition=cond_fns[k], solver=cfgs[k],
                                 extra={"guidance_scale": opts.guidance_scale[k], "thresholding": opts.thresholding,
                                        **({"noise_level": opts.noise_level} if k == 1 else {})}))
         return stages
+
+    # -- any output size (docs/tiling.md, "Cascades") ---------------------------------------------------
+    def cascade_sizes(self) -> CascadeSizes:
+        """Stage I and stage II: the sizes their UNets were trained at (``sample_size``) and multiples."""
+        s1 = _hw(self.stage_1.unet.config.sample_size, 64)
+        if self.stage_2 is None:
+            return CascadeSizes("stage_1", s1, self.stage_1.size_multiple)
+        return CascadeSizes("stage_1", s1, self.stage_1.size_multiple, "stage_2",
+                            _hw(self.stage_2.unet.config.sample_size, 256), self.stage_2.size_multiple)
+
+    def native_output(self) -> tuple[int, int]:
+        return self.cascade_sizes().output_native
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        return self.cascade_sizes().check(lr_hw, tiling, "DeepFloyd IF")
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        cs = self.cascade_sizes()
+        output = (lr_hw[0] * scale, lr_hw[1] * scale)
+        t5: Any = self.text_encoder
+        d_text = int(t5.config.d_model)  # T5's width
+        probes = []
+        for p in cs.passes(output, scale, tiled=tiling is not None):
+            key = "stage_1" if p.low else "stage_2"
+            st = self.stage_1 if p.low else self.stage_2
+            assert st is not None
+            den = IFUNetDenoiser(st.unet, self._schedules[key], guidance_scale=2.0, null_text=IFText(torch.zeros(0)),
+                                 x0_transform=None)
+
+            def run(rows: int, h: int, w: int, den: IFUNetDenoiser = den, low: bool = p.low) -> torch.Tensor:
+                x = zeros_like_rows(rows, self.channels, h, w, like=den.unet, x=True)
+                text = zeros_like_rows(rows, MAX_TOKENS, d_text, like=den.unet)
+                return den._out(x, 500, text, None if low else x, None if low else 250)
+
+            window = cs.windows(p, tiling)[0] if tiling is not None else None
+            probes.append(MemoryProbe(f"{p.name} UNet", run, p.size, window, rows=2, module=st.unet))  # CFG: 2 rows
+        return probes
 
     def _condition_stage_2(self, cond: Any, prev: torch.Tensor | None, noise: Noise, *, noise_level: int) -> IFSRCond:
         """Upsample the stage-I sample x4 (bilinear, align_corners=True) and noise it to ``noise_level``
@@ -313,6 +302,13 @@ class IFBackend(Backend):
 
 
 # -- loading ------------------------------------------------------------------------------------------
+def _hw(size: Any, default: int) -> tuple[int, int]:
+    """A UNet config's ``sample_size`` as (H, W) (``default`` when the config has none)."""
+    if size is None:
+        return (default, default)
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offline: bool) -> IFBackend:
     """Load from Hub ids or local pipeline folders (``source["stages"]``: stage_1 = IFPipeline,
     optional stage_2 = IFSuperResolutionPipeline, whose text encoder is not loaded: stage I's is shared)."""

@@ -3,7 +3,7 @@ embeddings only (kandinsky-community/kandinsky-2-2-prior + kandinsky-2-2-decoder
 
 It combines the two other model families' machinery:
 
-* the **prior** and **embedding averaging** as for Karlo (``textsr.backends.unclip``):
+* the **prior** and **embedding averaging** as for Karlo (``textsr.backends.unclip_prior``):
   ``e = lambda * e_img(up(y)) + (1 - lambda) * e_prior(text)``; the prior repository's own CLIP vision
   tower gives ``e_img``, so ``unclip_lambda`` works without extra downloads.  The text reaches the image
   only through this embedding (the decoder UNet takes no text);
@@ -41,7 +41,7 @@ from .hf_common import (
 )
 from .latent_base import LatentBackendBase
 from .options import LoadOptions, number
-from .unclip import KarloText, PriorOptions, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
+from .unclip_prior import KarloText, PriorOptions, encode_clip_text, mix_embeddings, sample_prior, unclip_classes
 
 BACKEND = "kandinsky"
 
@@ -164,6 +164,11 @@ class KandinskyBackend(LatentBackendBase[KarloText]):
         with torch.no_grad():
             zero = torch.zeros(1, 3, s, s, device=self.device, dtype=self.image_encoder.dtype)
             return self.image_encoder(pixel_values=zero).image_embeds.float()
+
+    def probe_condition(self, rows: int) -> KandinskyCond:
+        e = int(self.image_encoder.config.projection_dim)
+        z = lambda n: torch.zeros(n, e, dtype=self.unet.dtype, device=self.unet.device)  # noqa: E731
+        return KandinskyCond(z(rows), z(1))
 
     def make_denoiser(self, options: KandinskyOptions) -> KandinskyDenoiser:
         return KandinskyDenoiser(self.unet, self.schedule, self.adapter, options.guidance_scale,

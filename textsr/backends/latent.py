@@ -155,6 +155,11 @@ class LatentBackend(LatentBackendBase[LatentText]):
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
         return None if self.clip is None else self.clip.prompt_scores(x, prompt)
 
+    def probe_condition(self, rows: int) -> LatentText:
+        z = torch.zeros(1, int(self.tokenizer.model_max_length), int(self.text_encoder.config.hidden_size),
+                        dtype=self.unet.dtype, device=self.unet.device)
+        return LatentText("", z, z)
+
     def make_denoiser(self, options: LatentOptions) -> LatentDenoiser:
         null = self._hidden(options.negative_prompt) if options.negative_prompt else None
         return LatentDenoiser(self.unet, self.schedule, self.adapter, options.guidance_scale, null)

@@ -17,6 +17,9 @@ sampling loop:
 * **final exact projection** (``postprocess``): decode the final latents and set
   ``x <- x - A_pix+ (A_pix x - y)``: exact LR consistency in pixels, at the price of a visible LR-grid
   correction wherever the decoder could not match ``y``.
+* **larger outputs** (``tile=``, docs/tiling.md "Latent models"): the UNet on windows of its training size
+  in latent space (``TiledDenoiser``) and the autoencoder on the same windows (``TiledCodec``); the
+  projection and DPS's residual stay whole-image in pixels.
 
 ``LatentBackendBase`` holds the backend side of this once: one latent stage at the output size, the size
 check, the solver check, the bind that swaps in the latent operator, ``decode`` and ``postprocess``.  A
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, NoReturn, Protocol, TypeVar
 
 import torch
@@ -39,7 +42,10 @@ from ..errors import InputImageError, UsageError
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
 from ..solvers import Noise, SolverConfig, config_class, solver_classes
-from .base import Backend
+from ..tiling.codec import TiledCodec
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling, exceeds
+from .base import Backend, Finished
 from .hf_common import check_stage_option_keys, stage_solver_config
 from .options import BackendOptions
 
@@ -124,8 +130,9 @@ class LatentOperator(LinearOperator):
 
 @dataclass
 class ProjectingLatentDenoiser:
-    """Decode-project-encode: ``z0' = E(D(z0) - A+ (A D(z0) - y))`` after the wrapped denoiser, eps
-    recomputed to match (DDNM-family solvers on latents)."""
+    """Decode-project-encode: ``z0' = E(D(z0) - A+ (A D(z0) - y))`` after the wrapped denoiser (DDNM-family
+    solvers on latents).  The model's ``eps`` is kept, as DDNM's step keeps the network's noise estimate
+    beside the corrected ``x0'`` (eq. 13; recomputing eps from ``z0'`` would put back part of the correction)."""
 
     base: Any
     codec: Codec
@@ -141,7 +148,7 @@ class ProjectingLatentDenoiser:
         x = self.codec.decode(pred.x0)
         y = self.y.to(x).expand(x.shape[0], *self.y.shape[1:])
         x = x - self.pixel.A_pinv(self.pixel.A(x) - y)  # DDNM eq. 13, in pixels
-        return Prediction.from_x0(x_t, self.codec.encode(x), self.schedule.abar(t))
+        return Prediction(x0=self.codec.encode(x), eps=pred.eps, v=pred.v)
 
 
 def project_pixels(x: torch.Tensor, y: torch.Tensor, pixel: LinearOperator) -> torch.Tensor:
@@ -150,13 +157,20 @@ def project_pixels(x: torch.Tensor, y: torch.Tensor, pixel: LinearOperator) -> t
     return x - pixel.A_pinv(pixel.A(x) - y)
 
 
-def decode_and_project(codec: Codec, z: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+def decode_and_project(codec: Codec, z: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
     """Final latents -> pixels (float32) -> exact pixel projection; ``operator``: a ``LatentOperator`` or
-    the pixel operator itself."""
+    the pixel operator itself.  Returns both images: after and before the projection."""
     pixel = operator.pixel if isinstance(operator, LatentOperator) else operator
     with torch.no_grad():
         x = codec.decode(z.float())
-    return project_pixels(x, y.to(x), pixel)
+    return Finished(project_pixels(x, y.to(x), pixel), before_projection=x)
+
+
+def network_shape(shape: tuple[int, ...], window: tuple[int, int] | None) -> tuple[int, ...]:
+    """The latent shape the network sees: ``shape`` itself, or a window of it (cut to the image's sides)."""
+    if window is None:
+        return shape
+    return (*shape[:-2], min(window[0], shape[-2]), min(window[1], shape[-1]))
 
 
 def latent_solver(solver: str) -> type[SolverConfig]:
@@ -183,8 +197,10 @@ class LatentBackendBase(Backend[C]):
     implement ``make_denoiser``."""
 
     channels = 3
+    tiles = True
     options_class: ClassVar[type[BackendOptions]]
     model_label: ClassVar[str] = "this latent model"  # for error messages
+    network_label: ClassVar[str] = "latent UNet"  # for the memory estimate
     codec: Codec
     unet: Any
     schedule: NoiseSchedule
@@ -204,9 +220,26 @@ class LatentBackendBase(Backend[C]):
         """The Denoiser for this run's ``y`` (e.g. with the LR image's embedding mixed in); default: ``den``."""
         return den
 
+    def window_denoiser(self, options: Any, text: float) -> Denoiser | None:
+        """The Denoiser run on windows, its text guidance ``text`` times the whole image's (docs/tiling.md,
+        "Text over windows"); None: the whole image's (``text = 1``).  Default: ``guidance_scale`` scaled."""
+        if text >= 1:
+            return None
+        return self.make_denoiser(replace(options, guidance_scale=text * options.guidance_scale))
+
     def training_size_hint(self, scale: int) -> str:
         """A sentence about the size the model was trained at, for the size error ("" if unknown)."""
         return ""
+
+    def solver_defaults(self) -> dict[str, dict[str, Any]]:
+        """Per-solver defaults of the latent stage (steps, step sizes), under the user's solver options."""
+        return SOLVER_DEFAULTS
+
+    def bind_grid(self, den: Any, cfg: SolverConfig, latent_shape: tuple[int, ...]) -> Any:
+        """The Denoiser on the grid this run's solver ``cfg`` walks at the latent size the network sees (the
+        window's in a tiled run: every window then walks one grid, its own; a flow model's grid depends on
+        the size, docs/tiling.md "Flow-matching models"); default: ``den``."""
+        return den
 
     # -- options ---------------------------------------------------------------------------------
     def parse_options(self, options: dict | None) -> Any:
@@ -231,31 +264,102 @@ class LatentBackendBase(Backend[C]):
                 f"of {m} (its autoencoder's x{self.codec.factor} times the UNet's downsampling)."
                 + (f" {hint}" if hint else ""))
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         o = self.parse_options(options)
         projected = latent_solver(solver).projects
         check_stage_option_keys(solver_options, (STAGE,))
+        cfg = stage_solver_config(solver, STAGE, self.solver_defaults(), solver_options)
         den = self.make_denoiser(o)
-        codec = self.codec
+        weak = None if tiling is None else self.window_denoiser(o, tiling.request.text)
+        codec: Codec = self.codec
+        win: tuple[int, int] | None = None
+
+        def windowed(d: Any, w: Any) -> Any:  # windows in latent space where the latents exceed the UNet
+            return d if tiling is None else tiling.wrap(d, self.latent_native, self.unet_multiple, final=True,
+                                                        unit=self.codec.factor, window_base=w)
+
+        if tiling is not None:  # the autoencoder on windows of the same latent size
+            win, ov = tiling.windows(self.latent_native, self.unet_multiple, final=True, unit=self.codec.factor)
+            codec = TiledCodec(self.codec, win, ov, tiling.request.batch)
 
         def bind(op: LinearOperator, y: torch.Tensor) -> tuple[Any, LinearOperator]:
-            d = self.bind_denoiser(den, o, y)
             lop = LatentOperator(op, codec, projected=projected)
+            seen = network_shape(lop.in_shape, win)  # a grid that depends on the size: the size the network sees
+            d = windowed(self.bind_grid(self.bind_denoiser(den, o, y), cfg, seen),
+                         None if weak is None else self.bind_grid(self.bind_denoiser(weak, o, y), cfg, seen))
             return (ProjectingLatentDenoiser(d, codec, op, y) if projected else d), lop
 
-        return [Stage(STAGE, den, divisor=1, channels=self.channels, condition=self.make_condition(o), bind=bind,
-                      solver=stage_solver_config(solver, STAGE, SOLVER_DEFAULTS, solver_options))]
+        return [Stage(STAGE, windowed(den, weak), divisor=1, channels=self.channels, condition=self.make_condition(o),
+                      bind=bind, solver=cfg)]
+
+    # -- any output size (docs/tiling.md, "Latent models") ------------------------------------------
+    @property
+    def unet_multiple(self) -> int:
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def latent_native(self) -> tuple[int, int]:
+        """The latent size the UNet was trained at (its ``sample_size``)."""
+        s = self.unet.config.sample_size
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    def native_output(self) -> tuple[int, int]:
+        f = self.codec.factor
+        return (self.latent_native[0] * f, self.latent_native[1] * f)
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        self.check_size(lr_hw, scale)  # the output's sides: multiples of the autoencoder's and UNet's factors
+        f = self.codec.factor
+        win, ov = tiling.windows(self.latent_native, self.unet_multiple, final=True, unit=f)
+        return [f"{self.model_label}: UNet and autoencoder on windows of {win[0]}x{win[1]} latents ({win[0] * f}x"
+                f"{win[1] * f} px) overlapping by {ov[0]} latents ({ov[0] * f} px)"]
+
+    def probe_condition(self, rows: int) -> Any:
+        """A condition of the right shapes for ``rows`` samples (zeros), for the memory estimate; None (the
+        default): this model gives no estimate."""
+        return None
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        if self.probe_condition(1) is None:
+            return []
+        f = self.codec.factor
+        size = (lr_hw[0] * scale // f, lr_hw[1] * scale // f)
+        window = None if tiling is None else tiling.windows(self.latent_native, self.unet_multiple, final=True,
+                                                            unit=f)[0]
+        o = self.parse_options({})
+        den, label = self.make_denoiser(o), self.network_label
+        if tiling is not None and window is not None and exceeds(size, window):  # what runs on the windows
+            den = self.window_denoiser(o, tiling.request.text) or den
+            label = f"{label} on windows (text {tiling.request.text:g})"
+        c, t = self.codec.latent_channels, den.schedule.T // 2
+
+        def unet(rows: int, h: int, w: int) -> Any:  # the denoiser batches its guidance branches itself
+            return den(zeros_like_rows(rows, c, h, w, like=self.unet, x=True).float(), t,
+                       self.probe_condition(rows)).x0
+
+        def decode(rows: int, h: int, w: int) -> Any:
+            return self.codec.decode(zeros_like_rows(rows, c, h, w, like=self.unet, x=True).float())
+
+        def encode(rows: int, h: int, w: int) -> Any:
+            return self.codec.encode(zeros_like_rows(rows, 3, h * f, w * f, like=self.unet, x=True).float())
+
+        return [MemoryProbe(label, unet, size, window, module=self.unet),
+                MemoryProbe("autoencoder decoder", decode, size, window, module=self.unet),
+                MemoryProbe("autoencoder encoder", encode, size, window, module=self.unet)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Final latents -> pixels in [-1, 1] (no projection)."""
         with torch.no_grad():
             return self.codec.decode(z.to(self.device, torch.float32))
 
-    def postprocess(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+    def finish(self, x: torch.Tensor, y: torch.Tensor, operator: LinearOperator) -> Finished:
         """Final latents -> pixels, then the exact pixel-space projection ``x - A+ (A x - y)`` so that the
-        result downsamples to ``y`` exactly.  ``operator``: the stage's operator (a ``LatentOperator``
-        or the pixel operator itself)."""
-        return decode_and_project(self.codec, x.to(self.device), y, operator)
+        result downsamples to ``y`` exactly; the decoded images before it are kept (how far the latent
+        answer was from ``y``).  ``operator``: the stage's operator (a ``LatentOperator``, whose autoencoder
+        decodes: on windows in a tiled run) or the pixel operator itself."""
+        codec = operator.codec if isinstance(operator, LatentOperator) else self.codec
+        return decode_and_project(codec, x.to(self.device), y, operator)
 
     def describe(self) -> dict:
         return {**super().describe(), "experimental": True, "vae_factor": self.codec.factor}

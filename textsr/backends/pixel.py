@@ -9,6 +9,8 @@ openai/clip-vit-base-patch32).
 
 Sizes: the UNet's ``sample_size`` (256 for the google models) fixes the output, so the LR image must be
 ``sample_size / s`` on each side; convolutional UNets run at other sizes but were not trained there.
+Larger outputs run on windows of that size (``tile="auto"``, docs/tiling.md), below CLIP guidance, which
+sees the whole image: the prompt is not repeated in every window.
 
 Options (``build_stages(..., options)``), starting points, not tuned on real weights here (none can be
 downloaded on the machine this was written on):
@@ -22,6 +24,7 @@ downloaded on the machine this was written on):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -33,6 +36,8 @@ from ..errors import InputImageError, ModelNotFoundError, UsageError
 from ..guidance import CLIPGuidance, ClipModel, GuidedCond
 from ..operators import LinearOperator
 from ..schedule import NoiseSchedule
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling
 from .base import Backend, ModelInfo
 from .hf_common import (
     ModelOutputAdapter,
@@ -101,6 +106,7 @@ class PixelDenoiser:
 class PixelBackend(Backend):
     """One pixel-space stage at the final size + optional CLIP guidance."""
 
+    tiles = True
     # an unconditional model: text enters only through CLIP guidance, an energy without a normaliser, so
     # its "evidence" is the guided sampler's; at clip_scale 0 every prompt gives the same model
     neutral_options = {"clip_scale": 0.0}
@@ -125,6 +131,14 @@ class PixelBackend(Backend):
         self.defaults = dict(defaults or {})
         PixelOptions.from_dict({}, self.defaults)  # the model spec's defaults are checked when the model loads
 
+    @property
+    def multiple(self) -> int:
+        """Image sides must be multiples of this: the UNet halves the image (len(down_blocks) - 1) times."""
+        return 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    def native_output(self) -> tuple[int, int]:
+        return self.size
+
     def check_size(self, lr_hw: tuple[int, int], scale: int) -> None:
         h, w = lr_hw
         H, W = self.size
@@ -133,7 +147,28 @@ class PixelBackend(Backend):
         ok = [f"{H // s}x{W // s} at x{s}" for s in range(2, 33) if H % s == 0 and W % s == 0]
         raise InputImageError(
             f"LR {h}x{w} at x{scale} gives {h * scale}x{w * scale}, but this model makes {H}x{W} images (its "
-            f"UNet's training size). Use an LR image of {', '.join(ok)}")
+            f"UNet's training size). Use an LR image of {', '.join(ok)}, or run on windows of {H}x{W}: --tile auto")
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        H, W = tiling.output
+        m = self.multiple
+        if H % m or W % m:
+            step = m // math.gcd(m, scale)
+            raise InputImageError(f"LR {lr_hw[0]}x{lr_hw[1]} at x{scale} gives {H}x{W}; this model's UNet needs sides "
+                                  f"that are multiples of {m}: use LR sides that are multiples of {step}")
+        win, ov = tiling.windows(self.size, m, final=True)
+        return [f"pixel model on windows of {win[0]}x{win[1]} px overlapping by {ov[0]} px "
+                f"({'shifted' if tiling.request.shift else 'fixed'} grid); CLIP guidance acts on the whole image"]
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        size = (lr_hw[0] * scale, lr_hw[1] * scale)
+        window = tiling.windows(self.size, self.multiple, final=True)[0] if tiling is not None else None
+
+        def run(rows: int, h: int, w: int) -> torch.Tensor:
+            x = zeros_like_rows(rows, self.channels, h, w, like=self.unet, x=True)
+            return self.unet(x, torch.tensor([500])).sample
+
+        return [MemoryProbe("pixel UNet", run, size, window, module=self.unet)]
 
     def encode_prompt(self, prompt: str) -> GuidedCond:
         if not prompt:
@@ -146,11 +181,14 @@ class PixelBackend(Backend):
     def text_scores(self, x: torch.Tensor, prompt: str) -> torch.Tensor | None:
         return None if self.clip is None else self.clip.prompt_scores(x, prompt)
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         o = PixelOptions.from_dict(options, self.defaults)
         guidance = o.guidance_settings()
         check_stage_option_keys(solver_options, (STAGE,))
-        base = PixelDenoiser(self.unet, self.schedule, self.adapter)
+        base: Any = PixelDenoiser(self.unet, self.schedule, self.adapter)
+        if tiling is not None:  # windows below CLIP guidance: the guidance sees the whole image
+            base = tiling.wrap(base, self.size, self.multiple, final=True)
         den: Any = base
         project = False
         if self.clip is not None and guidance["scale"] > 0:

@@ -21,17 +21,18 @@ Pipeline, as Karlo runs it, with the solver added to the two image stages:
    [-1, 1] as Karlo's scheduler does, before the solver's projection.
 4. **super-resolution** 64 -> 256 (UNet2DModel on [x_t, up(decoder output)]): the solver runs here
    with ``A_s``; ``super_res_last`` is used at t = 0 (Karlo's last step), ``super_res_first`` before.
+5. **larger outputs** (``tile=``, docs/tiling.md "Cascades"): the decoder runs whole at ``output / 4^m`` (the
+   smallest m that fits it), then the super-resolution UNet m times, on windows where a pass exceeds it.
 
-diffusers keeps unCLIP under ``diffusers.pipelines.deprecated``; ``unclip_classes`` is the one place
-that imports it and applies the reload workaround.
+Files: ``unclip_prior`` (1-2, the text encodings and diffusers' deprecated unCLIP classes with the reload
+workaround: shared with Kandinsky 2.2), ``unclip_unet`` (3-4: the UNets as Denoisers), this module (the options,
+sizes, tiling, stages and loading).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import sys
-import types
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -39,12 +40,13 @@ import torch
 import torch.nn.functional as F
 
 from ..cascade import Stage
-from ..denoiser import Prediction
 from ..errors import InputImageError, UsageError
 from ..guidance import ClipModel
 from ..operators import LinearOperator
-from ..schedule import NoiseSchedule
 from ..solvers import Noise
+from ..tiling.cascade import CascadePass, CascadeSizes
+from ..tiling.memory import MemoryProbe, zeros_like_rows
+from ..tiling.plan import Tiling
 from .base import Backend, ModelInfo
 from .hf_common import (
     ModelOutputAdapter,
@@ -57,30 +59,13 @@ from .hf_common import (
     scheduler_clip,
     spec_stages,
     stage_solver_config,
-    timestep_tensor,
 )
-from .options import BackendOptions, LoadOptions, choice, integer, number
+from .options import LoadOptions, number
+from .unclip_prior import KarloText, PriorOptions, encode_clip_text, sample_prior, unclip_classes
+from .unclip_unet import DecoderCond, KarloDecoderDenoiser, KarloSRDenoiser
 
 BACKEND = "unclip"
 STAGES = ("decoder", "super_res")
-
-
-@dataclass(frozen=True)
-class PriorOptions(BackendOptions):
-    """The unCLIP prior and embedding averaging (Karlo; Kandinsky 2.2 too): prior_guidance (4) and
-    prior_steps (25) for the prior, unclip_lambda (0: pure text; 1: the LR image's CLIP embedding; the
-    embedding averaging weight) and unclip_norm (``"prior"`` or ``"mix"``: the averaged embedding's norm)."""
-
-    prior_guidance: float = 4.0
-    prior_steps: int = 25
-    unclip_lambda: float = 0.0
-    unclip_norm: str = "prior"
-
-    def __post_init__(self) -> None:
-        self.set("prior_guidance", number(self.prior_guidance, "prior_guidance", lo=0.0))
-        self.set("prior_steps", integer(self.prior_steps, "prior_steps", lo=2))
-        self.set("unclip_lambda", number(self.unclip_lambda, "unclip_lambda", lo=0.0, hi=1.0))
-        self.set("unclip_norm", choice(self.unclip_norm, "unclip_norm", ("prior", "mix")))
 
 
 @dataclass(frozen=True)
@@ -105,202 +90,6 @@ SOLVER_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def unclip_classes() -> types.SimpleNamespace:
-    """unCLIP's diffusers classes, and the reload workaround, in one place.
-
-    diffusers moved unCLIP to ``diffusers.pipelines.deprecated.unclip``.  A saved pipeline's
-    ``model_index.json`` names ``UnCLIPTextProjModel`` as ``["diffusers", ...]`` (folders diffusers
-    writes now) or ``["unclip", ...]`` (the Hub's Karlo), and ``DiffusionPipeline.from_pretrained``
-    looks the class up there; neither resolves any more, so reloading fails.  We make the class
-    importable from ``diffusers`` and ``diffusers.pipelines.unclip`` (only if absent)."""
-    import diffusers
-    from diffusers import UnCLIPScheduler
-
-    try:
-        from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline, UnCLIPTextProjModel
-    except ImportError:  # diffusers < 0.28 kept it in diffusers.pipelines.unclip
-        from diffusers.pipelines.unclip import UnCLIPPipeline, UnCLIPTextProjModel  # type: ignore
-
-    if not hasattr(diffusers, "UnCLIPTextProjModel"):
-        diffusers.UnCLIPTextProjModel = UnCLIPTextProjModel
-    alias = "diffusers.pipelines.unclip"
-    if alias not in sys.modules:
-        try:
-            import diffusers.pipelines.unclip  # noqa: F401  (older diffusers: the real module)
-        except ImportError:
-            mod: Any = types.ModuleType(alias)  # Any: a module with attributes set at runtime
-            mod.UnCLIPPipeline = UnCLIPPipeline
-            mod.UnCLIPTextProjModel = UnCLIPTextProjModel
-            sys.modules[alias] = mod
-            pipelines: Any = sys.modules["diffusers.pipelines"]
-            pipelines.unclip = mod
-    return types.SimpleNamespace(UnCLIPPipeline=UnCLIPPipeline, UnCLIPTextProjModel=UnCLIPTextProjModel,
-                                 UnCLIPScheduler=UnCLIPScheduler)
-
-
-# ------------------------------------------------------------------------------------------------
-# conditioning
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KarloText:
-    """CLIP text encodings of the prompt and of the empty prompt (the unconditional branch).
-
-    embeds: (1, D) projected text embedding (``prompt_embeds``); hidden: (1, L, Dh) last hidden
-    states; mask: (1, L) bool.  ``null_*``: the same for ``""``."""
-
-    prompt: str
-    embeds: torch.Tensor
-    hidden: torch.Tensor
-    mask: torch.Tensor
-    null_embeds: torch.Tensor
-    null_hidden: torch.Tensor
-    null_mask: torch.Tensor
-
-
-@dataclass(frozen=True)
-class DecoderCond:
-    """The decoder stage's conditioning: the text and the prior's image embeddings (B, D)."""
-
-    text: KarloText
-    e_prior: torch.Tensor
-
-
-def mix_embeddings(e_prior: torch.Tensor, e_img: torch.Tensor | None, lam: float, norm: str = "prior") -> torch.Tensor:
-    """``e = lam * e_img + (1 - lam) * e_prior`` rescaled per sample to ``||e_prior||`` (``"prior"``)
-    or to ``lam ||e_img|| + (1 - lam) ||e_prior||`` (``"mix"``).  ``lam = 0`` returns ``e_prior``."""
-    if lam == 0.0 or e_img is None:
-        if lam != 0.0:
-            raise UsageError("unclip_lambda > 0 needs the CLIP image embedding of the LR image")
-        return e_prior
-    e_img = e_img.to(e_prior).expand_as(e_prior)
-    e = lam * e_img + (1.0 - lam) * e_prior
-    n_prior = e_prior.norm(dim=-1, keepdim=True)
-    target = n_prior if norm == "prior" else lam * e_img.norm(dim=-1, keepdim=True) + (1.0 - lam) * n_prior
-    return e * (target / e.norm(dim=-1, keepdim=True).clamp(min=1e-12))
-
-
-def _rows(t: torch.Tensor, B: int) -> torch.Tensor:
-    return t if t.shape[0] == B else t.expand(B, *t.shape[1:])
-
-
-def encode_clip_text(tokenizer: Any, text_encoder: Any, prompt: str, device: torch.device) -> KarloText:
-    """CLIP text encodings of ``prompt`` and of ``""`` (``CLIPTextModelWithProjection``), as unCLIP
-    priors and Karlo's decoder take them."""
-
-    def enc(p: str):
-        tok = tokenizer([p], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt")
-        with torch.no_grad():
-            out = text_encoder(tok.input_ids.to(device))
-        return out.text_embeds.float(), out.last_hidden_state.float(), tok.attention_mask.bool().to(device)
-
-    return KarloText(prompt, *enc(prompt), *enc(""))
-
-
-def sample_prior(prior: Any, scheduler: Any, text: KarloText, noise: Noise, guidance: float, steps: int,
-                 device: torch.device) -> torch.Tensor:
-    """An unCLIP prior's image embeddings (B, D), float32: the prior's own scheduler (a fresh copy, so no
-    state leaks between runs), classifier-free guidance against the empty prompt, one sample per
-    generator in ``noise`` (initial latents and the scheduler's step noise both come from them)."""
-    sched = type(scheduler).from_config(scheduler.config)
-    sched.set_timesteps(steps, device=device)
-    B = len(noise)
-    dt = prior.dtype
-    latents = noise.randn((prior.config.embedding_dim,)).to(device, torch.float32) * sched.init_noise_sigma
-    cfg = guidance != 1.0
-
-    def both(null: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return torch.cat([_rows(null, B), _rows(c, B)]) if cfg else _rows(c, B)
-
-    pe, hid = both(text.null_embeds, text.embeds), both(text.null_hidden, text.hidden)
-    mask = both(text.null_mask, text.mask)
-    ts = sched.timesteps
-    with torch.no_grad():
-        for i, t in enumerate(ts):
-            x_in = torch.cat([latents] * 2) if cfg else latents
-            pred = prior(x_in.to(dt), timestep=t, proj_embedding=pe.to(dt), encoder_hidden_states=hid.to(dt),
-                         attention_mask=mask).predicted_image_embedding.float()
-            if cfg:
-                p_u, p_c = pred.chunk(2)
-                pred = p_u + guidance * (p_c - p_u)
-            prev = ts[i + 1] if i + 1 < len(ts) else None
-            latents = sched.step(pred, timestep=t, sample=latents, prev_timestep=prev,
-                                 generator=noise.generators).prev_sample
-        return prior.post_process_latents(latents.to(dt)).float()
-
-
-# ------------------------------------------------------------------------------------------------
-# denoisers
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class KarloDecoderDenoiser:
-    """The 64 px decoder as a Denoiser with Karlo's classifier-free guidance (one batched call).
-
-    ``cond``: a ``DecoderCond``.  ``e_img``: the LR image's CLIP embedding (set by ``bind`` when
-    ``lam > 0``).  ``guidance = 1`` evaluates the conditional branch only."""
-
-    decoder: Any
-    text_proj: Any
-    schedule: NoiseSchedule
-    adapter: ModelOutputAdapter
-    guidance: float = 8.0
-    lam: float = 0.0
-    norm: str = "prior"
-    e_img: torch.Tensor | None = None
-
-    def embedding(self, e_prior: torch.Tensor) -> torch.Tensor:
-        """The image embedding the decoder is conditioned on (after averaging)."""
-        return mix_embeddings(e_prior, self.e_img, self.lam, self.norm)
-
-    def _inputs(self, cond: DecoderCond, B: int, branches: tuple[str, ...]):
-        txt = cond.text
-        e = _rows(self.embedding(cond.e_prior), B)
-        parts = {"cond": (e, txt.embeds, txt.hidden, txt.mask),
-                 "uncond": (self.text_proj.learned_classifier_free_guidance_embeddings[None], txt.null_embeds,
-                            txt.null_hidden, txt.null_mask)}
-        cols = list(zip(*(parts[b] for b in branches)))
-        return [torch.cat([_rows(v, B) for v in col]) for col in cols]
-
-    def __call__(self, x_t: torch.Tensor, t: int, cond: DecoderCond | None = None) -> Prediction:
-        if not isinstance(cond, DecoderCond):
-            raise UsageError("the Karlo decoder needs the prompt and the prior's embedding (the stage's condition)")
-        B = x_t.shape[0]
-        branches = ("cond",) if self.guidance == 1.0 else ("uncond", "cond")
-        dt = self.decoder.dtype
-        img, pe, hid, mask = self._inputs(cond, B, branches)
-        hid_states, additive = self.text_proj(image_embeddings=img.to(dt), prompt_embeds=pe.to(dt),
-                                              text_encoder_hidden_states=hid.to(dt),
-                                              do_classifier_free_guidance=False)
-        mask = F.pad(mask, (self.text_proj.clip_extra_context_tokens, 0), value=True)
-        n = len(branches)
-        x_in = torch.cat([x_t] * n).to(dt)
-        out = self.decoder(sample=x_in, timestep=timestep_tensor(t, n * B, x_t.device),
-                           encoder_hidden_states=hid_states, class_labels=additive, attention_mask=mask).sample
-        return self.adapter.guided(x_t, out, self.schedule.abar(t), self.guidance)  # learned variance dropped
-
-
-@dataclass
-class KarloSRDenoiser:
-    """Karlo's 64 -> 256 super-resolution UNets as a Denoiser; ``cond`` is the upsampled decoder
-    output (B, 3, H, W), concatenated to x_t as the model expects."""
-
-    first: Any
-    last: Any
-    schedule: NoiseSchedule
-    adapter: ModelOutputAdapter
-
-    def __call__(self, x_t: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> Prediction:
-        if cond is None:
-            raise UsageError("the Karlo super-resolution stage needs the upsampled decoder output (its condition)")
-        unet = self.last if (t == 0 and self.last is not None) else self.first
-        dt = unet.dtype
-        x_in = torch.cat([x_t, cond.to(x_t)], dim=1).to(dt)
-        out = unet(sample=x_in, timestep=timestep_tensor(t, x_t.shape[0], x_t.device)).sample
-        abar = self.schedule.abar(t)
-        eps = self.adapter.to_eps(x_t, self.adapter.split(out), abar)
-        return self.adapter.prediction(x_t, eps, abar)
-
-
 # ------------------------------------------------------------------------------------------------
 # the backend
 # ------------------------------------------------------------------------------------------------
@@ -308,6 +97,7 @@ class UnCLIPBackend(Backend):
     """Karlo: prior -> 64 px decoder (solver, A_{s/4}) -> 256 px super-resolution (solver, A_s)."""
 
     channels = 3
+    tiles = True
     # CFG of the decoder and of the prior at 1, no mixing with the LR image's embedding: the model's own
     # p(x | prompt) (the prior's embedding is drawn per sample, so the evidence averages over it)
     neutral_options = {"decoder_guidance": 1.0, "prior_guidance": 1.0, "unclip_lambda": 0.0}
@@ -371,7 +161,47 @@ class UnCLIPBackend(Backend):
         if H % m or W % m:
             raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}): sides must be multiples of {m}. {hint}")
         if (H, W) != S:
-            raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}) is not the model's size. {hint}")
+            raise InputImageError(f"output {H}x{W} (LR {h}x{w} x{scale}) is not the model's size. {hint}, or run "
+                                  f"larger outputs on windows of the model's size: --tile auto")
+
+    # -- any output size (docs/tiling.md, "Cascades") ---------------------------------------------
+    def cascade_sizes(self) -> CascadeSizes:
+        dec = 2 ** (len(self.decoder.config.block_out_channels) - 1)
+        sr = 2 ** (len(self.super_res_first.config.block_out_channels) - 1)
+        return CascadeSizes("decoder", self.decoder_size, dec, "super_res", self.sr_size, sr, ratio=self.divisor)
+
+    def native_output(self) -> tuple[int, int]:
+        return self.sr_size
+
+    def check_tiling(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling) -> list[str]:
+        return self.cascade_sizes().check(lr_hw, tiling, "Karlo")
+
+    def memory_probes(self, lr_hw: tuple[int, int], scale: int, tiling: Tiling | None) -> list[MemoryProbe]:
+        cs = self.cascade_sizes()
+        output = (lr_hw[0] * scale, lr_hw[1] * scale)
+        decoder = KarloDecoderDenoiser(self.decoder, self.text_proj, self.decoder_schedule, self.decoder_adapter)
+        sr = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
+        L, D = int(self.tokenizer.model_max_length), int(self.text_encoder.config.hidden_size)
+        P, E = int(self.text_encoder.config.projection_dim), int(self.prior.config.embedding_dim)
+
+        def run_decoder(rows: int, h: int, w: int) -> Any:
+            z = lambda *shape: zeros_like_rows(1, *shape, like=self.decoder)  # noqa: E731
+            mask = torch.ones((1, L), dtype=torch.bool)
+            text = KarloText("", z(P), z(L, D), mask, z(P), z(L, D), mask)
+            x = zeros_like_rows(rows // 2, 3, h, w, like=self.decoder, x=True).float()
+            return decoder(x, 500, DecoderCond(text, zeros_like_rows(rows // 2, E, like=self.decoder))).x0
+
+        def run_sr(rows: int, h: int, w: int) -> Any:
+            x = zeros_like_rows(rows, 3, h, w, like=self.super_res_first, x=True).float()
+            return sr(x, 500, x).x0
+
+        probes = []
+        for p in cs.passes(output, scale, tiled=tiling is not None):
+            window = cs.windows(p, tiling)[0] if tiling is not None else None
+            probes.append(MemoryProbe(f"{p.name} UNet", run_decoder if p.low else run_sr, p.size, window,
+                                      rows=2 if p.low else 1,  # the decoder's CFG: [uncond; cond]
+                                      module=self.decoder if p.low else self.super_res_first))
+        return probes
 
     # -- text -----------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str) -> KarloText:
@@ -399,14 +229,24 @@ class UnCLIPBackend(Backend):
             raise _no_image_encoder()
         return o
 
-    def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
+    def build_stages(self, solver: str, solver_options: dict, options: dict,
+                     tiling: Tiling | None = None) -> list[Stage]:
         o = self.options(options)
         check_stage_option_keys(solver_options, STAGES)
         lam = o.unclip_lambda
         decoder = KarloDecoderDenoiser(self.decoder, self.text_proj, self.decoder_schedule, self.decoder_adapter,
                                        guidance=o.decoder_guidance, lam=lam, norm=o.unclip_norm)
-        sr = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
+        sr: Any = KarloSRDenoiser(self.super_res_first, self.super_res_last, self.sr_schedule, self.sr_adapter)
         prior_guidance, prior_steps = o.prior_guidance, o.prior_steps
+        cs = self.cascade_sizes()
+
+        def windowed(den: Any, low: bool) -> Any:  # windows where a pass exceeds its model
+            if tiling is None:
+                return den
+            native, mult, final = cs.model_windows(low)
+            text = tiling.request.text
+            weak = replace(den, guidance=text * den.guidance) if low and text < 1 else None
+            return tiling.wrap(den, native, mult, final=final, window_base=weak)
 
         def decoder_condition(cond: KarloText, prev: torch.Tensor | None, noise: Noise) -> DecoderCond:
             if not isinstance(cond, KarloText):
@@ -415,8 +255,8 @@ class UnCLIPBackend(Backend):
 
         def decoder_bind(op: LinearOperator, y: torch.Tensor):
             if lam == 0.0:
-                return decoder, op
-            return replace(decoder, e_img=self.image_embedding(y)), op
+                return windowed(decoder, True), op
+            return windowed(replace(decoder, e_img=self.image_embedding(y)), True), op
 
         div = self.divisor
 
@@ -427,12 +267,16 @@ class UnCLIPBackend(Backend):
             # Karlo: clamp the decoder output, then bicubic (antialiased) upsampling
             return F.interpolate(prev.clamp(-1, 1), size=size, mode="bicubic", align_corners=False, antialias=True)
 
+        passes = (cs.passes(tiling.output, tiling.scale, tiled=True) if tiling is not None
+                  else [CascadePass("decoder", True, div, (0, 0)), CascadePass("super_res", False, 1, (0, 0))])
+        sr = windowed(sr, False)
         return [
-            Stage("decoder", decoder, divisor=div, channels=3, condition=decoder_condition,
+            Stage(p.name, windowed(decoder, True), divisor=p.divisor, channels=3, condition=decoder_condition,
                   solver=stage_solver_config(solver, "decoder", SOLVER_DEFAULTS["decoder"], solver_options),
-                  bind=decoder_bind),
-            Stage("super_res", sr, divisor=1, channels=3, condition=sr_condition,
-                  solver=stage_solver_config(solver, "super_res", SOLVER_DEFAULTS["super_res"], solver_options)),
+                  bind=decoder_bind) if p.low else
+            Stage(p.name, sr, divisor=p.divisor, channels=3, condition=sr_condition,
+                  solver=stage_solver_config(solver, "super_res", SOLVER_DEFAULTS["super_res"], solver_options))
+            for p in passes
         ]
 
     def describe(self) -> dict:

@@ -181,6 +181,13 @@ class SolverConfig:
         if self.init not in ("noise", "pinv"):
             raise ValueError(f"init must be 'noise' or 'pinv', got {self.init!r}")
 
+    def starts_at_zero_snr(self) -> bool:
+        """Whether this solver can take a step from a pure-noise level (``abar_t = 0``: a rectified flow's
+        ``s = 1``).  Steps built on Tweedie's gain ``(1 - abar_t) / sqrt(abar_t)`` cannot (there ``x_t``
+        carries nothing about x0 and the gain is infinite): the particle twists; a flow grid starts such
+        solvers at its first level below pure noise (``textsr.flow.FlowSchedule.for_solver``)."""
+        return not self.takes_particles
+
     def trim_timesteps(self, ts: list[int]) -> list[int]:
         """The timesteps this solver visits out of the grid ``ts`` (all of them; particle solvers may end early)."""
         return ts

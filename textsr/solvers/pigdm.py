@@ -54,6 +54,11 @@ class PiGDMConfig(SolverConfig):
     needs_grad = True
     needs_svd = True
 
+    def starts_at_zero_snr(self) -> bool:
+        """The Tweedie weighting's gain ``(1 - abar_t) / sqrt(abar_t)`` is infinite at pure noise; the others
+        weight ``g`` by ``sqrt(abar_s abar_t)`` (0 there) or take a DPS step."""
+        return self.weighting != "tweedie"
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.weighting not in WEIGHTINGS:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..backends.kandinsky import BACKEND
-from ..backends.unclip import unclip_classes
+from ..backends.unclip_prior import unclip_classes
 
 
 def build_tiny_kandinsky(path: str | Path, *, seed: int = 0) -> Path:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from ..backends.unclip import BACKEND, unclip_classes
+from ..backends.unclip import BACKEND
+from ..backends.unclip_prior import unclip_classes
 
 
 def build_tiny_unclip(path: str | Path, *, seed: int = 0, image_encoder: bool = True) -> Path:

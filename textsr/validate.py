@@ -21,6 +21,7 @@ SEED_MAX = 2**32 - 1  # the base seed; sample k uses seed + k
 SIGMA_Y_MAX = 2.0  # [-1, 1] units: noise as large as the whole pixel range
 MAX_SAMPLES = 256
 MAX_PARTICLES = 4096  # per sample
+MAX_PROMPT_CHARS = 1000  # per prompt: text encoders read far less (CLIP 77 tokens, T5 256-512)
 MAX_TRAVEL_REPEAT = 20  # time-travel passes per block (RePaint's default is 10): the work grows with it
 SCALES = range(2, 33)
 
@@ -133,6 +134,15 @@ def prompts(value: Any) -> list[str]:
         return list(value)
     raise UsageError("prompts must be a string or a list of strings, e.g. ['a red circle', 'a star']; "
                      f"got {_shown(value)}")
+
+
+def prompt_length(value: str, which: str = "a prompt") -> str:
+    """A prompt of at most ``MAX_PROMPT_CHARS`` characters (every front end's prompts, templates and sweeps
+    pass here: a longer one is a mistake or an attack, and it would cost time in every label drawn)."""
+    if len(value) > MAX_PROMPT_CHARS:
+        raise UsageError(f"{which} is {len(value):,} characters long, more than the limit of {MAX_PROMPT_CHARS:,} "
+                         f"({_shown(value)}); the text encoders read only the first few hundred: shorten it")
+    return value
 
 
 def sweep_values(value: Any) -> str | list[str] | None:

@@ -19,7 +19,9 @@ from ..errors import TextSRError  # noqa: E402
 from ..operator_registry import operator_names  # noqa: E402
 from ..presets import preset_names  # noqa: E402
 from ..request import MEMORY_OPTIONS  # noqa: E402
+from ..validate import MAX_PROMPT_CHARS  # noqa: E402
 from . import core, present  # noqa: E402
+from .gate import FairGate  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
@@ -28,6 +30,7 @@ NO_PRESET = "none"
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
 TITLE = "textsr · explorable super-resolution"
 STD_LABEL = "Uncertainty: std across samples"
+WAITING = 16  # requests waiting at the gate at most (each holds a worker thread while it waits)
 
 INTRO = """# textsr · explorable super-resolution
 Upload a low-resolution image, type what it might show (one prompt per line) and press **Explore**.
@@ -101,8 +104,10 @@ def private_cache(workdir: present.Workdir):
 class Handlers:
     """The page's event handlers, callable without a browser (tests call them directly)."""
 
-    def __init__(self, pool: core.ModelPool, limits: core.Limits, workdir: present.Workdir):
+    def __init__(self, pool: core.ModelPool, limits: core.Limits, workdir: present.Workdir,
+                 gate: FairGate | None = None):
         self.pool, self.limits, self.workdir = pool, limits, workdir
+        self.gate = gate or FairGate()
 
     def input_info(self, image: str | None, scale: float | None) -> str:
         """Size of the uploaded image and of the samples (a warning line when the image is unusable)."""
@@ -134,9 +139,9 @@ class Handlers:
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
             operator, preset=NO_PRESET, particles=0, memory=(), *operator_values,
-            progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
+            progress=gr.Progress(), client: str = "local") -> tuple:  # noqa: B008
         """``operator_values``: the registry's operator parameters in ``operator_params()`` order (the
-        chosen operator's are used)."""
+        chosen operator's are used). ``client``: who asks, for the gate (gradio's session hash)."""
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
@@ -156,7 +161,8 @@ class Handlers:
             def on_step(p):
                 progress(core.progress_fraction(p), desc=core.progress_text(p))
 
-            result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more])
+            result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more],
+                                      gate=self.gate, client=client)
             progress(1.0, desc="writing the download")
             archive = self.workdir.zip_result(result)
             seconds = time.perf_counter() - t0
@@ -215,7 +221,8 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
 
     workdir = present.Workdir(cache_root=get_upload_folder())
     atexit.register(workdir.close)
-    h = Handlers(pool, limits, workdir)
+    gate = FairGate(concurrency, max_waiting=WAITING)
+    h = Handlers(pool, limits, workdir, gate)
     from ..solvers import solver_names
 
     with private_cache(workdir), gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
@@ -230,12 +237,14 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                     demo_btn = gr.Button("Use the demo scene", size="sm", variant="secondary", elem_id="demo-button")
                 info = gr.Markdown(elem_id="input-info", latex_delimiters=[])
                 prompts = gr.Textbox(label="Prompts (one per line)", lines=3, max_lines=10, elem_id="prompts",
+                                     max_length=limits.max_prompts * (MAX_PROMPT_CHARS + 1),
                                      placeholder=f"a red circle\na crimson star\n{NO_PROMPT}",
                                      info=f"A line \"{NO_PROMPT}\" adds the unconditional row.")
                 with gr.Accordion("Prompt sweep: a template with one {slot} and values", open=False):
-                    template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template")
+                    template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template",
+                                          max_length=MAX_PROMPT_CHARS)
                     values = gr.Textbox(label="Values (comma-separated)", placeholder="circle, star, ring",
-                                        elem_id="values")
+                                        elem_id="values", max_length=limits.max_prompts * (MAX_PROMPT_CHARS + 1))
                 preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview", latex_delimiters=[])
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
@@ -303,10 +312,15 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                        show_progress="hidden")
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
-        run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
+        def explore(request: gr.Request, progress=gr.Progress(), *values):  # noqa: B008
+            """``h.run`` for gradio: it passes the special arguments (request, progress) positionally first."""
+            return h.run(*values, progress=progress, client=request.session_hash or "local")
+
+        run_btn.click(explore, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
                               steps, operator, preset, particles, memory, *op_fields],
                       [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
-                      api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
+                      api_name="explore", concurrency_id="explore", show_progress_on=[gallery],
+                      concurrency_limit=concurrency + WAITING,  # the gate (FairGate) decides who runs
                       ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,
                                 show_progress="hidden")
         gallery.select(h.select, state, [cmp_in, cmp_down, cmp_diff, cmp_text], api_visibility="private",

@@ -138,10 +138,10 @@ class Handlers:
                 int(d.get("steps") or 0), d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values,
-            progress=gr.Progress(), client: str = "local") -> tuple:  # noqa: B008
+            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values, request: gr.Request = None,
+            progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         """``operator_values``: the registry's operator parameters in ``operator_params()`` order (the
-        chosen operator's are used). ``client``: who asks, for the gate (gradio's session hash)."""
+        chosen operator's are used). ``request``: gradio's; its session is the client at the gate."""
         t0 = time.perf_counter()
         with user_errors():
             if image is None:
@@ -162,7 +162,7 @@ class Handlers:
                 progress(core.progress_fraction(p), desc=core.progress_text(p))
 
             result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more],
-                                      gate=self.gate, client=client)
+                                      gate=self.gate, client=getattr(request, "session_hash", None) or "local")
             progress(1.0, desc="writing the download")
             archive = self.workdir.zip_result(result)
             seconds = time.perf_counter() - t0
@@ -312,9 +312,10 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                        show_progress="hidden")
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
+
         def explore(request: gr.Request, progress=gr.Progress(), *values):  # noqa: B008
-            """``h.run`` for gradio: it passes the special arguments (request, progress) positionally first."""
-            return h.run(*values, progress=progress, client=request.session_hash or "local")
+            """``h.run`` for gradio, which hands over its request and progress only to parameters before ``*``."""
+            return h.run(*values, request=request, progress=progress)
 
         run_btn.click(explore, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
                               steps, operator, preset, particles, memory, *op_fields],

@@ -25,7 +25,8 @@ LR = np.full((8, 8, 3), 0.5, dtype=np.float32)
 def test_a_prompt_at_the_limit_is_taken_one_over_is_refused():
     assert expand_prompts(["a" * LIMIT]) == ["a" * LIMIT]
     assert expand_prompts(["  " + "a" * LIMIT + "  "]) == ["a" * LIMIT]  # what counts is the prompt used
-    with pytest.raises(UsageError, match=rf"the prompt is {LIMIT + 1:,} characters long, more than the limit of {LIMIT:,}"):
+    with pytest.raises(UsageError, match=rf"the prompt is {LIMIT + 1:,} characters long, more than the limit of "
+                                         rf"{LIMIT:,}"):
         ExploreRequest.build(image=LR, scale=8, prompts="a" * (LIMIT + 1))
     with pytest.raises(UsageError, match=r"prompt 2 is 200,000 characters long.*shorten it"):
         ExploreRequest.build(image=LR, scale=8, prompts=["a red circle", "x" * 200_000])
@@ -74,7 +75,8 @@ def test_the_app_limits_its_text_boxes_and_refuses_long_prompts():
         limits = app.textsr_handlers.limits
         assert boxes["template"].max_length == LIMIT
         assert boxes["prompts"].max_length == boxes["values"].max_length == limits.max_prompts * (LIMIT + 1)
-        assert f"{LIMIT + 1:,} characters".replace(",", r"\,") in core.sweep_preview("w" * (LIMIT + 1), "", "")  # the preview says so while typing
+        preview = core.sweep_preview("w" * (LIMIT + 1), "", "")  # the preview says so while typing
+        assert f"{LIMIT + 1:,} characters".replace(",", r"\,") in preview
         with pytest.raises(UsageError, match=f"{LIMIT + 1:,} characters"):  # the text box limit is the browser's only
             core.page_request(LR, "w" * (LIMIT + 1), template=None, values=None, model="builtin-shapes", solver="ddnm+",
                               scale=8)

@@ -141,7 +141,8 @@ def prompt_length(value: str, which: str = "a prompt") -> str:
     pass here: a longer one is a mistake or an attack, and it would cost time in every label drawn)."""
     if len(value) > MAX_PROMPT_CHARS:
         raise UsageError(f"{which} is {len(value):,} characters long, more than the limit of {MAX_PROMPT_CHARS:,} "
-                         f"({_shown(value)}); no text encoder reads more than 512 tokens (about that many characters): shorten it")
+                         f"({_shown(value)}); no text encoder reads more than 512 tokens (about 2,000 characters): "
+                         "shorten it")
     return value
 
 

@@ -47,6 +47,8 @@ class Ticket:
 
 
 class FairGate:
+    """Who of the requests at the app runs now (the module docstring has the rules); ``enter`` holds a slot."""
+
     def __init__(self, slots: int = 1, *, max_waiting: int = 64, max_wait_s: float = 600.0,
                  max_run_s: float = 1800.0, patience_s: float = 120.0,
                  clock: Callable[[], float] = time.monotonic):

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -162,7 +163,7 @@ class Handlers:
                 progress(core.progress_fraction(p), desc=core.progress_text(p))
 
             result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more],
-                                      gate=self.gate, client=getattr(request, "session_hash", None) or "local")
+                                      gate=self.gate, client=client_of(request))
             progress(1.0, desc="writing the download")
             archive = self.workdir.zip_result(result)
             seconds = time.perf_counter() - t0
@@ -184,6 +185,12 @@ class Handlers:
             if result is None:
                 raise core.UsageError("run an exploration first")
             return present.compare(result, evt.index)
+
+
+def client_of(request: gr.Request | None) -> str:
+    """Who asks, for the gate: gradio's session (a browser tab, an API client); a direct call (no request:
+    tests, embedding applications) is its thread."""
+    return getattr(request, "session_hash", None) or f"thread-{threading.get_ident()}"
 
 
 def operator_params() -> list[tuple[str, Any]]:

@@ -88,6 +88,18 @@ def _checked(check):
     return callback
 
 
+def _out_folder(ctx, param, value) -> Path:
+    """``--out`` as ``textsr.outdir.folder_arg`` takes it: an empty name (which click would read as the
+    current folder) or an existing file is a usage error before any work."""
+    from .errors import TextSRError
+    from .outdir import folder_arg
+
+    try:
+        return folder_arg(value)
+    except TextSRError as e:
+        raise click.BadParameter(terminal(e)) from None
+
+
 def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False, caution: bool = True) -> None:
     """Run ``req`` into ``out`` and print what came of it: the model's caution first (the built-in toy
     world says what it is; ``caution=False``: the demo, whose header says it), notes, one line per prompt."""
@@ -202,8 +214,8 @@ def _parse_numbers(text: str, flag: str) -> list[float]:
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @request_options("upscale")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
-              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--out", "-o", default="textsr-output", show_default=True, callback=_out_folder,
+              help="Output folder (refused if it holds another run, unless --overwrite).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (only textsr's own files are removed).")
 @run_options
@@ -311,8 +323,8 @@ def rank_cmd(image, as_json, quiet, threads, verbose, **kw):
 
 
 @main.command()
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--out", "-o", default="demo-output", show_default=True, callback=_out_folder,
+              help="Output folder (refused if it holds another run, unless --overwrite).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (only textsr's own files are removed).")
 @click.option("--samples", "-n", type=int, default=6, show_default=True,

@@ -352,6 +352,8 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
         out += [template.replace("{" + slots[0] + "}", v) for v in vals]
     if not out:
         out = [""]
+    for k, p in enumerate(out):
+        validate.prompt_length(p, f"prompt {k + 1}" if len(out) > 1 else "the prompt")
     if len(out) != len(set(out)):
         raise UsageError("the same prompt is given twice; each prompt must be distinct")
     return out

@@ -372,3 +372,42 @@ def test_particles_show_how_plausible_each_prompt_is(app, tmp_path):
     with pytest.raises(gr.Error, match="particles"):
         h.run(str(lr_image(tmp_path / "lr.png")), "a", "", "", "stub", "tds", 8, 1, 5, False, STEPS, "avgpool",
               particles=10_000)
+
+
+def test_errors_keep_their_line_breaks_and_stay_on_the_page(app, tmp_path):
+    """Issue 19 item 7: the pop-up keeps the message's lines and stays until closed; after it is closed
+    the summary panel still shows the message, line by line."""
+    from types import SimpleNamespace
+
+    h, session = app.textsr_handlers, SimpleNamespace(session_hash="s-1")
+    img = str(lr_image(tmp_path / "lr.png"))
+    with pytest.raises(gr.Error) as e:
+        h.run(img, "a\na", "", "", "stub", "ddnm+", 8, 1, 5, False, STEPS, "avgpool", request=session)
+    assert e.value.duration is None and "same prompt is given twice" in e.value.message
+    shown = h.last_error(session)
+    assert shown.startswith("**⚠ Cannot run this**") and "same prompt is given twice" in plain(shown)
+    assert h.errors == {}  # shown once
+    with pytest.raises(gr.Error) as e:
+        h.run(img, "a", "", "", "broken", "ddnm+", 8, 1, 5, False, STEPS, "avgpool", request=session)
+    assert e.value.title == "Internal error"
+    from textsr.app.ui import user_errors
+
+    record: dict = {}
+    with pytest.raises(gr.Error) as e, user_errors(record, "s-2"):
+        raise core.UsageError("weights missing:\n  hf download a/b\n  hf download c/d")
+    assert e.value.message == "weights missing:<br>  hf download a/b<br>  hf download c/d"
+    assert record["s-2"] == ("Cannot run this", "weights missing:\n  hf download a/b\n  hf download c/d")
+    assert h.last_error(SimpleNamespace(session_hash="none")).startswith("**⚠ Error**")
+    h.errors.update(record)
+    assert plain(h.last_error(SimpleNamespace(session_hash="s-2"))).splitlines() == \
+        ["**⚠ Cannot run this**", "", "weights missing:  ", "  hf download a/b  ", "  hf download c/d"]
+
+
+def test_the_toy_world_says_so_at_the_top_of_the_summary(tmp_path):
+    a = build_app(model_choices=["builtin-shapes"])
+    try:
+        out = run(a.textsr_handlers, str(lr_image(tmp_path / "lr.png")), prompts="a red circle", samples=1,
+                  model="builtin-shapes", steps=3)
+    finally:
+        a.textsr_workdir.close()
+    assert out[3].startswith("**⚠ builtin\\-shapes is the built\\-in TOY world")

@@ -190,13 +190,13 @@ def test_long_prompts_are_truncated_with_a_note(backends):
 
 def test_load_options(specs):
     be = load_model(specs["flux"], device="cpu", offline=True, load={"vae_tiling": True, "cpu_offload": True})
-    assert be.codec.vae.use_tiling and be.describe()["load"] == {"cpu_offload": True, "vae_tiling": True}
+    assert be.codec.vae.use_tiling and be.describe()["memory"] == {"cpu_offload": True, "vae_tiling": True}
     seq = load_model(specs["sd3"], device="cpu", offline=True, load={"sequential_cpu_offload": True})
     ref = load_model(specs["sd3"], device="cpu", offline=True)
     a, b = (explore(np.full((8, 8, 3), 0.4, np.float32), ["a"], scale=4, model=m, solver="dps", samples=1, steps=2)
             for m in (seq, ref))
     np.testing.assert_allclose(a.prompts[0].samples, b.prompts[0].samples, atol=1e-5)  # streamed weights: same answer
-    with pytest.raises(UsageError, match="attention_slicing is not available.*fused attention"):
+    with pytest.raises(UsageError, match="attention_slicing does not apply.*fused attention"):
         load_model(specs["flux2"], device="cpu", offline=True, load={"attention_slicing": True})
     with pytest.raises(UsageError, match=r"unknown flux load option.*known"):
         load_model(specs["flux"], device="cpu", offline=True, load={"turbo": True})

@@ -275,8 +275,10 @@ def test_bad_solver_and_conflicting_options(backend):
         backend.build_stages("ddnm", {"stage_3": {"steps": 3}}, {})
     with pytest.raises(UsageError, match="warm_start"):
         backend.build_stages("ddnm", {"stage_1": {"init": "pinv"}}, {"warm_start": 0.5})
-    with pytest.raises(UsageError, match="unknown DeepFloyd IF load option"):
+    with pytest.raises(UsageError, match=r"unknown deepfloyd-if load option\(s\) \['offload'\]"):
         load_model(backend.locations["stage_1"], offline=True, load={"offload": True})
+    with pytest.raises(UsageError, match="vae_tiling does not apply to the deepfloyd-if model .it has no VAE"):
+        load_model(backend.locations["stage_1"], offline=True, load={"vae_tiling": True})
 
 
 def test_check_size_names_the_sizes_that_work(backend):
@@ -293,7 +295,8 @@ def test_check_size_names_the_sizes_that_work(backend):
 def test_cpu_offload_and_attention_slicing_load_options(tiny_spec, y):
     be = load_model(tiny_spec, offline=True, load={"cpu_offload": True, "attention_slicing": True})
     res = run(be, y, "ddnm", [0], solver_options={"steps": 2})
-    assert torch.all(lr_psnr(res.x, y, SCALE) >= 60) and be.describe()["cpu_offload"]
+    assert torch.all(lr_psnr(res.x, y, SCALE) >= 60)
+    assert be.describe()["memory"] == {"cpu_offload": True, "attention_slicing": True}
 
 
 def test_stage_1_only_pipeline_folder(tmp_path):

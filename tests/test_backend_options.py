@@ -12,7 +12,7 @@ from textsr.backends.deepfloyd_if import IFOptions
 from textsr.backends.kandinsky import KandinskyBackend, KandinskyOptions
 from textsr.backends.latent import LatentBackend, LatentOptions
 from textsr.backends.latent_base import LatentBackendBase
-from textsr.backends.options import LoadOptions, choice, flag, fractions, integer, number
+from textsr.backends.options import choice, flag, fractions, integer, number
 from textsr.backends.pixel import PixelOptions
 from textsr.backends.unclip import UnCLIPOptions
 from textsr.errors import UsageError
@@ -88,16 +88,6 @@ def test_value_checks(check, args, match):
             check(*args)
     with pytest.raises(UsageError, match=r"must lie in \[0.0, 1.0\], got 2.0"):
         number(2, "x", lo=0.0, hi=1.0)
-
-
-def test_load_options():
-    assert LoadOptions.of({}, "pixel") == LoadOptions()
-    with pytest.raises(UsageError, match=r"unknown pixel load option.*attention_slicing.*known: \['cpu_offload'\]"):
-        LoadOptions.of({"load": {"attention_slicing": True}}, "pixel")
-    with pytest.raises(UsageError, match="not supported"):
-        LoadOptions.of({"load": {"cpu_offload": True}}, "pixel", no_offload="cpu_offload is not supported here")
-    with pytest.raises(UsageError, match="attention_slicing must be true or false"):
-        LoadOptions.of({"load": {"attention_slicing": 1}}, "latent", known=("attention_slicing",))
 
 
 def test_latent_backends_share_one_base_instead_of_copies():

@@ -235,6 +235,9 @@ def test_malformed_jsonl_line_is_reported_at_its_line(tmp_path):  # item 11
 
 def test_models_are_loaded_once_per_batch(tmp_path, monkeypatch):  # item 12
     import textsr.model_registry as reg
+    from textsr.model_choice import builtin_world
+
+    builtin_world.cache_clear()  # the built-in world is loaded once per process: start without it
 
     calls = []
     real = reg.load_model

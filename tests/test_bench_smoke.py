@@ -61,8 +61,8 @@ def test_gaussian_mixture_text_tables_have_the_exact_reference_row(tmp_path):
 
 
 def test_mcgdiff_problems_prints_the_problem_behind_the_readme(capsys):
-    # README, "Reading the tables": problem k = 0 at d = 8, dy = 2 has singular values 0.741 and 0.0045
-    # with sigma_y 0.433
+    # bench/README.md, paragraph Reading the tables: problem k = 0 at d = 8, dy = 2 has singular values
+    # 0.741 and 0.0045 with sigma_y 0.433
     _load("mcgdiff_problems").main(["--dys", "2", "--problems", "1"])
     out = capsys.readouterr().out
     assert "| 0 | 0.7412, 0.0045 | 0.4326 | 0.0103 |" in out

@@ -30,9 +30,9 @@ def no_sampling(monkeypatch):
     """explore must not even start."""
 
     def refuse(*a, **k):
-        raise AssertionError("explore was called: the folder was not checked before the work")
+        raise AssertionError("the run started: the folder was not checked before the work")
 
-    monkeypatch.setattr(textsr.api, "explore", refuse)
+    monkeypatch.setattr(textsr.api, "explore_request", refuse)
 
 
 # ----------------------------------------------------------------------------- item 1

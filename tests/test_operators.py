@@ -587,7 +587,7 @@ def test_cli_app_and_rank_offer_every_registered_operator():
 
 @pytest.mark.parametrize("f,h,w", [(3, 27, 36), (4, 64, 48), (8, 64, 64)])
 def test_bicubic_and_avgpool_make_the_lr_images_of_pil(f, h, w):
-    """What the README's operator table says: PIL's bicubic resize makes Bicubic's LR image and
+    """What the operator table of docs/how-it-works.md says: PIL's bicubic resize makes Bicubic's LR image and
     Image.reduce AvgPool's (float images, so no 8-bit rounding: to float32 precision)."""
     import numpy as np
     from PIL import Image

@@ -31,7 +31,8 @@ FAST = ["--steps", "3", "-n", "1", "-q"]
 
 @pytest.mark.parametrize("command", ["upscale", "rank"])
 def test_the_cli_offers_exactly_the_requests_fields(command):
-    own = {"upscale": {"image", "out", "overwrite", "quiet"}, "rank": {"image", "as_json", "quiet"}}[command]
+    own = {"upscale": {"image", "out", "overwrite"}, "rank": {"image", "as_json"}}[command] | {"quiet", "threads",
+                                                                                             "verbose"}
     params = {p.name for p in main.commands[command].params} - own
     declared = {f.name for f in request_args(command) if f.metadata["arg"].flags}
     assert params == declared
@@ -136,11 +137,18 @@ def test_paths_in_errors_are_escaped(tmp_path):
 
 
 def test_the_progress_label_is_escaped():
-    from textsr.cli import _ProgressBar
+    import io
+
+    from textsr.console import Progress
+    from textsr.exploration import Progress as Step
 
     assert display.terminal("a\x1b[2Jb\nc") == "a\\x1b[2Jb\\nc"
     assert display.terminal("line\nbreak", keep_newlines=True) == "line\nbreak"
-    assert _ProgressBar is not None
+    log = io.StringIO()  # not a terminal: a line per interval
+    bar = Progress(False, stream=log, interval=0)
+    bar(Step(0, 2, "red\x1b]0;x\x07\nnote: FAKE", "64px", 5, 10, 1, 2))
+    assert "\x1b" not in log.getvalue() and log.getvalue().count("\n") == 1
+    assert log.getvalue().startswith("progress: 38% (prompt 1/2 red\\x1b]0;x\\x07\\nnote: FAKE stage 64px, step 5/10)")
 
 
 # ----------------------------------------------------------------------------- issue 21, defect 7

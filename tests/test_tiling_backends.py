@@ -163,7 +163,7 @@ def test_bad_tile_requests_name_the_valid_values(pixel, tiny_if, tmp_path_factor
     with pytest.raises(UsageError, match="tile_overlap must be a multiple of 2"):
         explore(img, [""], model=latent, tile=16, tile_overlap=3, **kw)
     with pytest.raises(UsageError, match="exact world of 64x64 scenes.*leave --tile out"):
-        explore(img[:4, :4], ["a red circle"], tile=32, **{**kw, "scale": 16})
+        explore(img[:4, :4], ["a red circle"], model="builtin-shapes", tile=32, **{**kw, "scale": 16})
     # an untiled request far above the model's size is refused, naming --tile
     with pytest.raises(InputImageError, match=r"more than 2x the 32x32 images .*--tile auto"):
         explore(img, [""], model=tiny_if, scale=8, steps=2, samples=1)

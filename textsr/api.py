@@ -3,7 +3,8 @@
 ``explore(image, prompts, scale=..., model=..., solver=..., samples=..., seed=...)`` returns an
 ``Exploration`` (``textsr.exploration``): samples per prompt with their seeds, per-sample metrics,
 per-prompt uncertainty maps, timings and every setting; ``.save(directory)`` writes the output folder
-(see README, "Outputs").  Nothing here knows about terminals or web pages.
+(docs/outputs.md, "Outputs: the run folder and results.json").  Nothing here knows about terminals or
+web pages.
 
 ``explore`` runs in named phases, each a function below:
 
@@ -88,17 +89,31 @@ class CheckedRequest:
 def check_inputs(req: ExploreRequest) -> CheckedRequest:
     """Phase 1: everything that can be checked before a model loads or sampling starts (the fields
     themselves are checked when the ``ExploreRequest`` is built): the image is read (an unreadable file
-    or a bad array fails here), the model is named and a preset checked against its backend (from its
-    spec, no weights loaded), memory options are refused for an already loaded model."""
+    or a bad array fails here), the model is named (none named: the built-in world if it explains the
+    input, ``textsr.model_choice``) and a preset checked against its backend (from its spec, no weights
+    loaded), memory options are refused for an already loaded model."""
+    from .model_choice import default_model
     from .presets import check_preset
 
     arr, info, notes = _as_array(req.image, req.max_pixels)  # read and checked now, before the model loads
-    if req.model is not None and not is_backend(req.model):
-        from .model_registry import check_model
+    model = req.model
+    if model is None:
+        if req.preset is not None:  # a preset names the models it fits: say so before looking at the input
+            check_preset(req.preset, "shapes")
+        model, why = default_model(arr, req)
+        notes.append(why)
+    elif not is_backend(model):
+        from .model_registry import MODELS, check_model
 
-        check_model(req.model)  # an unknown name, folder or spec, or weights that cannot be had, fail now
+        rule = MODELS[model].sizes if isinstance(model, str) and model in MODELS else None
+        if rule is not None and req.tile_request().tile == "off":
+            # an output this model cannot make whole is refused before it is looked for or loaded (with --tile
+            # the loaded backend's check_tiling decides)
+            h, w = arr.shape[:2]
+            rule.check((h // req.scale, w // req.scale) if req.simulate else (h, w), req.scale, model)
+        check_model(model)  # an unknown name, folder or spec, or weights that cannot be had, fail now
     if req.preset is not None:
-        check_preset(req.preset, None if req.model is None else model_backend(req.model))
+        check_preset(req.preset, model_backend(model))
     if is_backend(req.model) and req.load_options():
         raise UsageError(f"memory options {sorted(req.load_options())} apply when textsr loads the model; this "
                          "model is already loaded: pass them to load_model(..., load={...}) instead")
@@ -107,7 +122,6 @@ def check_inputs(req: ExploreRequest) -> CheckedRequest:
         from .operator_registry import check_operator
 
         operator_options = check_operator(req.operator, req.operator_options)[1]
-    model = req.model if req.model is not None else "builtin-shapes"
     return CheckedRequest(request=req, image=(arr, info, tuple(notes)), model=model, operator=req.operator,
                           operator_options=operator_options, solver_options=req.engine_solver_options(),
                           model_options=dict(req.model_options),
@@ -549,6 +563,8 @@ def explore(image: Any = None, prompts: Sequence[str] | str | None = None, *,
 
 def explore_request(request: ExploreRequest, callback: Callable[[Progress], None] | None = None) -> Exploration:
     """``explore`` for a request already built (the CLI, app and batch runner build one)."""
+    from .device import is_out_of_memory, out_of_memory_message
+    from .errors import RuntimeFailure
     from .solver_registry import make_config
 
     t0 = time.perf_counter()
@@ -556,18 +572,24 @@ def explore_request(request: ExploreRequest, callback: Callable[[Progress], None
         raise UsageError(f"method={request.method!r} chooses how ranking computes P(prompt | y); explore samples: "
                          "rank with textsr.rank(...) or `textsr rank --method ...`, or leave method out")
     req = check_inputs(request)
-    backend = resolve_backend(req)
-    req = apply_preset(req, backend)
-    t_loaded = time.perf_counter()
-    meas = build_measurement(req, backend)
-    # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
-    tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
-    stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
-    base_cfg = make_config(req.solver)  # the fallback for stages without their own config
-    max_rows = check_particles(req, backend, meas, stages, base_cfg)
-    memory = check_memory(req, backend, meas, stages, max_rows)
-    results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback, max_rows)
-               for i, p in enumerate(req.prompts)]
+    backend = None
+    try:
+        backend = resolve_backend(req)
+        req = apply_preset(req, backend)
+        t_loaded = time.perf_counter()
+        meas = build_measurement(req, backend)
+        # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
+        tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
+        stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
+        base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+        max_rows = check_particles(req, backend, meas, stages, base_cfg)
+        memory = check_memory(req, backend, meas, stages, max_rows)
+        results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback, max_rows)
+                   for i, p in enumerate(req.prompts)]
+    except (MemoryError, RuntimeError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(e):
+            raise
+        raise RuntimeFailure(out_of_memory_message(e, None if backend is None else backend.memory_options)) from e
     fill_probabilities(results, req.prompt_prior)
     settings = collect_settings(req, backend, meas, stages, base_cfg, results[-1].steps_ran if results else (),
                                 memory=memory)

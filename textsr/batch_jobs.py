@@ -65,7 +65,12 @@ class ModelCache:
             return self._loaded[key]
         while len(self._loaded) >= self.keep:  # free the old model before loading the next one
             self._loaded.popitem(last=False)
-        backend = model_registry.load_model(model, device=dev, dtype=dt, load=dict(load or {}))
+        if model == DEFAULT_MODEL and not load:  # the one the inputs' checks loaded (model_choice)
+            from .model_choice import builtin_world
+
+            backend = builtin_world(str(dev))
+        else:
+            backend = model_registry.load_model(model, device=dev, dtype=dt, load=dict(load or {}))
         self.loads += 1
         self._loaded[key] = backend
         return backend
@@ -82,14 +87,21 @@ def model_key(model: str) -> str:
 
 
 def will_skip(job: Job, force: bool = False) -> bool:
-    """A job whose folder holds a finished run (results.json) is skipped unless forced."""
-    return not (force or job.overwrite) and (job.out / "results.json").exists()
+    """A job whose folder holds a finished run is skipped unless forced: a results.json that textsr wrote
+    (``outdir.scan``'s record), not any file of that name."""
+    from .outdir import scan
+
+    return not (force or job.overwrite) and scan(job.out).finished
 
 
-def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> JobResult:
-    """Run one job in this process; failures become a result with the error (the batch goes on)."""
+def run_job(job: Job, force: bool = False, cache: ModelCache | None = None,
+            callback: Any = None) -> JobResult:
+    """Run one job in this process, holding its folder from before the work until its files are written
+    (``outdir.reserve``: another run's folder, or files textsr did not write there, fail the job before
+    any sampling); failures become a result with the error (the batch goes on).  ``callback``: the run's
+    step progress (``textsr.api.Progress``)."""
     from .api import explore_request
-    from .outdir import check_output_folder
+    from .outdir import reserve
     from .request import ExploreRequest
 
     who: dict[str, Any] = {"worker": os.getpid(), "model_loads": None if cache is None else cache.loads}
@@ -97,14 +109,16 @@ def run_job(job: Job, force: bool = False, cache: ModelCache | None = None) -> J
         return JobResult(str(job.out), "skipped", **who)
     t0 = time.perf_counter()
     try:
-        check_output_folder(job.out, overwrite=True)  # the job owns its folder: a half-finished run is replaced
-        req = ExploreRequest.build(**job.kwargs)
-        if cache is not None:
-            load = req.load_options()
-            req = req.with_model(cache.get(req.model or DEFAULT_MODEL, req.device, req.dtype, load))
-            who["model_loads"] = cache.loads
-        result = explore_request(req)
-        result.save(job.out, overwrite=True)
+        with reserve(job.out, overwrite=True):  # the job owns its folder: a half-finished run is replaced
+            if will_skip(job, force):  # another worker finished it before this one took the folder
+                return JobResult(str(job.out), "skipped", **who)
+            req = ExploreRequest.build(**job.kwargs)
+            if cache is not None:  # no model: the built-in world (check_jobs found that it explains the input)
+                load = req.load_options()
+                req = req.with_model(cache.get(req.model or DEFAULT_MODEL, req.device, req.dtype, load))
+                who["model_loads"] = cache.loads
+            result = explore_request(req, callback)
+            result.save(job.out, overwrite=True)
     except TextSRError as e:
         return JobResult(str(job.out), "failed", time.perf_counter() - t0, str(e), **who)
     except Exception as e:  # noqa: BLE001 - a batch reports every job's failure and goes on

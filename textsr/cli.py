@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 usage/input errors, 1 runtime failures, 130 interrupted
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import click
 
 from . import validate
+from .console import Progress
 from .display import prompt_label, spread, terminal
 
 
@@ -42,35 +44,32 @@ def parse_kv(pairs, what: str) -> dict:
     return out
 
 
-class _ProgressBar:
-    """tqdm bar per (prompt, stage) with ETA; silent when quiet."""
+THREADS = click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch [default: the CPUs not "
+                       "busy now: this machine's CPUs less its load average, at least 1; or OMP_NUM_THREADS].")
+VERBOSE = click.option("--verbose", is_flag=True, help="Show the libraries' warnings and loading bars as they come "
+                       "(default: one line at the end).")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress (a bar on a terminal, a line every 10 s in a "
+                     "log).")
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar: Any = None  # a tqdm bar
-        self.key: tuple[int, str] | None = None  # (prompt index, stage name)
 
-    def __call__(self, p) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
+def run_options(f):
+    """``--threads``, ``--verbose`` and ``--quiet``: how a command that samples uses the CPU and what it shows."""
+    return THREADS(VERBOSE(QUIET(f)))
 
-        key = (p.prompt_index, p.stage)
-        if key != self.key:
-            self.close()
-            label = terminal(prompt_label(p.prompt)[:40])
-            stage = f" stage {terminal(p.stage)}" if p.stages > 1 else ""
-            self.bar = tqdm(total=p.total, desc=f"[{p.prompt_index + 1}/{p.prompts}] {label}{stage}",
-                            unit="step", leave=False, file=sys.stderr,
-                            disable=None)  # None: no bar when stderr is not a terminal
-            self.key = key
-        self.bar.n = p.step
-        self.bar.refresh()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+@contextlib.contextmanager
+def working(threads: int | None, verbose: bool):
+    """A command's work: torch's threads set, the libraries quiet; their warnings summarised at the end."""
+    from .console import quiet_libraries, set_threads, warning_summary
+
+    with quiet_libraries(verbose) as caught:
+        set_threads(threads)
+        try:
+            yield
+        finally:
+            line = warning_summary(caught)
+            if line:
+                echo(f"note: {line}", err=True)
 
 
 def _checked(check):
@@ -89,12 +88,26 @@ def _checked(check):
     return callback
 
 
-def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False) -> None:
+def _out_folder(ctx, param, value) -> Path:
+    """``--out`` as ``textsr.outdir.folder_arg`` takes it: an empty name (which click would read as the
+    current folder) or an existing file is a usage error before any work."""
+    from .errors import TextSRError
+    from .outdir import folder_arg
+
+    try:
+        return folder_arg(value)
+    except TextSRError as e:
+        raise click.BadParameter(terminal(e)) from None
+
+
+def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False, caution: bool = True) -> None:
+    """Run ``req`` into ``out`` and print what came of it: the model's caution first (the built-in toy
+    world says what it is; ``caution=False``: the demo, whose header says it), notes, one line per prompt."""
     from .api import explore_request
     from .errors import TextSRError
     from .outdir import reserve
 
-    bar = _ProgressBar(quiet)
+    bar = Progress(quiet)
     t0 = time.perf_counter()
     try:
         with reserve(out, overwrite=overwrite):  # before any work: a bad or busy folder costs nothing
@@ -113,11 +126,9 @@ def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False) -
         echo("interrupted; the output folder has no new results.json (written last), so it holds no finished "
                    "run from this command", err=True)
         sys.exit(130)
-    except torch_oom_types() as e:  # pragma: no cover - needs a GPU
-        bar.close()
-        echo(f"error: out of memory ({e}); try --samples smaller, --batch-size 1 or --dtype float16", err=True)
-        sys.exit(1)
     bar.close()
+    if caution and result.settings.model.get("caution"):
+        echo(f"caution: {result.settings.model['caution']}")
     for n in result.notes:
         echo(f"note: {n}")
     for line in result.summary():
@@ -129,15 +140,6 @@ def _run_and_report(req: Any, out: Path, quiet: bool, overwrite: bool = False) -
         echo(f"vs. the original: PSNR mean {np.mean(ps):.2f} dB")
     index = files.get("index.html", out / "index.html")
     echo(f"done in {time.perf_counter() - t0:.1f} s; results in {terminal(out)}/ (open {terminal(index)})")
-
-
-def torch_oom_types() -> tuple:
-    try:
-        import torch
-
-        return (torch.cuda.OutOfMemoryError,)
-    except Exception:  # pragma: no cover
-        return ()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -212,15 +214,64 @@ def _parse_numbers(text: str, flag: str) -> list[float]:
 @main.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @request_options("upscale")
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("textsr-output"),
-              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--out", "-o", default="textsr-output", show_default=True, callback=_out_folder,
+              help="Output folder (refused if it holds another run, unless --overwrite).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (only textsr's own files are removed).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def upscale(image, out, overwrite, quiet, **kw):
-    """Sample high-resolution images of IMAGE for each prompt."""
+@run_options
+def upscale(image, out, overwrite, quiet, threads, verbose, **kw):
+    """Sample high-resolution images of IMAGE for each prompt.
+
+    IMAGE may be a folder: every image in it (PNG, JPEG, WebP, BMP, TIFF, GIF; not its sub-folders) runs
+    with these options into OUT/<image name>; images already done there are skipped (--overwrite reruns
+    them), failed images are listed at the end, and the exit code is 1 if any failed."""
     req = _request_or_exit("upscale", image, kw)
-    _run_and_report(req, out, quiet, overwrite)
+    with working(threads, verbose):
+        if image.is_dir():
+            _run_folder(req, image, out, quiet, overwrite)
+        else:
+            _run_and_report(req, out, quiet, overwrite)
+
+
+def _run_folder(req: Any, folder: Path, out: Path, quiet: bool, overwrite: bool) -> None:
+    from .errors import TextSRError
+    from .folder import run_folder
+    from .model_registry import MODELS
+
+    named = MODELS.get(req.model) if isinstance(req.model, str) else None
+    if named is not None and named.caution:
+        echo(f"caution: {named.caution}")
+    bar = Progress(quiet)
+    t0 = time.perf_counter()
+
+    def on_image(i: int, n: int, path: Path, result: Any) -> None:
+        if result is None:
+            return
+        bar.close()
+        what = {"done": f"done in {result.seconds:.1f} s", "skipped": "skipped (already done; --overwrite reruns it)",
+                "failed": "failed"}[result.status]
+        echo(f"[{i + 1}/{n}] {terminal(path.name)}: {what} -> {terminal(result.out)}")
+
+    try:
+        run = run_folder(req, folder, out, overwrite=overwrite, on_image=on_image, callback=bar)
+    except TextSRError as e:
+        bar.close()
+        echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        bar.close()
+        echo("interrupted; the images done so far are finished runs (results.json written last), the others are "
+             "not: run the same command again to go on", err=True)
+        sys.exit(130)
+    bar.close()
+    if run.ignored:
+        echo(f"note: not images, not read: {', '.join(terminal(n) for n in run.ignored)}")
+    counts = {s: sum(r.status == s for r in run.results) for s in ("done", "skipped", "failed")}
+    echo(f"{len(run.images)} images in {time.perf_counter() - t0:.1f} s: {counts['done']} done, {counts['skipped']} "
+         f"skipped, {counts['failed']} failed; results in {terminal(out)}/")
+    for path, r in run.failed:
+        echo(f"failed: {terminal(path.name)}: {r.error}", err=True)
+    sys.exit(1 if run.failed else 0)
 
 
 def _request_or_exit(command: str, image: Any, values: dict) -> Any:
@@ -237,17 +288,18 @@ def _request_or_exit(command: str, image: Any, values: dict) -> Any:
 @click.argument("image", type=click.Path(path_type=Path))
 @request_options("rank")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {prompt, probability, log_z}.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def rank_cmd(image, as_json, quiet, **kw):
+@run_options
+def rank_cmd(image, as_json, quiet, threads, verbose, **kw):
     """Rank the prompts by P(prompt | IMAGE): which description explains the low-resolution image, and how
     likely each is, in the model's belief at guidance scale 1, among the prompts given."""
     from .errors import TextSRError
     from .ranking import rank_request
 
     req = _request_or_exit("rank", image, kw)
-    bar = _ProgressBar(quiet or as_json)
+    bar = Progress(quiet or as_json)
     try:
-        r = rank_request(req, callback=bar)
+        with working(threads, verbose):
+            r = rank_request(req, callback=bar)
     except (TextSRError, ValueError) as e:
         bar.close()
         echo(f"error: {e}", err=True)
@@ -275,15 +327,15 @@ def rank_cmd(image, as_json, quiet, **kw):
 
 
 @main.command()
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-output"),
-              show_default=True, help="Output folder (refused if it holds another run, unless --overwrite).")
+@click.option("--out", "-o", default="demo-output", show_default=True, callback=_out_folder,
+              help="Output folder (refused if it holds another run, unless --overwrite).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run already in the output folder (only textsr's own files are removed).")
 @click.option("--samples", "-n", type=int, default=6, show_default=True,
               callback=_checked(lambda v: validate.samples(v)))
 @click.option("--seed", type=int, default=0, show_default=True, callback=_checked(lambda v: validate.seed(v)))
-@click.option("--quiet", "-q", is_flag=True)
-def demo(out, overwrite, samples, seed, quiet):
+@run_options
+def demo(out, overwrite, samples, seed, quiet, threads, verbose):
     """Built-in offline demo: a rendered scene, downsampled 8x, explored with 4 prompts."""
     from .demo import demo_kwargs
     from .request import ExploreRequest
@@ -291,7 +343,8 @@ def demo(out, overwrite, samples, seed, quiet):
     kwargs = demo_kwargs(out, samples=samples, seed=seed)
     echo(f"textsr demo: a 64x64 scene downsampled 8x to {kwargs['image'].shape[1]}x{kwargs['image'].shape[0]}; "
                f"{len(kwargs['prompts'])} prompts x {samples} samples with DDNM+ on the built-in shapes model")
-    _run_and_report(ExploreRequest.build(**kwargs), out, quiet, overwrite)
+    with working(threads, verbose):
+        _run_and_report(ExploreRequest.build(**kwargs), out, quiet, overwrite, caution=False)
 
 
 @main.command()
@@ -328,8 +381,10 @@ def models(as_json):
               help="Ray workers, each keeping its model loaded (default: as many as the cluster fits).")
 @click.option("--force", "--overwrite", "force", is_flag=True,
               help="Re-run jobs whose results.json exists, replacing their runs (only textsr's own files are removed).")
-def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force):
-    """Run every job of a JSON/JSONL MANIFEST (see README, "Running on a cluster").
+@THREADS
+@VERBOSE
+def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force, threads, verbose):
+    """Run every job of a JSON/JSONL MANIFEST (docs/cluster.md).
 
     Resumes: a job whose folder holds results.json is skipped; a half-finished one is rerun. Each model
     is loaded once per worker and reused across jobs."""
@@ -338,8 +393,9 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force
 
     try:
         jobs = load_manifest(manifest)
-        results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
-                            cpus_per_job=cpus_per_job, workers=workers, force=force)
+        with working(threads, verbose):
+            results = run_batch(jobs, use_ray=use_ray, address=address, gpus_per_job=gpus_per_job,
+                                cpus_per_job=cpus_per_job, workers=workers, force=force)
     except TextSRError as e:
         echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -356,7 +412,8 @@ def batch(manifest, use_ray, address, gpus_per_job, cpus_per_job, workers, force
 @click.option("--concurrency", default=1, type=click.IntRange(1, 64), show_default=True,
               help="Requests run at once (1-64).")
 @click.option("--share", is_flag=True, hidden=True)
-def app(host, port, concurrency, share):
+@THREADS
+def app(host, port, concurrency, share, threads):
     """Open the web app for interactive exploration."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
@@ -366,8 +423,10 @@ def app(host, port, concurrency, share):
         sys.exit(2)
     if host not in ("127.0.0.1", "localhost", "::1"):
         echo(f"warning: serving on {host}: anyone who can reach this address can use the app", err=True)
+    from .console import set_threads
     from .errors import TextSRError
 
+    set_threads(threads)
     try:
         launch(host=host, port=port, concurrency=concurrency)
     except TextSRError as e:

@@ -30,6 +30,12 @@ class Progress:
     stage_index: int = 0
     stages: int = 1
 
+    @property
+    def fraction(self) -> float:
+        """Overall fraction done (prompts x stages x steps), 0 to 1."""
+        within = (self.stage_index + self.step / max(self.total, 1)) / max(self.stages, 1)
+        return min(1.0, (self.prompt_index + within) / max(self.prompts, 1))
+
 
 @dataclass(frozen=True)
 class InputInfo:

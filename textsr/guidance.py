@@ -93,7 +93,9 @@ class ClipModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self._any_model().parameters()).device
+        """Where the towers run (under a memory option their weights may wait elsewhere)."""
+        m = self._any_model()
+        return getattr(m, "textsr_device", None) or next(m.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

@@ -31,15 +31,52 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import hub
-from .errors import ModelNotFoundError, UsageError
+from .errors import InputImageError, ModelNotFoundError, UsageError
 from .hub import HubSource
 
 SPEC_FILE = "textsr_model.json"
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """The outputs a registry model can make, known without loading it (``textsr.api.check_inputs`` refuses
+    others before any work; the loaded backend's ``check_size`` stays the authority): sides multiples of
+    ``multiple``, a scale among ``scales`` (None: any) that is a multiple of ``scale_multiple``, or only the
+    ``fixed`` output size; ``resized``: the model resizes any input itself (only the scale matters)."""
+
+    multiple: int = 1
+    scale_multiple: int = 1
+    fixed: tuple[int, int] | None = None
+    scales: tuple[int, ...] | None = None
+    resized: bool = False
+
+    def check(self, lr_hw: tuple[int, int], scale: int, model: str) -> None:
+        h, w = lr_hw
+        H, W = h * scale, w * scale
+        if scale % self.scale_multiple or (self.scales is not None and scale not in self.scales):
+            scales = self.scales or tuple(range(self.scale_multiple, 33, self.scale_multiple))
+            raise InputImageError(f"{model} takes the scales {', '.join(map(str, scales))}; got x{scale}")
+        if self.resized:
+            return
+        if self.fixed is not None and (H, W) != self.fixed:
+            fh, fw = self.fixed
+            ok = [f"{fh // s}x{fw // s} at x{s}" for s in range(2, 33) if fh % s == 0 and fw % s == 0
+                  and s % self.scale_multiple == 0]
+            raise InputImageError(f"{model} makes {fh}x{fw} images only; a {w}x{h} input at x{scale} gives "
+                                  f"{W}x{H}. Use an input of {', '.join(ok)}")
+        if H % self.multiple or W % self.multiple:
+            step = self.multiple // math.gcd(self.multiple, scale)
+            ch, cw = h - h % step, w - w % step
+            fix = f"crop it to {cw}x{ch}" if ch and cw else f"pad it to at least {step}x{step}"
+            raise InputImageError(f"{model} makes outputs whose sides are multiples of {self.multiple}; a {w}x{h} "
+                                  f"input at x{scale} gives {W}x{H}. At x{scale} use input sides that are multiples "
+                                  f"of {step}: {fix}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +91,8 @@ class ModelInfo:
     output_sizes: str = ""  # which output sizes the model takes, in words
     license: str = ""
     notes: str = ""
+    caution: str = ""  # said first wherever its results are shown (the CLI, the gallery page, the app)
+    sizes: SizeRule | None = None  # the outputs it makes, checked before it loads
 
 
 # backend name -> "module:function" of its loader (imported only when used)
@@ -87,9 +126,10 @@ _IF_LICENSE = ("DeepFloyd IF License Agreement (research use; see the model card
 _IF_SIZES = ("output sides multiples of 32 (IF-I runs at 1/4 of the output and needs multiples of 8; IF-II "
              "needs multiples of 16); scale a multiple of 4 (4, 8, ..., 32). Trained at 64 -> 256 px: e.g. "
              "16x16 at x16 or 64x64 at x4 gives 256x256; other sizes run but are outside training")
+_IF_RULE = SizeRule(multiple=32, scale_multiple=4)  # IF-I (1/4 size) halves 3 times, IF-II 4 times
 _IF_VRAM_NOTE = ("VRAM is an ESTIMATE from parameter counts (fp16 weights: T5-XXL encoder 9.5 GB, IF-I-XL "
                  "8.6 / -L 1.8 / -M 0.8 GB, IF-II-L 2.4 / -M 0.9 GB) plus activations, not measured. "
-                 "load={'cpu_offload': true} keeps one module on the GPU at a time (DeepFloyd documents 16 GB "
+                 "--cpu-offload keeps one module on the GPU at a time (DeepFloyd documents 16 GB "
                  "for XL+L with xformers; diffusers 14 GB with its offloading). DPS/PiGDM back-propagate "
                  "through the UNet and need more.")
 
@@ -115,48 +155,51 @@ MODELS: dict[str, ModelInfo] = {
         name="builtin-shapes", backend="shapes",
         description="built-in synthetic shapes world (no download); for demos, tests and exact checks",
         output_sizes="see textsr.backends.builtin_shapes", license="Apache-2.0 (part of textsr)",
-        notes="runs on CPU"),
+        notes="runs on CPU", sizes=SizeRule(scales=(4, 8, 16, 32), resized=True),
+        caution="builtin-shapes is the built-in TOY world (one shape on a plain background, 64x64): not a model "
+                "of photographs; `textsr models` lists the real ones"),
     "deepfloyd-if": ModelInfo(
         name="deepfloyd-if", backend="deepfloyd-if",
         description="DeepFloyd IF cascade: T5-XXL text encoder, IF-I-XL (64 px) + IF-II-L (256 px)",
         hub_ids=("DeepFloyd/IF-I-XL-v1.0", "DeepFloyd/IF-II-L-v1.0"), vram_gb=22.0,
-        output_sizes=_IF_SIZES, license=_IF_LICENSE,
+        output_sizes=_IF_SIZES, sizes=_IF_RULE, license=_IF_LICENSE,
         notes=_IF_VRAM_NOTE + " Smaller: deepfloyd-if-l, deepfloyd-if-m."),
     "deepfloyd-if-l": ModelInfo(
         name="deepfloyd-if-l", backend="deepfloyd-if",
         description="DeepFloyd IF with IF-I-L (0.9B) + IF-II-L (1.2B)",
         hub_ids=("DeepFloyd/IF-I-L-v1.0", "DeepFloyd/IF-II-L-v1.0"), vram_gb=15.0,
-        output_sizes=_IF_SIZES, license=_IF_LICENSE, notes=_IF_VRAM_NOTE),
+        output_sizes=_IF_SIZES, sizes=_IF_RULE, license=_IF_LICENSE, notes=_IF_VRAM_NOTE),
     "deepfloyd-if-m": ModelInfo(
         name="deepfloyd-if-m", backend="deepfloyd-if",
         description="DeepFloyd IF with IF-I-M (0.4B) + IF-II-M (0.45B); the T5 encoder dominates memory",
         hub_ids=("DeepFloyd/IF-I-M-v1.0", "DeepFloyd/IF-II-M-v1.0"), vram_gb=12.0,
-        output_sizes=_IF_SIZES, license=_IF_LICENSE, notes=_IF_VRAM_NOTE),
+        output_sizes=_IF_SIZES, sizes=_IF_RULE, license=_IF_LICENSE, notes=_IF_VRAM_NOTE),
     "karlo": ModelInfo(
         name="karlo", backend="unclip",
         description="Karlo unCLIP (DALL-E 2 style): prior -> CLIP image embedding -> 64 px decoder -> 256 px SR",
         hub_ids=("kakaobrain/karlo-v1-alpha", "openai/clip-vit-large-patch14"), vram_gb=None,
         output_sizes="256 px from the 64 px decoder: output sides multiples of 4x the decoder's; scale a multiple of 4",
+        sizes=SizeRule(fixed=(256, 256), scale_multiple=4),
         license="CreativeML Open RAIL-M (Karlo); MIT (CLIP)",
         notes="VRAM not measured (estimate 8-10 GB in fp16)"),
     "ddpm-celebahq": ModelInfo(
         name="ddpm-celebahq", backend="pixel",
         description="DDPM on CelebA-HQ faces, 256 px, with CLIP ViT-B/32 guidance",
         hub_ids=("google/ddpm-celebahq-256", "openai/clip-vit-base-patch32"), vram_gb=3.0,
-        output_sizes="256x256 (the UNet's training size); other multiples of 32 run but are untrained",
+        output_sizes="256x256 (the UNet's training size)", sizes=SizeRule(fixed=(256, 256)),
         license="Apache-2.0 (DDPM weights); MIT (CLIP)",
         notes="VRAM estimate (0.11B-param UNet + 0.15B CLIP, backward through both), not measured"),
     "ddpm-church": ModelInfo(
         name="ddpm-church", backend="pixel",
         description="DDPM (EMA) on LSUN churches, 256 px, with CLIP ViT-B/32 guidance",
         hub_ids=("google/ddpm-ema-church-256", "openai/clip-vit-base-patch32"), vram_gb=3.0,
-        output_sizes="256x256 (the UNet's training size); other multiples of 32 run but are untrained",
+        output_sizes="256x256 (the UNet's training size)", sizes=SizeRule(fixed=(256, 256)),
         license="Apache-2.0 (DDPM weights); MIT (CLIP)", notes="VRAM estimate, not measured"),
     "ddpm-bedroom": ModelInfo(
         name="ddpm-bedroom", backend="pixel",
         description="DDPM (EMA) on LSUN bedrooms, 256 px, with CLIP ViT-B/32 guidance",
         hub_ids=("google/ddpm-ema-bedroom-256", "openai/clip-vit-base-patch32"), vram_gb=3.0,
-        output_sizes="256x256 (the UNet's training size); other multiples of 32 run but are untrained",
+        output_sizes="256x256 (the UNet's training size)", sizes=SizeRule(fixed=(256, 256)),
         license="Apache-2.0 (DDPM weights); MIT (CLIP)", notes="VRAM estimate, not measured"),
     "stable-diffusion": ModelInfo(
         name="stable-diffusion", backend="latent",
@@ -164,14 +207,14 @@ MODELS: dict[str, ModelInfo] = {
                     "final pixel projection",
         hub_ids=("stable-diffusion-v1-5/stable-diffusion-v1-5",), vram_gb=8.0,
         output_sizes="output sides multiples of 64 (latents are 1/8 size; the UNet needs multiples of 8); "
-                     "trained at 512 px",
+                     "trained at 512 px", sizes=SizeRule(multiple=64),
         license="CreativeML Open RAIL-M",
         notes="VRAM estimate (backward through the VAE decoder), not measured"),
     "stable-diffusion-2.1": ModelInfo(
         name="stable-diffusion-2.1", backend="latent",
         description="EXPERIMENTAL: Stable Diffusion 2.1-base (512 px, latent)",
         hub_ids=("stabilityai/stable-diffusion-2-1-base",), vram_gb=8.0,
-        output_sizes="output sides multiples of 64; trained at 512 px",
+        output_sizes="output sides multiples of 64; trained at 512 px", sizes=SizeRule(multiple=64),
         license="CreativeML Open RAIL++-M",
         notes="VRAM estimate, not measured; if the repository is no longer on the Hub, point "
               "stages.pipeline at a local copy"),
@@ -180,7 +223,7 @@ MODELS: dict[str, ModelInfo] = {
         description="EXPERIMENTAL: Kandinsky 2.2 (unCLIP-style prior + latent MoVQ decoder)",
         hub_ids=("kandinsky-community/kandinsky-2-2-prior", "kandinsky-community/kandinsky-2-2-decoder"),
         vram_gb=10.0,
-        output_sizes="output sides multiples of 64; trained at 512-768 px",
+        output_sizes="output sides multiples of 64; trained at 512-768 px", sizes=SizeRule(multiple=64),
         license="Apache-2.0",
         notes="VRAM estimate, not measured; latent model: exact LR consistency only after the final pixel "
               "projection"),

@@ -3,7 +3,7 @@
 The one place presets are defined and resolved; torch-free (the CLI's ``--help`` reads the names).
 
 ``"paper"``: the DeepFloyd IF settings of the text-guided SR paper's own code (docs/paper-if-loop.md,
-"The stages"), without its bugs (README, "Differences from the paper's code"):
+"The stages"), without its bugs (docs/paper-code.md, "Differences from the paper's code"):
 
 * DDNM / DDNM+ (and the plain sampler): 100 + 50 steps with the DDPM posterior step and IF's learned
   variance (``step_kind="ddpm"``), both stages from noise;

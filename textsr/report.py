@@ -369,6 +369,7 @@ _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1400px;padding:16px;
 color:#222}
 h1{margin:.2em 0}h2{margin:1.2em 0 .3em;border-bottom:1px solid #ddd}.sub{color:#666;margin:0 0 1em}
+.caution{background:#fff3cd;border:1px solid #e0b000;padding:.5em .8em;margin:.5em 0}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:12px}
 figure{margin:0;background:#f6f6f6;padding:6px;border-radius:4px}figure img{width:100%;height:auto;display:block}
 figcaption{font-size:13px;color:#333;margin-top:4px}.px img{image-rendering:pixelated}
@@ -413,6 +414,8 @@ def render_html(doc: dict[str, Any], *, lr_size: tuple[int, int]) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>textsr: {_e(src_name)} x{_e(scale)}</title><style>{_CSS}</style></head><body>",
         "<h1>textsr results</h1>",
+        *([f'<p class="caution"><strong>{_e(doc["model"]["caution"])}</strong></p>']
+          if doc["model"].get("caution") else []),
         f'<p class="sub">{_e(src)}: {lr_size[1]}x{lr_size[0]} &rarr; {_e(ow)}x{_e(oh)} '
         f'(x{_e(scale)}) &middot; {_e(doc["created"])} &middot; <a href="grid.png">grid.png</a> &middot; '
         '<a href="results.json">results.json</a></p>',

@@ -183,13 +183,15 @@ class ExploreRequest:
                      "(float16 on CUDA, else float32), float32, float16, bfloat16.", "--dtype")
     cpu_offload: bool = arg(_flag("cpu_offload"), "Memory: keep only the model part in use on the GPU (diffusers' "
                             "model CPU offload; slower).", "--cpu-offload", default=False, kind="flag")
-    sequential_offload: bool = arg(_flag("sequential_offload"), "Memory: stream each layer to the GPU when it "
-                                   "runs (least memory, much slower).", "--sequential-offload", default=False,
+    sequential_cpu_offload: bool = arg(_flag("sequential_cpu_offload"), "Memory: stream each layer to the GPU when it "
+                                   "runs (least memory, much slower).", "--sequential-cpu-offload", default=False,
                                    kind="flag")
     attention_slicing: bool = arg(_flag("attention_slicing"), "Memory: compute attention in slices.",
                                   "--attention-slicing", default=False, kind="flag")
     vae_tiling: bool = arg(_flag("vae_tiling"), "Memory: encode/decode the latent models' VAE in tiles.",
                            "--vae-tiling", default=False, kind="flag")
+    vae_slicing: bool = arg(_flag("vae_slicing"), "Memory: decode a batch one image at a time (latent models).",
+                            "--vae-slicing", default=False, kind="flag")
     # -- the measurement y = A x + sigma_y n
     operator: str | None = arg(_optional(lambda v: validate.choice(v, "operator", OPERATORS())),
                                "Downsampling operator A (default: the preset's, else avgpool).", "--operator",
@@ -308,8 +310,8 @@ class ExploreRequest:
 
     def with_model(self, backend: Any) -> ExploreRequest:
         """This request on an already loaded model (loaded with this request's memory options)."""
-        return replace(self, model=backend, cpu_offload=False, sequential_offload=False, attention_slicing=False,
-                       vae_tiling=False)
+        return replace(self, model=backend, cpu_offload=False, sequential_cpu_offload=False, attention_slicing=False,
+                       vae_tiling=False, vae_slicing=False)
 
     @property
     def seeds(self) -> list[int]:
@@ -326,7 +328,7 @@ class ExploreRequest:
         return cls(**args)
 
 
-MEMORY_OPTIONS = ("cpu_offload", "sequential_offload", "attention_slicing", "vae_tiling")
+MEMORY_OPTIONS = ("cpu_offload", "sequential_cpu_offload", "attention_slicing", "vae_tiling", "vae_slicing")
 
 
 def request_args(command: str | None = None) -> list[Field]:
@@ -358,6 +360,8 @@ def expand_prompts(prompts: Sequence[str] | str | None, template: str | None = N
         out += [template.replace("{" + slots[0] + "}", v) for v in vals]
     if not out:
         out = [""]
+    for k, p in enumerate(out):
+        validate.prompt_length(p, f"prompt {k + 1}" if len(out) > 1 else "the prompt")
     if len(out) != len(set(out)):
         raise UsageError("the same prompt is given twice; each prompt must be distinct")
     return out

@@ -21,6 +21,7 @@ SEED_MAX = 2**32 - 1  # the base seed; sample k uses seed + k
 SIGMA_Y_MAX = 2.0  # [-1, 1] units: noise as large as the whole pixel range
 MAX_SAMPLES = 256
 MAX_PARTICLES = 4096  # per sample
+MAX_PROMPT_CHARS = 2000  # per prompt: the longest text encoder, FLUX.1 [dev]'s T5, reads 512 tokens (~2,000 characters)
 MAX_TRAVEL_REPEAT = 20  # time-travel passes per block (RePaint's default is 10): the work grows with it
 SCALES = range(2, 33)
 
@@ -133,6 +134,16 @@ def prompts(value: Any) -> list[str]:
         return list(value)
     raise UsageError("prompts must be a string or a list of strings, e.g. ['a red circle', 'a star']; "
                      f"got {_shown(value)}")
+
+
+def prompt_length(value: str, which: str = "a prompt") -> str:
+    """A prompt of at most ``MAX_PROMPT_CHARS`` characters (every front end's prompts, templates and sweeps
+    pass here: a longer one is a mistake or an attack, and it would cost time in every label drawn)."""
+    if len(value) > MAX_PROMPT_CHARS:
+        raise UsageError(f"{which} is {len(value):,} characters long, more than the limit of {MAX_PROMPT_CHARS:,} "
+                         f"({_shown(value)}); no text encoder reads more than 512 tokens (about 2,000 characters): "
+                         "shorten it")
+    return value
 
 
 def sweep_values(value: Any) -> str | list[str] | None:

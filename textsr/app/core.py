@@ -8,6 +8,7 @@ person at the page; ``present.py`` shows results, ``ui.py`` lays out the page an
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import re
@@ -25,6 +26,7 @@ import numpy as np
 from ..display import NO_PROMPT, prompt_label, terminal
 from ..errors import InputImageError, UsageError
 from ..request import ExploreRequest, expand_prompts
+from .gate import FairGate
 
 log = logging.getLogger("textsr.app")
 
@@ -42,10 +44,12 @@ class Limits:
     max_samples: int = 16
     max_steps: int = 1000
     max_particles: int = 64  # particles per sample (the particle solver's work is samples x particles)
+    # denoiser rows x steps per request (``request_work``): every other maximum at 100 steps, no particles
+    max_work: int = 12_800
 
     def __post_init__(self) -> None:
         for name in ("max_upload_pixels", "max_output_pixels", "max_prompts", "max_samples", "max_steps",
-                     "max_particles"):
+                     "max_particles", "max_work"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -198,6 +202,39 @@ def check_request_size(lr_hw: tuple[int, int], scale: int, samples: int, n_promp
             f"this server's limit of {limits.max_output_pixels:,}: use a smaller scale or a smaller input")
 
 
+def request_work(req: ExploreRequest, steps: int) -> int:
+    """The work ``req`` asks for, in denoiser rows x steps: samples x prompts x max(1, particles) x steps
+    (all stages' steps) x time-travel passes. Memory per batch is checked by the engine; this bounds time."""
+    passes = req.travel[1] if req.travel else 1
+    return req.samples * len(req.all_prompts) * max(1, req.particles or 0) * steps * passes
+
+
+def check_work(req: ExploreRequest, steps: int, limits: Limits) -> int:
+    """``request_work`` or ``UsageError`` naming the limit and what to lower; run before any work."""
+    work = request_work(req, steps)
+    if work > limits.max_work:
+        per_sample = work // req.samples
+        fits = limits.max_work // per_sample
+        factors = [f"{req.samples} samples", f"{len(req.all_prompts)} prompt(s)"]
+        factors += [f"{req.particles} particles"] if req.particles else []
+        factors += [f"{steps} steps"] + ([f"{req.travel[1]} time-travel passes"] if req.travel else [])
+        raise UsageError(
+            f"this request asks for {' x '.join(factors)} = {work:,} denoiser evaluations, more "
+            f"than this server's limit of {limits.max_work:,} per request: lower the samples"
+            + (f" (at most {fits} with these settings)" if fits else "") + ", the particles, the prompts or the steps")
+    return work
+
+
+def model_steps(req: ExploreRequest, backend: Any) -> int:
+    """The steps the request runs on ``backend``: the request's per stage, else each stage's default."""
+    from ..solver_registry import make_config
+
+    stages = backend.build_stages(req.solver_name, req.engine_solver_options(), dict(req.model_options))
+    if req.steps is not None:
+        return req.steps * len(stages)
+    return sum((st.solver or make_config(req.solver_name)).steps for st in stages)
+
+
 _MD_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation character
 
 
@@ -207,6 +244,11 @@ def md_text(text: Any) -> str:
     survives; line breaks become spaces. Everything a person typed or uploaded goes through this
     before it reaches a ``gr.Markdown``."""
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def md_lines(text: Any) -> str:
+    """``text`` as literal Markdown (``md_text``) line by line, its line breaks kept (hard breaks)."""
+    return "  \n".join(md_text(line) for line in str(text).splitlines())
 
 
 def html_text(text: Any) -> str:
@@ -283,9 +325,10 @@ def page_request(lr: np.ndarray, prompts_text: str | None, *, template: str | No
 
 
 def run_request(req: ExploreRequest, pool: ModelPool, limits: Limits, callback: Callable | None = None,
-                notes: Sequence[str] = ()):
+                notes: Sequence[str] = (), gate: FairGate | None = None, client: str = ""):
     """Run a page's request within this server's ``limits`` on the pool's model; returns the
-    ``Exploration`` with ``notes`` (the input's, the page's) first."""
+    ``Exploration`` with ``notes`` (the input's, the page's) first. With a ``gate`` the request waits
+    for its turn as ``client`` (``gate.FairGate``) and stops at its deadline."""
     from ..api import explore_request
 
     lr = np.asarray(req.image)
@@ -294,17 +337,20 @@ def run_request(req: ExploreRequest, pool: ModelPool, limits: Limits, callback: 
         raise UsageError(f"steps must be from 1 to {limits.max_steps}, got {req.steps}")
     if req.particles is not None and req.particles > limits.max_particles:
         raise UsageError(f"particles must be from 0 (off) to {limits.max_particles}, got {req.particles}")
-    backend = pool.get(str(req.model), req.load_options())
-    result = explore_request(req.with_model(backend), callback=callback)
+    stated = check_work(req, req.steps or 1, limits)  # what the request states: refused before it waits
+    with gate.enter(client, stated) if gate is not None else contextlib.nullcontext() as ticket:
+        backend = pool.get(str(req.model), req.load_options())
+        check_work(req, model_steps(req, backend), limits)  # with the steps it runs (the model's defaults)
+
+        def step(p) -> None:
+            if ticket is not None:
+                ticket.check()
+            if callback is not None:
+                callback(p)
+
+        result = explore_request(req.with_model(backend), callback=step)
     result.notes[:0] = list(notes)
     return result
-
-
-def progress_fraction(p) -> float:
-    """Overall fraction done for an ``api.Progress`` event (prompts x stages x steps)."""
-    stages = max(p.stages, 1)
-    within = (p.stage_index + p.step / max(p.total, 1)) / stages
-    return min(1.0, (p.prompt_index + within) / max(p.prompts, 1))
 
 
 def progress_text(p) -> str:

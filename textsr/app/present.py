@@ -112,10 +112,13 @@ def summary_markdown(result, seed: int, seconds: float) -> str:
             f"model {md_text(model)} · solver {md_text(solver.get('solver', '?'))}, {md_text(steps)} steps · "
             f"seeds {seed}–{seed + k - 1}")
     notes = "".join(f"\n\n*note: {md_text(n)}*" for n in result.notes)
+    caution = result.settings.model.get("caution")
+    if caution:
+        head = f"**⚠ {md_text(caution)}**\n\n{head}"
     if evidence:
         notes = ("\n\nP(prompt | image): how plausible each prompt makes the input, among the prompts given "
                  "(uniform prior), in the model's belief when it samples at guidance scale 1 (particle solver "
-                 "evidence; see the README)") + notes
+                 "evidence; see docs/reference.md)") + notes
     return head + "\n\n" + "\n".join(rows) + notes + "\n\nClick a sample to check it against the input."
 
 

@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +20,9 @@ from ..errors import TextSRError  # noqa: E402
 from ..operator_registry import operator_names  # noqa: E402
 from ..presets import preset_names  # noqa: E402
 from ..request import MEMORY_OPTIONS  # noqa: E402
+from ..validate import MAX_PROMPT_CHARS  # noqa: E402
 from . import core, present  # noqa: E402
+from .gate import FairGate  # noqa: E402
 
 log = logging.getLogger("textsr.app")
 
@@ -28,6 +31,7 @@ NO_PRESET = "none"
 SCALES = [2, 3, 4, 6, 8, 12, 16, 24, 32]
 TITLE = "textsr · explorable super-resolution"
 STD_LABEL = "Uncertainty: std across samples"
+WAITING = 16  # requests waiting at the gate at most (each holds a worker thread while it waits)
 
 INTRO = """# textsr · explorable super-resolution
 Upload a low-resolution image, type what it might show (one prompt per line) and press **Explore**.
@@ -60,26 +64,34 @@ def theme() -> gr.themes.Base:
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Errors reach the person who caused them as ``gr.Error``; the app keeps serving."""
+def user_errors(record: dict | None = None, session: str | None = None):
+    """Errors reach the person who caused them as ``gr.Error`` (its line breaks kept; it stays until
+    closed); with ``record``, ``record[session]`` keeps (title, message) for the page to show after the
+    pop-up is closed (``Handlers.last_error``).  The app keeps serving."""
     try:
         yield
     except gr.Error:
         raise
-    except (TextSRError, ValueError) as e:  # the engine's ValueErrors are configuration errors with actionable text
-        log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-        raise gr.Error(core.html_text(e), title="Cannot run this", print_exception=False) from None
-    except MemoryError:
-        raise gr.Error("out of memory: use fewer samples, fewer prompts or a smaller scale",
-                       title="Out of memory") from None
-    except Exception as e:
-        if type(e).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
-            raise gr.Error(core.html_text(f"out of GPU memory ({e}): use fewer samples or a smaller scale"),
-                           title="Out of memory") from None
-        log.exception("request failed")
-        raise gr.Error(core.html_text(f"internal error ({type(e).__name__}: {e}); the app is still running, "
-                       "please try again or report this"), title="Internal error",
+    except Exception as e:  # noqa: BLE001 - every failure becomes a message for the page
+        title, message = _user_message(e)
+        if record is not None and session is not None:
+            record[session] = (title, message)
+        raise gr.Error(core.html_text(message).replace("\n", "<br>"), title=title, duration=None,
                        print_exception=False) from None
+
+
+def _user_message(e: Exception) -> tuple[str, str]:
+    """(title, message) for a failed request."""
+    from ..device import is_out_of_memory, out_of_memory_message
+
+    if isinstance(e, (TextSRError, ValueError)):  # the engine's ValueErrors are configuration errors
+        log.info("request refused: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+        return "Cannot run this", str(e)
+    if is_out_of_memory(e):
+        return "Out of memory", out_of_memory_message(e)
+    log.exception("request failed")
+    return "Internal error", (f"internal error ({type(e).__name__}: {e}); the app is still running, please try "
+                              "again or report this")
 
 
 @contextlib.contextmanager
@@ -101,8 +113,11 @@ def private_cache(workdir: present.Workdir):
 class Handlers:
     """The page's event handlers, callable without a browser (tests call them directly)."""
 
-    def __init__(self, pool: core.ModelPool, limits: core.Limits, workdir: present.Workdir):
+    def __init__(self, pool: core.ModelPool, limits: core.Limits, workdir: present.Workdir,
+                 gate: FairGate | None = None):
         self.pool, self.limits, self.workdir = pool, limits, workdir
+        self.errors: dict[str | None, tuple[str, str]] = {}  # session -> the last failed run's (title, message)
+        self.gate = gate or FairGate()
 
     def input_info(self, image: str | None, scale: float | None) -> str:
         """Size of the uploaded image and of the samples (a warning line when the image is unusable)."""
@@ -133,12 +148,13 @@ class Handlers:
                 int(d.get("steps") or 0), d["model"], d.get("solver", "ddnm+"))
 
     def run(self, image, prompts, template, values, model, solver, scale, samples, seed, randomize, steps,
-            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values,
+            operator, preset=NO_PRESET, particles=0, memory=(), *operator_values, request: gr.Request = None,
             progress=gr.Progress()) -> tuple:  # noqa: B008 - gradio's way to ask for progress
         """``operator_values``: the registry's operator parameters in ``operator_params()`` order (the
-        chosen operator's are used)."""
+        chosen operator's are used).  ``request``: gradio's; its session is the client at the gate, and a
+        failure is kept for ``last_error`` under it."""
         t0 = time.perf_counter()
-        with user_errors():
+        with user_errors(self.errors, getattr(request, "session_hash", None)):
             if image is None:
                 raise core.UsageError("upload a low-resolution image first (or press \"Use the demo scene\")")
             lr, notes = core.load_upload(image, self.limits)
@@ -154,9 +170,10 @@ class Handlers:
             progress(0.0, desc=f"loading {req.model}")
 
             def on_step(p):
-                progress(core.progress_fraction(p), desc=core.progress_text(p))
+                progress(p.fraction, desc=core.progress_text(p))
 
-            result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more])
+            result = core.run_request(req, self.pool, self.limits, callback=on_step, notes=[*notes, *more],
+                                      gate=self.gate, client=client_of(request))
             progress(1.0, desc="writing the download")
             archive = self.workdir.zip_result(result)
             seconds = time.perf_counter() - t0
@@ -164,6 +181,12 @@ class Handlers:
         log.info("explored %d prompt(s) x %d sample(s) in %.2f s", len(result.prompts), req.samples, seconds)
         return (present.gallery_items(result), present.std_items(result), present.baseline_items(result),
                 present.summary_markdown(result, used_seed, seconds), str(archive), used_seed, result, *cmp)
+
+    def last_error(self, request: gr.Request = None) -> str:
+        """The failed run's message for the summary panel, line breaks kept: it stays on the page when the
+        pop-up is closed."""
+        title, message = self.errors.pop(getattr(request, "session_hash", None), ("Error", "the run failed"))
+        return f"**⚠ {core.md_text(title)}**\n\n" + core.md_lines(message)
 
     def layout(self, result) -> tuple[gr.Gallery, gr.Gallery]:
         """One gallery row per prompt (as many columns as samples); the std maps' colour scale."""
@@ -178,6 +201,12 @@ class Handlers:
             if result is None:
                 raise core.UsageError("run an exploration first")
             return present.compare(result, evt.index)
+
+
+def client_of(request: gr.Request | None) -> str:
+    """Who asks, for the gate: gradio's session (a browser tab, an API client); a direct call (no request:
+    tests, embedding applications) is its thread."""
+    return getattr(request, "session_hash", None) or f"thread-{threading.get_ident()}"
 
 
 def operator_params() -> list[tuple[str, Any]]:
@@ -215,7 +244,8 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
 
     workdir = present.Workdir(cache_root=get_upload_folder())
     atexit.register(workdir.close)
-    h = Handlers(pool, limits, workdir)
+    gate = FairGate(concurrency, max_waiting=WAITING)
+    h = Handlers(pool, limits, workdir, gate)
     from ..solvers import solver_names
 
     with private_cache(workdir), gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(1800, 3600)) as app:
@@ -230,12 +260,14 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                     demo_btn = gr.Button("Use the demo scene", size="sm", variant="secondary", elem_id="demo-button")
                 info = gr.Markdown(elem_id="input-info", latex_delimiters=[])
                 prompts = gr.Textbox(label="Prompts (one per line)", lines=3, max_lines=10, elem_id="prompts",
+                                     max_length=limits.max_prompts * (MAX_PROMPT_CHARS + 1),
                                      placeholder=f"a red circle\na crimson star\n{NO_PROMPT}",
                                      info=f"A line \"{NO_PROMPT}\" adds the unconditional row.")
                 with gr.Accordion("Prompt sweep: a template with one {slot} and values", open=False):
-                    template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template")
+                    template = gr.Textbox(label="Template", placeholder="a {shape} on blue", elem_id="template",
+                                          max_length=MAX_PROMPT_CHARS)
                     values = gr.Textbox(label="Values (comma-separated)", placeholder="circle, star, ring",
-                                        elem_id="values")
+                                        elem_id="values", max_length=limits.max_prompts * (MAX_PROMPT_CHARS + 1))
                 preview = gr.Markdown(core.sweep_preview("", "", ""), elem_id="prompt-preview", latex_delimiters=[])
                 with gr.Row():
                     model = gr.Dropdown(pool.choices(), value=pool.default, label="Model", elem_id="model", scale=3)
@@ -266,7 +298,7 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                                           info="> 0: the particle solver (tds), and how plausible each prompt is "
                                                "given the input, P(prompt | image), next to its samples")
                     memory = gr.CheckboxGroup(list(MEMORY_OPTIONS), value=[], label="Memory options (GPU)",
-                                              info="applied when the model loads; see the README's troubleshooting",
+                                              info="applied when the model loads (the README's troubleshooting)",
                                               elem_id="memory")
                 run_btn = gr.Button("Explore", variant="primary", elem_id="run-button")
             with gr.Column(scale=5, min_width=480):
@@ -303,12 +335,18 @@ def build_app(concurrency: int = 1, max_upload_pixels: int = core.Limits.max_upl
                        show_progress="hidden")
         demo_btn.click(h.demo, None, [image, prompts, scale, steps, model, solver], api_visibility="private",
                        queue=False)
-        run_btn.click(h.run, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
-                              steps, operator, preset, particles, memory, *op_fields],
-                      [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff, cmp_text],
-                      api_name="explore", concurrency_id="explore", show_progress_on=[gallery]
-                      ).success(h.layout, state, [gallery, std], api_visibility="private", queue=False,
-                                show_progress="hidden")
+
+        def explore(request: gr.Request, progress=gr.Progress(), *values):  # noqa: B008
+            """``h.run`` for gradio, which hands over its request and progress only to parameters before ``*``."""
+            return h.run(*values, request=request, progress=progress)
+
+        ran = run_btn.click(explore, [image, prompts, template, values, model, solver, scale, samples, seed, randomize,
+                                      steps, operator, preset, particles, memory, *op_fields],
+                            [gallery, std, baselines, summary, download, seed, state, cmp_in, cmp_down, cmp_diff,
+                             cmp_text], api_name="explore", concurrency_id="explore", show_progress_on=[gallery],
+                            concurrency_limit=concurrency + WAITING)  # the gate (FairGate) decides who runs
+        ran.success(h.layout, state, [gallery, std], api_visibility="private", queue=False, show_progress="hidden")
+        ran.failure(h.last_error, None, summary, api_visibility="private", queue=False, show_progress="hidden")
         gallery.select(h.select, state, [cmp_in, cmp_down, cmp_diff, cmp_text], api_visibility="private",
                        queue=False)
     app.queue(default_concurrency_limit=concurrency, max_size=max_queue)

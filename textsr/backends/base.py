@@ -65,6 +65,11 @@ class Backend(ABC, Generic[C]):
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     exact: bool = False
+    #: the load-time memory options this model supports (``textsr.backends.options.LoadOptions``) and
+    #: those it was loaded with (set by its ``load_backend``)
+    memory_options: ClassVar[tuple[str, ...]] = ()
+    load_options: Any = None  # LoadOptions
+    residency: Any = None  # the model CPU offload (LoadOptions.apply)
     tiles: ClassVar[bool] = False  # runs on windows of its own size (``check_tiling``, ``build_stages(tiling=)``)
 
     @property
@@ -198,8 +203,11 @@ class Backend(ABC, Generic[C]):
         return {**options, **self.neutral_options}
 
     def describe(self) -> dict:
+        memory = self.load_options.describe() if self.load_options is not None else {}
         return {"name": self.info.name, "backend": self.info.backend, "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", "")}
+                "dtype": str(self.dtype).replace("torch.", ""),
+                **({"caution": self.info.caution} if self.info.caution else {}),
+                **({"memory": memory} if memory else {})}
 
 
 def check_options(options: dict, known: Sequence[str], what: str) -> None:

@@ -8,14 +8,16 @@ text-conditional score is available to the solvers and the exact posterior to th
 Stages: by default a two-stage cascade like the real text-to-image cascades: stage I samples the 16 px
 image with the solver against y (operator ``A_{scale/4}``), stage II samples the 64 px image from the
 exact conditional ``p(x | pool_4(x) = x_stage_I, text)`` with the solver against the same y.  Option
-``cascade=False`` samples 64 px directly.  Any user image works too: it is resized to 64/scale and the
-world explains it with shapes (said in the notes).
+``cascade=False`` samples 64 px directly.  Any user image works too when the world is asked for by name:
+it is resized to 64/scale and explained with shapes (``INFO.caution`` says it is a toy); without a model
+name, ``textsr.model_choice`` runs the world only on inputs it can explain (``typicality``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -24,23 +26,42 @@ import torch
 
 from ..cascade import Stage
 from ..errors import InputImageError, UsageError
+from ..model_registry import MODELS
 from ..schedule import NoiseSchedule
 from ..solvers import make_config
 from ..tiling.plan import Tiling
-from .base import Backend, ModelInfo
-from .options import BackendOptions, flag, number
+from .base import Backend
+from .options import BackendOptions, LoadOptions, flag, number
 
 SIZE = 64
-INFO = ModelInfo(
-    name="builtin-shapes",
-    backend="shapes",
+INFO = replace(
+    MODELS["builtin-shapes"],  # the registry's entry (its caution too), with what the loaded world knows
     description="built-in offline world: exact Gaussian-mixture prior over 64x64 shape scenes (no download)",
-    hub_ids=(),
     vram_gb=0.0,
     output_sizes="64x64 (input is 64/scale px; other sizes are resized to it)",
-    license="Apache-2.0 (part of textsr)",
     notes="exact score and exact posterior: text consistency and SW to the posterior are measurable",
 )
+
+#: variance of an image's 8-bit rounding in [-1, 1] units, (2/255)^2 / 12: a scene saved as a PNG
+QUANT_VAR = (2.0 / 255.0) ** 2 / 12.0
+#: the probability that an LR image the world itself made fails ``ShapesBackend.typicality``
+TYPICAL_MISS = 1e-9
+
+
+@dataclass(frozen=True)
+class Typicality:
+    """How far an LR image is from the world: ``chi2``, the squared Mahalanobis distance of y to the
+    nearest scene's LR distribution (over ``m`` values), and ``bound``, which the world's own LR images
+    stay below with probability 1 - ``TYPICAL_MISS``; ``log_evidence``: the exact log p(y)."""
+
+    chi2: float
+    bound: float
+    m: int
+    log_evidence: float
+
+    @property
+    def explained(self) -> bool:
+        return self.chi2 <= self.bound
 
 
 @dataclass(frozen=True)
@@ -160,10 +181,6 @@ class ShapesBackend(Backend):
         """What the parser could not use in ``prompt`` (unknown words are reported, never dropped)."""
         return [f"prompt {prompt!r}: {n}" for n in self.parse(prompt).notes]
 
-    def input_notes(self, lr_hw: tuple[int, int], scale: int) -> list[str]:
-        return ["the built-in shapes model explains any input as one of its scenes (one shape on a plain "
-                "background); use a real model (`textsr models`) for photographs"]
-
     def build_stages(self, solver: str, solver_options: dict, options: dict) -> list[Stage]:
         from ..gaussian_mixture import MixtureDenoiser
         from ..gaussian_mixture.cascade import lowres_condition
@@ -186,6 +203,44 @@ class ShapesBackend(Backend):
         cond2 = _pruned(lowres_condition(mix, pool, sigma_aug))
         return [Stage("16px", lo, divisor=4, channels=3, solver=cfg),
                 Stage("64px", full, divisor=1, channels=3, condition=cond2, solver=cfg)]
+
+    def typicality(self, y: torch.Tensor, operator, sigma_y: float = 0.0) -> list[Typicality]:
+        """Whether the world can have made each LR image of ``y`` (``(B, 3, h, w)`` in [-1, 1]), from its exact
+        per-scene likelihoods.  For ``x`` from scene (component) k and ``y = A x + n``, the squared Mahalanobis
+        distance ``chi2_k = 2 [log N(A mu_k; A mu_k, G_k) - log N(y; A mu_k, G_k)]`` is chi-square with m =
+        dim(y) degrees of freedom, and ``P(chi2 >= m + 2 sqrt(m t) + 2 t) <= exp(-t)`` (Laurent and Massart
+        2000, Lemma 1).  So ``min_k chi2_k`` stays below that bound, with ``exp(-t) = TYPICAL_MISS``, for all
+        but a fraction 1e-9 of the world's own images; an input above it is not one of them.  The noise is
+        ``sigma_y`` plus the 8-bit rounding of a saved image (``QUANT_VAR``)."""
+        noise = math.sqrt(sigma_y**2 + QUANT_VAR)
+        own = self._own_loglik(operator, noise)  # log N(A mu_k; A mu_k, G_k): y's best possible fit
+        log_p, loglik = self._loglik(y.to(torch.float64), operator, noise)
+        chi2 = (2.0 * (own - loglik)).min(dim=1).values
+        m, t = y[0].numel(), math.log(1.0 / TYPICAL_MISS)
+        bound = m + 2.0 * math.sqrt(m * t) + 2.0 * t
+        return [Typicality(float(c), bound, m, float(lp)) for c, lp in zip(chi2, log_p)]
+
+    def _loglik(self, y: torch.Tensor, operator, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(y_b), log N(y_b; A mu_k, G_k)) for the rows of ``y``, from the exact posterior's weights:
+        posterior log-weight + log evidence - prior log-weight."""
+        from ..gaussian_mixture import posterior
+
+        mix = self.mixture
+        post = posterior(mix, operator, y, noise)
+        log_p = post.log_evidence
+        return log_p, post.log_weights.to(torch.float64) + log_p[:, None] - mix.log_weights.to(torch.float64)
+
+    def _own_loglik(self, operator, noise: float) -> torch.Tensor:
+        """``log N(A mu_k; A mu_k, G_k)`` for every scene k (it does not depend on y: kept per operator)."""
+        import json
+
+        key = (json.dumps(operator.describe(), sort_keys=True), noise)
+        cache = self.__dict__.setdefault("_own_cache", {})
+        if key not in cache:
+            mix = self.mixture
+            amu = operator.A(mix.mu.reshape(mix.K, *operator.in_shape).to(torch.float64))
+            cache[key] = self._loglik(amu, operator, noise)[1].diagonal().clone()
+        return cache[key]
 
     # -- exact evaluation -----------------------------------------------------------------------
     def _assign(self, x: torch.Tensor) -> list[int]:
@@ -291,4 +346,5 @@ SHAPE_SET = frozenset(("circle", "square", "triangle", "star", "ring", "cross"))
 
 def load_backend(source: dict | None = None, *, device: torch.device | str = "cpu", dtype=None,
                  offline: bool = True) -> ShapesBackend:
+    LoadOptions.of(source or {}, "builtin-shapes", known=())  # no memory options: it runs in ~1 GB of RAM
     return ShapesBackend(device=device)

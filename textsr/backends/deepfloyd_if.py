@@ -51,6 +51,7 @@ from .base import Backend
 from .deepfloyd_if_options import IFLoadOptions, IFOptions
 from .deepfloyd_if_unet import IFSRCond, IFText, IFUNetDenoiser, dynamic_threshold, x0_transform_for
 from .hf_common import check_stage_option_keys, stage_solver_config
+from .options import module_device
 
 __all__ = ["IFBackend", "IFLoadOptions", "IFOptions", "IFSRCond", "IFText", "IFUNetDenoiser",
            "STAGE_SOLVER_DEFAULTS", "dynamic_threshold", "load_backend", "x0_transform_for"]
@@ -67,25 +68,6 @@ STAGE_SOLVER_DEFAULTS: dict[str, tuple[dict, dict]] = {
     "pigdm": ({"steps": 250}, {"steps": 100}),
     "tds": ({"steps": 100}, {"steps": 50}),
 }
-
-
-class _Residency:
-    """cpu_offload: keep exactly one of the large modules on the compute device, the rest on the CPU."""
-
-    def __init__(self, device: torch.device, modules: dict[str, torch.nn.Module], enabled: bool):
-        self.device, self.modules, self.enabled = device, modules, enabled
-        self.active: str | None = None
-
-    def activate(self, name: str) -> None:
-        if not self.enabled or self.active == name:
-            return
-        for n, m in self.modules.items():
-            if n != name:
-                m.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        self.modules[name].to(self.device)
-        self.active = name
 
 
 # -- the backend --------------------------------------------------------------------------------------
@@ -106,6 +88,7 @@ class IFBackend(Backend):
 
     tiles = True
     neutral_options = {"guidance_scale": 1.0}  # CFG 1: the model's own p(x | prompt)
+    memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing")
 
     def resolved_options(self, options: dict) -> dict:
         return {"guidance_scale": list(IFOptions.from_dict({**self.defaults, **(options or {})}).guidance_scale)}
@@ -127,12 +110,7 @@ class IFBackend(Backend):
             mods["stage_2"] = stage_2.unet
         for m in mods.values():
             m.eval().requires_grad_(False)
-            m.to("cpu" if load.cpu_offload else device)
-        if load.attention_slicing:
-            for st in (stage_1, stage_2):
-                if st is not None:
-                    st.unet.set_attention_slice("auto")
-        self._residency = _Residency(device, mods, load.cpu_offload)
+        self._residency = load.apply(device, mods, slicing=[st.unet for st in (stage_1, stage_2) if st is not None])
         self._schedules = {k: NoiseSchedule.from_alphas_cumprod(st.scheduler.alphas_cumprod, name=f"if-{k}")
                            for k, st in (("stage_1", stage_1), ("stage_2", stage_2)) if st is not None}
         self._prompt_cache: dict[tuple[str, ...], IFText] = {}
@@ -188,7 +166,7 @@ class IFBackend(Backend):
         if prompts in self._prompt_cache:
             return self._prompt_cache[prompts]
         self._residency.activate("text_encoder")
-        dev = next(self.text_encoder.parameters()).device
+        dev = module_device(self.text_encoder)
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                              add_special_tokens=True, return_tensors="pt")
         with torch.no_grad():
@@ -320,7 +298,7 @@ class IFBackend(Backend):
         return IFSRCond(text=cond, image=math.sqrt(abar) * up + math.sqrt(1.0 - abar) * z, noise_level=noise_level)
 
     def describe(self) -> dict:
-        return {**super().describe(), "stages": dict(self.locations), "cpu_offload": self.load_options.cpu_offload}
+        return {**super().describe(), "stages": dict(self.locations)}
 
 
 # -- loading ------------------------------------------------------------------------------------------
@@ -343,7 +321,7 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     for k, loc in stages.items():
         if not isinstance(loc, str):
             raise UsageError(f"DeepFloyd IF {k} must be a pipeline folder or a Hub id, got {loc!r}")
-    load = IFLoadOptions.from_dict(dict(source.get("load", {}) or {}))
+    load = IFLoadOptions.of(source, "deepfloyd-if", known=IFBackend.memory_options)
     info = source.get("info") or ModelInfo(name=str(source.get("name", "deepfloyd-if")), backend="deepfloyd-if",
                                            description="DeepFloyd IF")
     needs = {"stage_1": ("scheduler", "tokenizer", "text_encoder", "unet"),

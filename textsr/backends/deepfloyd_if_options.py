@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import UsageError
 from .base import check_options
-from .options import number
+from .options import LoadOptions, number
 
 
 def _pair(value: Any, name: str, kind: type) -> tuple:
@@ -72,21 +72,15 @@ class IFOptions:
 
 
 @dataclass(frozen=True)
-class IFLoadOptions:
-    """Load-time settings (spec ``"load"``): cpu_offload keeps only the module in use (T5, UNet I or
-    UNet II) on the GPU; attention_slicing computes attention in slices; variant: preferred weight files
-    (``"fp16"``: half the download; used when present, upcast on CPU)."""
+class IFLoadOptions(LoadOptions):
+    """The memory options (``LoadOptions``: cpu_offload keeps one of T5, UNet I and UNet II on the GPU at a
+    time) plus variant: preferred weight files (``"fp16"``: half the download; used when present, upcast
+    on CPU)."""
 
-    cpu_offload: bool = False
-    attention_slicing: bool = False
+    what: ClassVar[str] = "DeepFloyd IF load"
     variant: str | None = "fp16"
 
-    @classmethod
-    def from_dict(cls, options: dict) -> IFLoadOptions:
-        check_options(options, [f.name for f in fields(cls)], "DeepFloyd IF load")
-        out = cls(**options)
-        if not isinstance(out.cpu_offload, bool) or not isinstance(out.attention_slicing, bool):
-            raise UsageError("cpu_offload and attention_slicing must be true or false")
-        if out.variant is not None and not isinstance(out.variant, str):
-            raise UsageError(f"variant must be a string such as 'fp16' or null, got {out.variant!r}")
-        return out
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant is not None and not isinstance(self.variant, str):
+            raise UsageError(f"variant must be a string such as 'fp16' or null, got {self.variant!r}")

@@ -12,6 +12,7 @@ import torch
 
 from ..denoiser import Prediction
 from ..schedule import NoiseSchedule
+from .options import module_device
 
 
 @dataclass
@@ -99,12 +100,12 @@ class IFUNetDenoiser:
     def _out(self, x_in: torch.Tensor, t: int, text: torch.Tensor, image: torch.Tensor | None,
              noise_level: int | None) -> torch.Tensor:
         """The UNet's raw output ``(B, 2C, H, W)``: eps channels, then IF's learned-range variance."""
-        p = next(self.unet.parameters())
+        dev, dt = module_device(self.unet), next(self.unet.parameters()).dtype
         model_in = x_in if image is None else torch.cat([x_in, image.to(x_in.dtype)], dim=1)
         n = model_in.shape[0]
-        labels = None if noise_level is None else torch.full((n,), noise_level, dtype=torch.long, device=p.device)
-        out = self.unet(model_in.to(device=p.device, dtype=p.dtype), torch.tensor(t, device=p.device),
-                        encoder_hidden_states=text.to(device=p.device, dtype=p.dtype), class_labels=labels,
+        labels = None if noise_level is None else torch.full((n,), noise_level, dtype=torch.long, device=dev)
+        out = self.unet(model_in.to(device=dev, dtype=dt), torch.tensor(t, device=dev),
+                        encoder_hidden_states=text.to(device=dev, dtype=dt), class_labels=labels,
                         return_dict=False)[0]
         return out
 

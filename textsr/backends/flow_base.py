@@ -76,6 +76,7 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
     guidance_kind: str = "none"
     default_steps: int = 28
     load_options: LoadOptions = LoadOptions()
+    memory_options = LOAD_KEYS
     native_side: int = NATIVE_SIDE
     network_label: ClassVar[str] = "transformer"
     options_class = NoGuidanceOptions  # replaced per model by ``guidance_kind`` (``parse_options``)
@@ -297,7 +298,5 @@ class FlowBackendBase(LatentBackendBase[FlowText]):
         return self.text.notes(prompt)
 
     def describe(self) -> dict:
-        lo = self.load_options
         return {**super().describe(), "flow": True, "guidance": self.guidance_kind, "default_steps": self.default_steps,
-                "patch": self.patch, "native_side": self.native_side, "max_pixels": self.max_pixels,
-                "load": {k: getattr(lo, k) for k in LOAD_KEYS if getattr(lo, k)}}
+                "patch": self.patch, "native_side": self.native_side, "max_pixels": self.max_pixels}

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelNotFoundError, UsageError
+from ..errors import ModelNotFoundError
 from .base import ModelInfo
 from .hf_common import (
     Source,
@@ -22,7 +22,7 @@ from .hf_common import (
 from .options import LoadOptions
 
 #: load-time options the flow backends take (``attention_slicing`` is refused with its reason)
-LOAD_KEYS = ("cpu_offload", "sequential_cpu_offload", "vae_tiling", "vae_slicing", "attention_slicing")
+LOAD_KEYS = ("cpu_offload", "sequential_cpu_offload", "vae_tiling", "vae_slicing")  # no attention_slicing
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:
@@ -34,12 +34,8 @@ def execution_device(module: torch.nn.Module) -> torch.device:
 
 def flow_load_options(source: dict, backend: str) -> LoadOptions:
     """The spec's ``"load"`` for a flow backend (see ``place_modules``); attention slicing is refused."""
-    load = LoadOptions.of(source, backend, known=LOAD_KEYS)
-    if load.attention_slicing:
-        raise UsageError(f"attention_slicing is not available for the {backend} backend: its transformer uses "
-                         "PyTorch's fused attention, which does not slice; use cpu_offload, sequential_cpu_offload, "
-                         "vae_tiling or fewer samples per batch to save memory")
-    return load
+    return LoadOptions.of(source, backend, known=LOAD_KEYS, why={
+        "attention_slicing": "its transformer uses PyTorch's fused attention, which does not slice"})
 
 
 def component_variant(src: Source, sub: str, dtype: torch.dtype) -> str | None:

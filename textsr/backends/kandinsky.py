@@ -126,6 +126,7 @@ class KandinskyBackend(LatentBackendBase[KarloText]):
     options_class = KandinskyOptions
     model_label = "Kandinsky 2.2"
     neutral_options = {"guidance_scale": 1.0, "prior_guidance": 1.0, "unclip_lambda": 0.0}
+    memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing")  # VQModel: no tiling, slicing
 
     def __init__(self, *, info: ModelInfo, tokenizer: Any, text_encoder: Any, image_encoder: Any, prior: Any,
                  prior_scheduler: Any, unet: Any, movq: Any, scheduler: Any, image_mean=None, image_std=None,
@@ -204,15 +205,17 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     cls = unclip_classes()
     stages = spec_stages(source, "kandinsky", ("prior", "decoder"), (),
                          "e.g. kandinsky-community/kandinsky-2-2-prior and kandinsky-community/kandinsky-2-2-decoder")
-    LoadOptions.of(source, "kandinsky", no_offload="cpu_offload is not supported by the kandinsky backend")
+    load = LoadOptions.of(source, "kandinsky", known=KandinskyBackend.memory_options,
+                          why={"vae_tiling": "diffusers' MoVQ decoder has no tiled decoding",
+                               "vae_slicing": "diffusers' MoVQ decoder has no sliced decoding"})
     psrc, dsrc = resolve_source(stages["prior"], "prior"), resolve_source(stages["decoder"], "decoder")
     kw = dict(offline=offline)
 
-    def diff(c, src, sub, what):
-        return load_pretrained(c, src, subfolder=sub, what=f"Kandinsky {what}", torch_dtype=dtype, **kw).to(device)
+    def diff(c, src, sub, what):  # loaded on the CPU; load.apply puts them on the device
+        return load_pretrained(c, src, subfolder=sub, what=f"Kandinsky {what}", torch_dtype=dtype, **kw)
 
     def tf(c, sub, what):
-        return load_pretrained(c, psrc, subfolder=sub, what=f"Kandinsky {what}", dtype=dtype, **kw).to(device)
+        return load_pretrained(c, psrc, subfolder=sub, what=f"Kandinsky {what}", dtype=dtype, **kw)
 
     image_encoder = tf(CLIPVisionModelWithProjection, "image_encoder", "image encoder")
     _, mean, std = image_preprocessing(psrc, offline, int(image_encoder.config.image_size), subfolder="image_processor")
@@ -228,4 +231,8 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     )
     info = source.get("info") or ModelInfo(name=str(source.get("name", "kandinsky")), backend=BACKEND,
                                            description="EXPERIMENTAL Kandinsky 2.2 model spec")
-    return KandinskyBackend(info=info, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    backend = KandinskyBackend(info=info, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    modules = {k: parts[k] for k in ("text_encoder", "image_encoder", "prior", "unet", "movq")}
+    backend.load_options, backend.residency = load, load.apply(device, modules, slicing=[parts["unet"]],
+                                                               whole=("prior",))
+    return backend

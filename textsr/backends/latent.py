@@ -122,6 +122,7 @@ class LatentBackend(LatentBackendBase[LatentText]):
 
     options_class = LatentOptions
     neutral_options = {"guidance_scale": 1.0}
+    memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing", "vae_tiling", "vae_slicing")
 
     def __init__(self, *, info: ModelInfo, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
                  clip: ClipModel | None = None, defaults: dict | None = None,
@@ -178,23 +179,24 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
 
     stages = spec_stages(source, "latent", ("pipeline",), ("clip",),
                          "a StableDiffusionPipeline folder or hub id")
-    load = LoadOptions.of(source, "latent", known=("cpu_offload", "attention_slicing"),
-                          no_offload="cpu_offload is not supported by the latent backend")
+    load = LoadOptions.of(source, "latent", known=LatentBackend.memory_options)
     src = resolve_source(stages["pipeline"], "pipeline")
     kw = dict(offline=offline)
-    unet = load_pretrained(UNet2DConditionModel, src, subfolder="unet", what="latent UNet", torch_dtype=dtype, **kw)
-    if load.attention_slicing:
-        unet.set_attention_slice("auto")
-    parts = dict(
-        unet=unet.to(device),
-        vae=load_pretrained(AutoencoderKL, src, subfolder="vae", what="VAE", torch_dtype=dtype, **kw).to(device),
+    parts = dict(  # loaded on the CPU; load.apply puts them on the device
+        unet=load_pretrained(UNet2DConditionModel, src, subfolder="unet", what="latent UNet", torch_dtype=dtype, **kw),
+        vae=load_pretrained(AutoencoderKL, src, subfolder="vae", what="VAE", torch_dtype=dtype, **kw),
         text_encoder=load_pretrained(CLIPTextModel, src, subfolder="text_encoder", what="text encoder", dtype=dtype,
-                                     **kw).to(device),
+                                     **kw),
         tokenizer=load_pretrained(CLIPTokenizer, src, subfolder="tokenizer", what="tokenizer", **kw),
         # any DDPM-family scheduler config gives the training schedule; DDPMScheduler reads them all
         scheduler=load_pretrained(DDPMScheduler, src, subfolder="scheduler", what="noise scheduler", **kw),
     )
-    clip = load_clip(stages["clip"], device=device, dtype=dtype, offline=offline) if "clip" in stages else None
+    clip = load_clip(stages["clip"], device=torch.device("cpu"), dtype=dtype, offline=offline) if "clip" in stages \
+        else None
     info = source.get("info") or ModelInfo(name=str(source.get("name", "latent")), backend=BACKEND,
                                            description="EXPERIMENTAL latent diffusion model spec")
-    return LatentBackend(info=info, clip=clip, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    backend = LatentBackend(info=info, clip=clip, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    modules = {k: parts[k] for k in ("text_encoder", "unet", "vae")} | ({"clip": clip.clip_model} if clip else {})
+    backend.load_options, backend.residency = load, load.apply(device, modules, slicing=[parts["unet"]],
+                                                               vaes=[parts["vae"]])
+    return backend

@@ -21,8 +21,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
+import torch
+
 from .. import validate
 from ..errors import UsageError
+from ..request import MEMORY_OPTIONS
 from .base import check_options
 
 OptionsT = TypeVar("OptionsT", bound="BackendOptions")
@@ -99,36 +102,126 @@ def fractions(value: Any, name: str, n: int = 2) -> tuple[float, ...]:
     return tuple(number(v, name, lo=0.0, hi=1.0) for v in vals)
 
 
+#: why a memory option does not apply to a model that lacks what it acts on
+NOT_APPLICABLE = {
+    "vae_tiling": "it has no VAE: it samples pixels",
+    "vae_slicing": "it has no VAE: it samples pixels",
+    "attention_slicing": "its UNet has no attention to slice",
+    "cpu_offload": "it has no network weights to move",
+    "sequential_cpu_offload": "it has no network weights to move",
+}
+
+
 @dataclass(frozen=True)
 class LoadOptions(BackendOptions):
-    """Load-time settings (a model spec's ``"load"``) of the Hugging Face backends without their own
-    (DeepFloyd IF has ``IFLoadOptions``), each where the backend supports it (``of``'s ``known``):
-    cpu_offload (keep the modules not in use on the CPU; what that means is the backend's, e.g. the flow
-    backends' text encoders), sequential_cpu_offload (stream every module's weights to the GPU layer by layer:
-    least memory, slowest), attention_slicing (compute attention in slices), vae_tiling (encode/decode large
-    images in overlapping tiles) and vae_slicing (one image of a batch at a time through the VAE)."""
+    """Load-time memory options (a model spec's ``"load"``; ``--cpu-offload`` ... on the CLI, the
+    ``ExploreRequest`` fields of ``textsr.request.MEMORY_OPTIONS``), the names diffusers uses:
+
+    * cpu_offload: model CPU offload: every large part (text encoder, UNet, VAE ...) waits on the CPU
+      and moves to the GPU when it runs, the others back (``Residency``): about the largest part's memory;
+    * sequential_cpu_offload: each layer streams to the GPU when it runs (accelerate's ``cpu_offload``):
+      least memory, much slower;
+    * attention_slicing: attention computed in slices (UNets with cross-attention);
+    * vae_tiling: the VAE (latent models) encodes and decodes in tiles;
+    * vae_slicing: the VAE decodes a batch one image at a time.
+
+    A backend declares the ones it supports (``Backend.memory_options``); asking another one is refused
+    saying why (``NOT_APPLICABLE``) and what it supports.  ``apply`` puts the loaded parts in place."""
 
     what: ClassVar[str] = "load"
     cpu_offload: bool = False
-    attention_slicing: bool = False
     sequential_cpu_offload: bool = False
+    attention_slicing: bool = False
     vae_tiling: bool = False
     vae_slicing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("cpu_offload", "attention_slicing", "sequential_cpu_offload", "vae_tiling", "vae_slicing"):
+        for name in MEMORY_OPTIONS:
             self.set(name, flag(getattr(self, name), name))
         if self.cpu_offload and self.sequential_cpu_offload:
-            raise UsageError("choose one of cpu_offload and sequential_cpu_offload (the sequential one offloads more)")
+            raise UsageError("cpu_offload and sequential_cpu_offload are two ways to offload: choose one "
+                             "(sequential_cpu_offload uses less memory and runs much slower)")
 
     @classmethod
-    def of(cls, source: Mapping[str, Any], backend: str, *, known: Sequence[str] = ("cpu_offload",),
-           no_offload: str | None = None) -> LoadOptions:
-        """``source["load"]`` for ``backend``: keys outside ``known`` are refused (naming the known ones);
-        ``no_offload``: the message for ``cpu_offload = true`` when the backend cannot offload."""
+    def of(cls: type[OptionsT], source: Mapping[str, Any], backend: str, *, known: Sequence[str],
+           why: Mapping[str, str] | None = None) -> OptionsT:
+        """``source["load"]`` for ``backend``, which supports the memory options ``known``: another memory
+        option switched on is refused saying why (``why``, else ``NOT_APPLICABLE``) and what works; other
+        keys must be this class's fields."""
         load = dict(source.get("load") or {})
-        check_options(load, known, f"{backend} load")
-        o = cls(**load)
-        if o.cpu_offload and no_offload:
-            raise UsageError(no_offload)
-        return o
+        reasons = {**NOT_APPLICABLE, **(why or {})}
+        for key in MEMORY_OPTIONS:
+            if load.get(key) and key not in known:
+                raise UsageError(f"{key} does not apply to the {backend} model ({reasons[key]}); its memory "
+                                 f"options: {', '.join(known) or 'none'}, and --dtype float16 on a GPU")
+        check_options(load, [k for k in cls.keys() if k in known or k not in MEMORY_OPTIONS], f"{backend} load")
+        return cls(**load)
+
+    def apply(self, device: torch.device, modules: Mapping[str, torch.nn.Module], *,
+              slicing: Sequence[Any] = (), vaes: Sequence[Any] = (), whole: Sequence[str] = ()) -> Residency:
+        """Put the loaded ``modules`` (name -> the model's large parts) where these options say, slice the
+        attention of ``slicing`` (diffusers models with ``set_attention_slice``) and tile or slice ``vaes``.
+        ``whole``: parts whose own weights are used outside their ``forward`` (a PriorTransformer's
+        ``post_process_latents``, unCLIP's learned guidance embedding): both offloads leave them on the
+        device (diffusers' ``_exclude_from_cpu_offload``).  Returns the ``Residency`` the backend keeps (a
+        no-op without cpu_offload)."""
+        if self.attention_slicing:
+            for m in slicing:
+                m.set_attention_slice("auto")
+        for m in vaes:
+            if self.vae_tiling:
+                m.enable_tiling()
+            if self.vae_slicing:
+                m.enable_slicing()
+        offload = self.cpu_offload or self.sequential_cpu_offload
+        offloaded = {k: m for k, m in modules.items() if offload and k not in whole}
+        for name, m in modules.items():
+            m.textsr_device = torch.device(device)  # type: ignore[assignment]  # where it runs (module_device)
+            if name not in offloaded:
+                m.to(device)
+        if self.sequential_cpu_offload:
+            from accelerate import cpu_offload
+
+            for m in offloaded.values():
+                cpu_offload(m.to("cpu"), execution_device=device)
+        return Residency(device, offloaded, enabled=self.cpu_offload)
+
+    def describe(self) -> dict[str, bool]:
+        """The options switched on (results.json ``model.memory``)."""
+        return {k: True for k in MEMORY_OPTIONS if getattr(self, k)}
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where ``module`` runs: the device ``LoadOptions.apply`` gave it (its weights may wait on the CPU
+    or, under sequential offload, nowhere), else its weights' device."""
+    return getattr(module, "textsr_device", None) or next(module.parameters()).device
+
+
+class Residency:
+    """Model CPU offload: of ``modules`` (name -> module) one sits on the compute device, the others on
+    the CPU.  A module moves there when it, or one of its direct children, runs (a forward pre-hook: a
+    VAE's ``decode`` runs its ``decoder`` child), or when a backend calls ``activate(name)`` before using
+    it some other way.  While gradients are recorded (DPS, PiGDM back-propagate through the UNet and a
+    latent model's VAE within one step) nothing is sent back: backward needs the weights where forward
+    used them; the next step without gradients sends them back.  Disabled: nothing moves."""
+
+    def __init__(self, device: torch.device, modules: dict[str, torch.nn.Module], enabled: bool = True):
+        self.device, self.modules, self.enabled = torch.device(device), modules, enabled
+        self.active: str | None = None
+        if enabled:
+            for name, m in modules.items():
+                m.to("cpu")
+                for part in (m, *m.children()):
+                    part.register_forward_pre_hook(lambda *_, n=name: self.activate(n))
+
+    def activate(self, name: str) -> None:
+        if not self.enabled or self.active == name:
+            return
+        if not torch.is_grad_enabled():
+            for n, m in self.modules.items():
+                if n != name:
+                    m.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        self.modules[name].to(self.device)
+        self.active = name

@@ -110,6 +110,7 @@ class PixelBackend(Backend):
     # an unconditional model: text enters only through CLIP guidance, an energy without a normaliser, so
     # its "evidence" is the guided sampler's; at clip_scale 0 every prompt gives the same model
     neutral_options = {"clip_scale": 0.0}
+    memory_options = ("cpu_offload", "sequential_cpu_offload")  # UNet2DModel has no attention slicing; no VAE
 
     def resolved_options(self, options: dict) -> dict:
         return PixelOptions.from_dict(options, self.defaults).to_dict()
@@ -234,15 +235,18 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
 
     stages = spec_stages(source, "pixel", ("unet",), ("clip",),
                          "a UNet2DModel / DDPM pipeline folder or hub id, e.g. google/ddpm-celebahq-256")
-    LoadOptions.of(source, "pixel",
-                   no_offload="cpu_offload is not supported by the pixel backend (the 256 px DDPM models need ~3 GB)")
+    load = LoadOptions.of(source, "pixel", known=PixelBackend.memory_options)
     src = resolve_source(stages["unet"], "unet")
     unet = _load_with_fallback(UNet2DModel, src, "unet", ("config.json",), offline=offline,
-                               what="pixel UNet", torch_dtype=dtype).to(device)
+                               what="pixel UNet", torch_dtype=dtype)  # load.apply puts it on the device
     scheduler = _load_with_fallback(DDPMScheduler, src, "scheduler", ("scheduler_config.json",), offline=offline,
                                     what="noise scheduler")
-    clip = load_clip(stages["clip"], device=device, dtype=dtype, offline=offline) if "clip" in stages else None
+    clip = load_clip(stages["clip"], device=torch.device("cpu"), dtype=dtype, offline=offline) if "clip" in stages \
+        else None
     info = source.get("info") or ModelInfo(name=str(source.get("name", "pixel")), backend=BACKEND,
                                            description="pixel-space diffusion model spec")
-    return PixelBackend(info=info, unet=unet, scheduler=scheduler, clip=clip, defaults=source.get("defaults"),
-                        device=device, dtype=dtype)
+    backend = PixelBackend(info=info, unet=unet, scheduler=scheduler, clip=clip, defaults=source.get("defaults"),
+                           device=device, dtype=dtype)
+    backend.load_options = load
+    backend.residency = load.apply(device, {"unet": unet} | ({"clip": clip.clip_model} if clip else {}))
+    return backend

@@ -101,6 +101,7 @@ class UnCLIPBackend(Backend):
     # CFG of the decoder and of the prior at 1, no mixing with the LR image's embedding: the model's own
     # p(x | prompt) (the prior's embedding is drawn per sample, so the evidence averages over it)
     neutral_options = {"decoder_guidance": 1.0, "prior_guidance": 1.0, "unclip_lambda": 0.0}
+    memory_options = ("cpu_offload", "sequential_cpu_offload", "attention_slicing")
 
     def resolved_options(self, options: dict) -> dict:
         return UnCLIPOptions.from_dict(options, self.defaults).to_dict()
@@ -321,19 +322,17 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
     cls = unclip_classes()
     stages = spec_stages(source, "unclip", ("pipeline",), ("image_encoder",),
                          "an UnCLIPPipeline folder or hub id, e.g. kakaobrain/karlo-v1-alpha")
-    load = LoadOptions.of(source, "unclip", known=("attention_slicing", "cpu_offload"),
-                          no_offload="cpu_offload is not supported by the unclip backend (Karlo needs about 8-10 GB in "
-                                     "fp16 without it); run on a larger GPU or on CPU (--device cpu)")
+    load = LoadOptions.of(source, "unclip", known=UnCLIPBackend.memory_options)
     src = resolve_source(stages["pipeline"], "pipeline")
     kw = dict(offline=offline)
 
-    def diff(c, sub, what):
-        return load_pretrained(c, src, subfolder=sub, what=f"Karlo {what}", torch_dtype=dtype, **kw).to(device)
+    def diff(c, sub, what):  # loaded on the CPU; load.apply puts them on the device
+        return load_pretrained(c, src, subfolder=sub, what=f"Karlo {what}", torch_dtype=dtype, **kw)
 
     parts = dict(
         tokenizer=load_pretrained(CLIPTokenizer, src, subfolder="tokenizer", what="Karlo tokenizer", **kw),
         text_encoder=load_pretrained(CLIPTextModelWithProjection, src, subfolder="text_encoder",
-                                     what="Karlo text encoder", dtype=dtype, **kw).to(device),
+                                     what="Karlo text encoder", dtype=dtype, **kw),
         prior=diff(PriorTransformer, "prior", "prior"),
         text_proj=diff(cls.UnCLIPTextProjModel, "text_proj", "text projection"),
         decoder=diff(UNet2DConditionModel, "decoder", "decoder"),
@@ -346,14 +345,12 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
         super_res_scheduler=load_pretrained(cls.UnCLIPScheduler, src, subfolder="super_res_scheduler",
                                             what="super-resolution scheduler", **kw),
     )
-    if load.attention_slicing:
-        parts["decoder"].set_attention_slice("auto")
     if "image_encoder" in stages:
         isrc = resolve_source(stages["image_encoder"], "image_encoder")
         sub = "image_encoder" if has_subfolder(isrc, "image_encoder", ("config.json",)) else None
         with _quiet_transformers():  # a full CLIP checkpoint: its text tower is "unexpected" here, by design
             enc = load_pretrained(CLIPVisionModelWithProjection, isrc, subfolder=sub, what="CLIP image encoder",
-                                  dtype=dtype, **kw).to(device)
+                                  dtype=dtype, **kw)
         has_proc = has_subfolder(isrc, "feature_extractor", ("preprocessor_config.json",))
         proc_sub = "feature_extractor" if has_proc else sub
         size, mean, std = image_preprocessing(isrc, offline, enc.config.image_size, subfolder=proc_sub)
@@ -364,4 +361,9 @@ def load_backend(source: dict, *, device: torch.device, dtype: torch.dtype, offl
                              "(Karlo: openai/clip-vit-large-patch14)")
     info = source.get("info") or ModelInfo(name=str(source.get("name", "unclip")), backend=BACKEND,
                                            description="unCLIP (Karlo) model spec")
-    return UnCLIPBackend(info=info, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    backend = UnCLIPBackend(info=info, defaults=source.get("defaults"), device=device, dtype=dtype, **parts)
+    modules = {k: parts[k] for k in ("text_encoder", "prior", "text_proj", "decoder", "super_res_first",
+                                     "super_res_last", "image_encoder") if parts.get(k) is not None}
+    backend.load_options, backend.residency = load, load.apply(device, modules, slicing=[parts["decoder"]],
+                                                               whole=("prior", "text_proj"))
+    return backend

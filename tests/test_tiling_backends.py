@@ -218,11 +218,15 @@ def test_text_inside_windows_is_a_fraction_of_the_guidance(tiny_if):
     assert all(s.denoiser.window_base is None for s in full)
 
 
-def test_particles_on_windows_go_through_the_denoiser_in_chunks_with_the_same_numbers(pixel):
-    """A tiled particle run (TDS on windows of a 16 px model): the particles reach the tiled denoiser in chunks
-    of the batch size, and the samples and evidence equal the run with every particle at once."""
+def test_particles_on_windows_go_through_the_denoiser_in_chunks_with_the_same_numbers(tmp_path):
+    """A tiled particle run (TDS on windows of a 16 px model, float64: float32 rounding that depends on the batch
+    can flip a resampling draw): the particles reach the tiled denoiser in chunks of the batch size, and the
+    samples and evidence equal the run with every particle at once."""
+    from textsr.testing.tiny_pixel import build_tiny_pixel
+
+    pixel = load_model(str(build_tiny_pixel(tmp_path, clip=False)), device="cpu", dtype="float64", offline=True)
     y = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
-    kw = dict(scale=4, model=pixel, particles=3, steps=3, samples=2, tile="auto", tile_options={"shift": False},
+    kw = dict(scale=4, model=pixel, particles=2, steps=2, samples=2, tile="auto", tile_options={"shift": False},
               model_options={"clip_scale": 0.0})
     rows, real = [], TiledDenoiser.__call__
 
@@ -232,13 +236,12 @@ def test_particles_on_windows_go_through_the_denoiser_in_chunks_with_the_same_nu
 
     TiledDenoiser.__call__ = counted
     try:
-        whole = explore(y, [""], **kw)  # 6 particles per call
-        assert max(rows) == 6
+        whole = explore(y, [""], **kw)  # 4 particles per call
+        assert max(rows) == 4
         rows.clear()
-        chunked = explore(y, [""], batch_size=1, **kw)  # one sample's 3 particles per batch, 1 per call
+        chunked = explore(y, [""], batch_size=1, **kw)  # one sample's 2 particles per batch, 1 per call
         assert max(rows) == 1 and chunked.results_dict()["tiling"]["tiled"]
     finally:
         TiledDenoiser.__call__ = real
-    np.testing.assert_allclose(chunked.prompts[0].samples, whole.prompts[0].samples, atol=1e-5)
-    assert chunked.prompts[0].evidence.log_z_samples == pytest.approx(whole.prompts[0].evidence.log_z_samples,
-                                                                       abs=1e-4)
+    np.testing.assert_array_equal(chunked.prompts[0].samples, whole.prompts[0].samples)
+    assert chunked.prompts[0].evidence.log_z_samples == whole.prompts[0].evidence.log_z_samples

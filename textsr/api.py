@@ -289,15 +289,23 @@ def request_budget(request: ExploreRequest) -> Any:
     and per call (``max_rows``).  Phases 1-3 run (the image read, the model loaded, or the given ``Backend``
     used, the stages built), no sampling: a front end caps a request's work with it (the web app), and
     ``textsr.solvers.budget.check_particle_memory(size, device)`` refuses one whose state cannot fit."""
-    from .solver_registry import make_config
-
     req = check_inputs(request)
     backend = resolve_backend(req)
+    req, meas, stages, base_cfg = build_run(req, backend)
+    return run_size(req, backend, meas, stages, base_cfg)
+
+
+def build_run(req: CheckedRequest, backend: Any) -> tuple[CheckedRequest, Measurement, list, Any]:
+    """Phases 2b-3 on a resolved backend: the preset applied, the measurement, the stages (which do not
+    depend on the prompt: its conditioning is passed to the cascade per prompt) and the solver config of
+    the stages without their own."""
+    from .solver_registry import make_config
+
     req = apply_preset(req, backend)
     meas = build_measurement(req, backend)
     tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
     stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
-    return run_size(req, backend, meas, stages, make_config(req.solver))
+    return req, meas, stages, make_config(req.solver)
 
 
 def check_memory(req: CheckedRequest, backend: Any, meas: Measurement, stages: list,
@@ -565,7 +573,6 @@ def explore_request(request: ExploreRequest, callback: Callable[[Progress], None
     """``explore`` for a request already built (the CLI, app and batch runner build one)."""
     from .device import is_out_of_memory, out_of_memory_message
     from .errors import RuntimeFailure
-    from .solver_registry import make_config
 
     t0 = time.perf_counter()
     if request.method is not None:
@@ -575,13 +582,8 @@ def explore_request(request: ExploreRequest, callback: Callable[[Progress], None
     backend = None
     try:
         backend = resolve_backend(req)
-        req = apply_preset(req, backend)
         t_loaded = time.perf_counter()
-        meas = build_measurement(req, backend)
-        # the stages do not depend on the prompt (its conditioning is passed to the cascade per prompt)
-        tiled = {"tiling": meas.tiling} if meas.tiling is not None else {}
-        stages = backend.build_stages(req.solver, req.solver_options, req.model_options, **tiled)
-        base_cfg = make_config(req.solver)  # the fallback for stages without their own config
+        req, meas, stages, base_cfg = build_run(req, backend)
         max_rows = check_particles(req, backend, meas, stages, base_cfg)
         memory = check_memory(req, backend, meas, stages, max_rows)
         results = [sample_prompt(req, backend, meas, stages, base_cfg, i, p, callback, max_rows)

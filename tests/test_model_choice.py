@@ -140,3 +140,18 @@ def test_an_output_the_model_cannot_make_is_refused_before_it_loads(monkeypatch,
     monkeypatch.setattr(reg, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(InputImageError, match=re.escape(msg)):
         explore(np.zeros((*lr, 3), np.float32), "a cat", scale=scale, model=model)
+
+
+def test_with_tile_a_registry_model_is_not_refused_for_a_size_it_makes_on_windows(monkeypatch):
+    """``--tile`` makes outputs larger than the model's fixed size: the registry's whole-image size rule does
+    not apply before loading (the loaded backend's check_tiling decides); here the model is then looked for
+    in the (empty, offline) cache, which fails for that reason, not for the size."""
+    import textsr.model_registry as reg
+    from textsr.errors import InputImageError, ModelNotFoundError
+
+    monkeypatch.setattr(reg, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    image = np.zeros((128, 128, 3), np.float32)  # x4 -> 512x512, twice the DDPM's 256x256
+    with pytest.raises(InputImageError, match="makes 256x256 images only"):
+        explore(image, "a face", scale=4, model="ddpm-celebahq")
+    with pytest.raises(ModelNotFoundError):
+        explore(image, "a face", scale=4, model="ddpm-celebahq", tile="auto")
